@@ -1,0 +1,223 @@
+"""The command line: run the exporter, check config files, or probe one target now."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from prometheus_client.exposition import generate_latest
+
+from exporter import __version__
+from exporter.config import Config, load_config, parse_config
+from exporter.errors import ConfigError, WebConfigError
+from exporter.logs import LEVELS, setup_logging
+from exporter.modules import KNOWN_PROBERS, Module
+
+DEFAULT_LISTEN = ":9715"
+log = logging.getLogger("exporter")
+
+
+def _server_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outage-exporter",
+        description="Probe services on a schedule and export their latency and success to Prometheus.",
+        epilog="Subcommands: 'outage-exporter check-config FILE...' and "
+        "'outage-exporter probe TARGET'. See --help of each.",
+    )
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        default="outage-exporter.yml",
+        help="config file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=DEFAULT_LISTEN,
+        help="address to listen on, HOST:PORT (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        default="",
+        help="TLS and basic auth settings in exporter-toolkit's format",
+    )
+    parser.add_argument("--location", default=None, help="location stamped on every probe series")
+    _logging_flags(parser)
+    parser.add_argument("--version", action="version", version=f"outage-exporter {__version__}")
+    return parser
+
+
+def _logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log.level", dest="log_level", choices=list(LEVELS), default="info")
+    parser.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"], default="logfmt")
+
+
+def parse_listen(address: str) -> tuple[str | None, int]:
+    """``HOST:PORT``, ``:PORT`` or ``[v6]:PORT`` into a host (None for all) and a port."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"--web.listen-address must be HOST:PORT, got {address!r}")
+    host = host.strip("[]")
+    return (host or None), int(port_text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "check-config":
+        return check_config(args[1:])
+    if args and args[0] == "probe":
+        return probe_command(args[1:])
+    return serve(args)
+
+
+def check_config(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="outage-exporter check-config",
+        description="Check config files and report every error.",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    args = parser.parse_args(argv)
+    failed = False
+    for file in args.files:
+        try:
+            config = load_config(file)
+        except ConfigError as err:
+            failed = True
+            for issue in err.issues:
+                print(f"{file}: {issue}")
+            continue
+        print(
+            f"{file}: OK: {len(config.services)} services, {len(config.modules)} modules, "
+            f"{len(config.probe_allowlist)} allowlist entries"
+        )
+    return 1 if failed else 0
+
+
+def probe_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="outage-exporter probe",
+        description="Probe one target now and print the result, its phases and its metrics.",
+    )
+    parser.add_argument("target")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--module", help="module from the config file (default: http_2xx if defined)")
+    group.add_argument("--prober", choices=KNOWN_PROBERS, help="probe with this kind's defaults")
+    parser.add_argument("--config.file", dest="config_file", default=None)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds (default: from config)")
+    _logging_flags(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        config = load_config(args.config_file) if args.config_file else parse_config("")
+    except ConfigError as err:
+        for issue in err.issues:
+            print(f"{args.config_file}: {issue}", file=sys.stderr)
+        return 2
+    module = _probe_module(config, args.module, args.prober, args.target)
+    if isinstance(module, str):
+        print(module, file=sys.stderr)
+        return 2
+    timeout = args.timeout or float(module.timeout or config.global_.timeout)
+    from exporter.runner import run_probe
+    from exporter.web import _OneResult, debug_text
+
+    result = asyncio.run(run_probe(args.target, module, timeout))
+    print(debug_text(args.target, module, result), end="")
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_OneResult(result, module.prober))
+    print("metrics:")
+    sys.stdout.write(generate_latest(registry).decode())
+    return 0 if result.success else 1
+
+
+def _probe_module(config: Config, name: str | None, prober: str | None, target: str) -> Module | str:
+    if name is not None:
+        module = config.modules.get(name)
+        if module is None:
+            known = ", ".join(sorted(config.modules)) or "none"
+            return f"unknown module {name!r} (modules: {known})"
+        return module
+    if prober is not None:
+        return Module(prober=prober)
+    if "http_2xx" in config.modules:
+        return config.modules["http_2xx"]
+    # Without a hint, a URL is probed over HTTP and host:port over TCP.
+    return Module(prober="http" if "://" in target or ":" not in target else "tcp")
+
+
+def serve(argv: list[str]) -> int:
+    args = _server_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as err:
+        for issue in err.issues:
+            log.error("invalid config: %s", issue)
+        return 1
+    from exporter.webconfig import WebConfig, auth_middleware, load_web_config
+
+    try:
+        web_config = load_web_config(args.web_config) if args.web_config else WebConfig()
+        ssl_context = web_config.ssl_context()
+    except WebConfigError as err:
+        log.error("invalid web config: %s", err)
+        return 1
+    _use_uvloop()
+    from exporter.web import EXPORTER, make_app
+
+    app = make_app(
+        config,
+        config_file=args.config_file,
+        location=args.location,
+        middlewares=(auth_middleware(web_config),),
+    )
+
+    async def on_startup(app: web.Application) -> None:
+        exporter = app[EXPORTER]
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(exporter.reload()))
+        log.info(
+            "outage-exporter %s started: %d services, location %s, listening on %s",
+            __version__,
+            len(config.services),
+            exporter.location,
+            args.listen,
+        )
+
+    app.on_startup.append(on_startup)
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            print=None,
+            shutdown_timeout=5.0,
+            access_log=logging.getLogger("aiohttp.access"),
+        )
+    except OSError as err:
+        log.error("cannot listen on %s: %s", args.listen, err.strerror or err)
+        return 1
+    log.info("outage-exporter stopped")
+    return 0
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

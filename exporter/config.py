@@ -1,0 +1,453 @@
+"""The config file: parsed once into frozen objects, with every error located by YAML path and line."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import yaml
+
+from exporter.errors import ConfigError, ConfigIssue
+from exporter.modules import (
+    DNSProbe,
+    GRPCProbe,
+    HTTPProbe,
+    ICMPProbe,
+    Module,
+    TCPProbe,
+    check_module,
+)
+from exporter.probes import PROBERS
+from exporter.types import Duration, HostPattern, Regex, Secret, StatusRange, format_duration
+from exporter.yamlread import (
+    Reader,
+    compose,
+    describe,
+    is_invalid,
+    line_of,
+    mapping_items,
+    yaml_key,
+)
+
+DEFAULT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Labels the exporter sets itself on probe_service_info; user labels may not shadow them.
+RESERVED_LABELS = frozenset({"service", "group", "location", "target", "prober", "module", "job", "instance"})
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    interval: Duration = Duration(30)
+    timeout: Duration = Duration(10)
+    location: str = "default"
+    max_concurrency: int = 1000
+    latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
+
+    def check(self) -> object:
+        if self.interval <= 0:
+            yield "interval", "must be greater than 0s"
+        if self.timeout <= 0:
+            yield "timeout", "must be greater than 0s"
+        elif self.timeout >= self.interval:
+            yield "timeout", f"must be less than interval {self.interval}, got {self.timeout}"
+        if self.max_concurrency < 1:
+            yield "max_concurrency", f"must be at least 1, got {self.max_concurrency}"
+        if list(self.latency_buckets) != sorted(set(self.latency_buckets)) or any(
+            b <= 0 for b in self.latency_buckets
+        ):
+            yield "latency_buckets", "must be positive and strictly increasing"
+
+
+@dataclass(frozen=True)
+class Objectives:
+    availability: float | None = None
+    latency: Duration | None = None
+
+    def check(self) -> object:
+        if self.availability is not None and not 0 < self.availability < 1:
+            yield "availability", f"must be between 0 and 1 (exclusive), got {self.availability}"
+        if self.latency is not None and self.latency <= 0:
+            yield "latency", "must be greater than 0s"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service as written in the file, before module and defaults are applied."""
+
+    name: str
+    target: str
+    group: str = "default"
+    module: str | None = None
+    prober: str | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    objectives: Objectives = field(default_factory=Objectives)
+    http: HTTPProbe | None = None
+    tcp: TCPProbe | None = None
+    dns: DNSProbe | None = None
+    icmp: ICMPProbe | None = None
+    grpc: GRPCProbe | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service ready to probe: its module resolved and its interval and timeout settled."""
+
+    name: str
+    group: str
+    target: str
+    module_name: str  # "" when the settings are inline
+    module: Module
+    interval: float
+    timeout: float
+    labels: Mapping[str, str]
+    objectives: Objectives
+    latency_buckets: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    global_: GlobalConfig
+    probe_allowlist: tuple[HostPattern, ...]
+    modules: Mapping[str, Module]
+    services: tuple[Service, ...]
+    source: str | None = None
+
+    def service(self, name: str) -> Service | None:
+        for service in self.services:
+            if service.name == name:
+                return service
+        return None
+
+
+def latency_buckets(base: tuple[float, ...], objective: float | None) -> tuple[float, ...]:
+    """Histogram bounds: the configured ones plus the service's latency objective, exactly."""
+    if objective is None:
+        return base
+    return tuple(sorted(set(base) | {float(objective)}))
+
+
+def parse_config(text: str, file: str | None = None) -> Config:
+    """Parse config text; raise ConfigError listing every problem at once."""
+    root, issues = compose(text, file)
+    if issues:
+        raise ConfigError(issues, file)
+    reader = Reader(file)
+    # Sections and services are read one by one so that one broken service
+    # does not hide the problems of the others.
+    spec = _read_sections(root, reader)
+    nodes = _section_nodes(root)
+    for name, module in spec.modules.items():
+        module_node = _child(nodes.get("modules"), name)
+        for key, message in check_module(module):
+            reader.error(f"modules.{name}.{key}", _child(module_node, key) or module_node, message)
+    services = _resolve_services(spec, reader)
+    if reader.issues:
+        raise ConfigError(sorted(reader.issues, key=_issue_order), file)
+    return Config(
+        global_=spec.global_,
+        probe_allowlist=spec.probe_allowlist,
+        modules=spec.modules,
+        services=tuple(services),
+        source=file,
+    )
+
+
+def _issue_order(issue: ConfigIssue) -> tuple[int, str]:
+    return (issue.line or 0, issue.path)
+
+
+@dataclass(frozen=True)
+class _Sections:
+    global_: GlobalConfig
+    probe_allowlist: tuple[HostPattern, ...]
+    modules: Mapping[str, Module]
+    # (index in the file, the spec or None when it was invalid, its node)
+    services: list[tuple[int, ServiceSpec | None, yaml.Node]]
+
+
+_SECTION_TYPES: dict[str, object] = {
+    "global": GlobalConfig,
+    "probe_allowlist": tuple[HostPattern, ...],
+    "modules": Mapping[str, Module],
+}
+
+
+def _read_sections(root: yaml.Node | None, reader: Reader) -> _Sections:
+    values: dict[str, object] = {
+        "global": GlobalConfig(),
+        "probe_allowlist": (),
+        "modules": MappingProxyType({}),
+    }
+    services: list[tuple[int, ServiceSpec | None, yaml.Node]] = []
+    if root is not None and root.tag != "tag:yaml.org,2002:null":
+        if not isinstance(root, yaml.MappingNode):
+            reader.error("", root, f"the config must be a mapping, got {describe(root)}")
+            raise ConfigError(reader.issues, reader.file)
+        for key_node, node in mapping_items(root):
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else ""
+            if key == "services":
+                services = _read_services(node, reader)
+            elif key in _SECTION_TYPES:
+                value = reader.read(_SECTION_TYPES[key], node, key)
+                if not is_invalid(value):
+                    values[key] = value
+            else:
+                choices = ["global", "probe_allowlist", "modules", "services"]
+                hint = difflib.get_close_matches(str(key), choices, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                reader.error(str(key), key_node, f"unknown key{extra}")
+    return _Sections(
+        global_=values["global"],  # type: ignore[arg-type]
+        probe_allowlist=values["probe_allowlist"],  # type: ignore[arg-type]
+        modules=values["modules"],  # type: ignore[arg-type]
+        services=services,
+    )
+
+
+def _read_services(node: yaml.Node, reader: Reader) -> list[tuple[int, ServiceSpec | None, yaml.Node]]:
+    if node.tag == "tag:yaml.org,2002:null":
+        return []
+    if not isinstance(node, yaml.SequenceNode):
+        reader.error("services", node, f"must be a list, got {describe(node)}")
+        return []
+    out: list[tuple[int, ServiceSpec | None, yaml.Node]] = []
+    for index, item in enumerate(node.value):
+        spec = reader.read(ServiceSpec, item, f"services[{index}]")
+        # An invalid service stays in the list so a duplicate of its name is still reported.
+        out.append((index, None if is_invalid(spec) else spec, item))
+    return out
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and parse a config file."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ConfigError([ConfigIssue("", None, f"cannot read {name}: {reason}", name)], name) from None
+    return parse_config(text, name)
+
+
+def _section_nodes(root: yaml.Node | None) -> dict[str, yaml.Node]:
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    return {k.value: v for k, v in mapping_items(root) if isinstance(k, yaml.ScalarNode)}
+
+
+def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for k, v in mapping_items(node):
+        if isinstance(k, yaml.ScalarNode) and k.value == key:
+            return v
+    return None
+
+
+_INLINE = ("http", "tcp", "dns", "icmp", "grpc")
+
+
+class _ServiceErrors:
+    """Reports a problem of one service at the line of the key it concerns."""
+
+    def __init__(self, reader: Reader, path: str, node: yaml.Node) -> None:
+        self.reader = reader
+        self.path = path
+        self.node = node
+
+    def where(self, key: str) -> yaml.Node:
+        return _child(self.node, key) or self.node
+
+    def __call__(self, key: str, message: str, at: yaml.Node | None = None) -> None:
+        located = at or (self.where(key) if key else self.node)
+        self.reader.error(f"{self.path}.{key}" if key else self.path, located, message)
+
+
+def _resolve_services(spec: _Sections, reader: Reader) -> list[Service]:
+    seen: dict[str, int | None] = {}
+    out: list[Service] = []
+    for index, item, node in spec.services:
+        path = f"services[{index}]"
+        if item is None:
+            name_node = _child(node, "name")
+            if isinstance(name_node, yaml.ScalarNode):
+                name = str(name_node.value)
+                if name in seen:
+                    reader.error(
+                        f"{path}.name",
+                        name_node,
+                        f"duplicate service name {name!r} (first on line {seen[name]})",
+                    )
+                seen.setdefault(name, line_of(name_node))
+            continue
+
+        error = _ServiceErrors(reader, path, node)
+        where = error.where
+        if not SERVICE_NAME_RE.match(item.name):
+            error("name", f"must match [a-zA-Z0-9_.-]+, got {item.name!r}")
+        if item.name in seen:
+            error("name", f"duplicate service name {item.name!r} (first on line {seen[item.name]})")
+        else:
+            seen[item.name] = line_of(where("name"))
+        if not item.target.strip():
+            error("target", "must not be empty")
+        labels_node = where("labels")
+        for label in item.labels:
+            at = _child(labels_node, label)
+            if not LABEL_NAME_RE.match(label) or label.startswith("__"):
+                message = f"invalid label name {label!r}: must match [a-zA-Z_][a-zA-Z0-9_]*"
+                error(f"labels.{label}", message, at)
+            elif label in RESERVED_LABELS:
+                error(f"labels.{label}", f"label name {label!r} is reserved by the exporter", at)
+        module = _service_module(item, spec, error)
+        interval = float(item.interval if item.interval is not None else spec.global_.interval)
+        timeout, origin = _service_timeout(item, module, spec)
+        if item.interval is not None and item.interval <= 0:
+            error("interval", "must be greater than 0s")
+        elif timeout >= interval:
+            key = "timeout" if origin == "timeout" else "interval"
+            if key == "timeout":
+                message = (
+                    f"must be less than interval {format_duration(interval)}, got {format_duration(timeout)}"
+                )
+            else:
+                message = (
+                    f"must be greater than timeout {format_duration(timeout)} (from {origin}),"
+                    f" got {format_duration(interval)}"
+                )
+            error(key, message)
+        if module is None:
+            continue
+        if module.prober not in PROBERS:
+            error(
+                "module" if item.module else "prober",
+                f"prober {module.prober!r} is not available in this version of outage-exporter",
+            )
+            continue
+        out.append(
+            Service(
+                name=item.name,
+                group=item.group,
+                target=item.target.strip(),
+                module_name=item.module or "",
+                module=module,
+                interval=interval,
+                timeout=timeout,
+                labels=item.labels,
+                objectives=item.objectives,
+                latency_buckets=latency_buckets(spec.global_.latency_buckets, item.objectives.latency),
+            )
+        )
+    return out
+
+
+def _service_module(item: ServiceSpec, spec: _Sections, error: _ServiceErrors) -> Module | None:
+    inline = [k for k in _INLINE if getattr(item, k) is not None]
+    if item.module is not None and item.prober is not None:
+        error("prober", "set either module or prober, not both")
+        return None
+    if item.module is not None:
+        if inline:
+            error(inline[0], f"inline {inline[0]} settings need prober, not module {item.module!r}")
+            return None
+        module = spec.modules.get(item.module)
+        if module is None:
+            known = ", ".join(sorted(spec.modules)) or "none defined"
+            error("module", f"unknown module {item.module!r} (modules: {known})")
+        return module
+    if item.prober is None:
+        error("", "needs module or prober")
+        return None
+    stray = [k for k in inline if k != item.prober]
+    if stray:
+        error(stray[0], f"{stray[0]} settings do not apply to prober {item.prober!r}")
+        return None
+    module = Module(
+        prober=item.prober,
+        timeout=item.timeout,
+        **{k: getattr(item, k) for k in inline},
+    )
+    problems = list(check_module(module))
+    for key, message in problems:
+        error(key, message)
+    return None if problems else module
+
+
+def _service_timeout(item: ServiceSpec, module: Module | None, spec: _Sections) -> tuple[float, str]:
+    if item.timeout is not None:
+        return float(item.timeout), "timeout"
+    if module is not None and module.timeout is not None:
+        return float(module.timeout), f"module {item.module}"
+    return float(spec.global_.timeout), "global.timeout"
+
+
+def _plain(value: object) -> object:
+    """A config value as YAML data, secrets redacted and defaults left out."""
+    if isinstance(value, Secret):
+        return "<secret>"
+    if isinstance(value, Duration):
+        return str(value)
+    if isinstance(value, Regex | HostPattern | StatusRange):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(value):
+            current = getattr(value, f.name)
+            if f.default is not dataclasses.MISSING:
+                default: object = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = dataclasses.MISSING
+            if current != default:
+                out[yaml_key(f)] = _plain(current)
+        return out
+    return value
+
+
+def _module_data(module: Module) -> dict[str, object]:
+    data: dict[str, object] = {"prober": module.prober}
+    if module.timeout is not None:
+        data["timeout"] = str(module.timeout)
+    section = _plain(getattr(module, module.prober, None))
+    if section:
+        data[module.prober] = section
+    return data
+
+
+def dump_config(config: Config) -> str:
+    """The running config as YAML, with every secret replaced by ``<secret>``."""
+    services = []
+    for s in config.services:
+        entry: dict[str, object] = {"name": s.name, "group": s.group, "target": s.target}
+        if s.module_name:
+            entry["module"] = s.module_name
+        else:
+            entry.update(_module_data(s.module))
+        entry["interval"] = format_duration(s.interval)
+        entry["timeout"] = format_duration(s.timeout)
+        if s.labels:
+            entry["labels"] = dict(s.labels)
+        objectives = _plain(s.objectives)
+        if objectives:
+            entry["objectives"] = objectives
+        services.append(entry)
+    data = {
+        "global": _plain(config.global_) or {},
+        "probe_allowlist": [str(p) for p in config.probe_allowlist],
+        "modules": {name: _module_data(m) for name, m in config.modules.items()},
+        "services": services,
+    }
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -1,0 +1,777 @@
+"""The HTTP probe: blackbox's http prober on our own HTTP/1.1 client over asyncio streams."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import logging
+import ssl
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import quote, urljoin, urlsplit
+
+import h11
+
+from exporter import __version__
+from exporter.modules import HTTPProbe
+from exporter.probes import net
+from exporter.probes.base import ProbeRequest, ProberKind
+from exporter.probes.net import ProbeFailure
+from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.types import read_secret_file
+
+# Semantics, and where they differ from blackbox_exporter:
+# - We speak HTTP/1.1 only. ``enable_http2`` is accepted so blackbox configs load, but HTTP/2 is
+#   never negotiated (ALPN offers http/1.1 only), so probe_http_version is 1.1 or 1.0.
+# - Every probe opens fresh connections and sends ``Connection: close``, as blackbox does.
+# - Reasons: a malformed response, a connection closed or reset before the response ended,
+#   headers over MAX_HEAD_BYTES and a version outside valid_http_versions are ``protocol``;
+#   a body over body_size_limit (raw or decompressed) or one that cannot be decompressed is
+#   ``body``; fail_if_ssl / fail_if_not_ssl are ``tls``; more than max_redirects redirects, a
+#   refused host and unusable settings (unreadable secret files) are ``other``.
+# - probe_http_redirects counts redirect responses received, as blackbox does: a redirect that
+#   is not followed (follow_redirects: false) still counts 1, and exceeding max_redirects counts
+#   the redirect that was refused.
+# - A gzip or deflate body is decompressed whenever the response says Content-Encoding gzip or
+#   deflate; blackbox instead decompresses blindly with the configured algorithm and fails on a
+#   plain body. Use fail_if_header_not_matches on Content-Encoding to require compression.
+# - Credentials (Authorization, Cookie headers) are not sent to a redirect target on a host that
+#   is neither the first host nor a subdomain of it, as Go's own client does for its headers;
+#   blackbox's auth round-tripper would send them to every hop.
+# - DNS values (probe_dns_lookup_time_seconds, probe_ip_protocol, probe_ip_addr_hash) describe the
+#   first hop, as in blackbox; the TLS values describe the last hop that used TLS.
+
+PHASES = ("resolve", "connect", "tls", "processing", "transfer")
+USER_AGENT = f"outage-exporter/{__version__}"
+# A response head bigger than this is hostile or broken; blackbox (Go) allows about 1 MiB.
+MAX_HEAD_BYTES = 64 * 1024
+READ_SIZE = 64 * 1024
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+# Go drops these on a redirect to another domain; we do the same for the ones we add too.
+SENSITIVE_HEADERS = frozenset({"authorization", "www-authenticate", "cookie", "cookie2"})
+# We frame the request body ourselves, so a configured value could only corrupt it.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+# blackbox always exports these, 0 until the probe learns better.
+DEFAULT_GAUGES = (
+    "probe_http_status_code",
+    "probe_http_version",
+    "probe_http_redirects",
+    "probe_http_ssl",
+    "probe_http_content_length",
+    "probe_http_uncompressed_body_length",
+    "probe_failed_due_to_regex",
+)
+FIRST_HOP_GAUGES = ("probe_dns_lookup_time_seconds", "probe_ip_protocol", "probe_ip_addr_hash")
+
+log = logging.getLogger(__name__)
+
+
+async def probe_http(request: ProbeRequest) -> ProbeResult:
+    """Fetch ``request.target`` as blackbox's http prober does; never raises but CancelledError."""
+    trace = request.trace
+    for phase in PHASES:
+        trace.add_phase(phase, 0.0)
+    for name in DEFAULT_GAUGES:
+        trace.set(name, 0)
+    try:
+        await _HTTPProbe(request).run()
+    except ProbeFailure as failure:
+        return trace.fail(failure.reason, failure.message)
+    except Exception as err:  # a bug here must still produce a result, not a crash
+        log.exception("http probe of %s raised", _redact(request.target))
+        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+    return trace.succeed()
+
+
+KIND = ProberKind(probe=probe_http, phase_metric="probe_http_duration_seconds", phases=PHASES)
+
+
+@dataclass(frozen=True, slots=True)
+class _URL:
+    """A parsed http(s) URL, split the way the request needs it."""
+
+    scheme: str
+    host: str
+    port: int
+    # host[:port] as written in the URL, without user info: the Host header.
+    authority: str
+    path: str
+    # What goes on the request line: path and query, percent-encoded.
+    target: str
+    username: str
+    password: str
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    def __str__(self) -> str:
+        # For messages: no user info and no query, either may carry credentials.
+        return f"{self.scheme}://{self.authority}{self.path}"
+
+
+def _with_scheme(target: str) -> str:
+    if target.lower().startswith(("http://", "https://")):
+        return target
+    return "http://" + target
+
+
+def _redact(target: str) -> str:
+    try:
+        return str(_parse_url(_with_scheme(target)))
+    except ProbeFailure:
+        return "<invalid target>"
+
+
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+def _parse_url(text: str) -> _URL:
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as err:
+        raise ProbeFailure(FailureReason.OTHER, f"invalid URL: {err}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ProbeFailure(FailureReason.OTHER, f"unsupported URL scheme {scheme!r}")
+    host = parts.hostname or ""
+    if not host:
+        raise ProbeFailure(FailureReason.OTHER, "URL has no host")
+    authority = parts.netloc.rpartition("@")[2]
+    try:
+        authority.encode("ascii")
+    except UnicodeError:
+        try:
+            idna = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ProbeFailure(FailureReason.DNS, f"invalid host name {host!r}") from None
+        authority = idna if parts.port is None else f"{idna}:{parts.port}"
+    path = quote(parts.path or "/", safe=_PATH_SAFE)
+    target = path + ("?" + quote(parts.query, safe=_PATH_SAFE + "?") if parts.query else "")
+    return _URL(
+        scheme=scheme,
+        host=host,
+        port=port or (443 if scheme == "https" else 80),
+        authority=authority,
+        path=path,
+        target=target,
+        username=parts.username or "",
+        password=parts.password or "",
+    )
+
+
+def _same_site(host: str, first: str) -> bool:
+    """Go's rule for keeping credentials on a redirect: the same host or a subdomain of it."""
+    return host == first or host.endswith("." + first)
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    """What one round trip returned; the body only for the response the probe judges."""
+
+    url: _URL
+    status: int
+    version: str
+    headers: tuple[tuple[str, str], ...]
+    body: _Body | None = None
+
+    def values(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key == name]
+
+    def location(self) -> str | None:
+        if self.status not in REDIRECT_CODES:
+            return None
+        values = self.values("location")
+        return values[0] if values and values[0].strip() else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A response body as far as it was read; ``error`` says why reading stopped early."""
+
+    text: str | None
+    error: ProbeFailure | None
+
+
+class _HTTPProbe:
+    """One probe run: the redirect loop, one fresh connection per hop, then the checks."""
+
+    def __init__(self, request: ProbeRequest) -> None:
+        self.request = request
+        self.trace: Trace = request.trace
+        self.settings: HTTPProbe = request.module.http
+        self.limit = self.settings.effective_body_size_limit
+        self.jar = _CookieJar()
+        self._ssl_context: ssl.SSLContext | None = None
+        self._first_hop: dict[str, float] | None = None
+
+    async def run(self) -> None:
+        settings = self.settings
+        first = url = _parse_url(_with_scheme(self.request.target))
+        method = settings.method
+        body = self._request_body()
+        authorization = self._authorization(first)
+        host_header = self._configured_host()
+        redirects = 0
+        while True:
+            response = await self._exchange(
+                url, method, body, host_header or url.authority, authorization, first
+            )
+            location = response.location()
+            if location is None:
+                break
+            redirects += 1
+            self.trace.set("probe_http_redirects", redirects)
+            if not settings.redirects_allowed:
+                break
+            if redirects > settings.max_redirects:
+                raise ProbeFailure(
+                    FailureReason.OTHER,
+                    f"stopped at redirect {redirects} from {url}: more than max_redirects "
+                    f"({settings.max_redirects})",
+                )
+            url = self._follow(url, location)
+            # Go's client turns these into a GET without a body; 307 and 308 keep both.
+            if response.status in (301, 302, 303) and method not in ("GET", "HEAD"):
+                method, body = "GET", b""
+            # Like Go, a configured Host only survives a redirect that stays on the same URL host.
+            if urlsplit(location.strip()).netloc:
+                host_header = None
+        self._judge(response)
+
+    def _follow(self, url: _URL, location: str) -> _URL:
+        # Rebuild the base without user info: it must never leak into the next URL.
+        base = f"{url.scheme}://{url.authority}{url.target}"
+        try:
+            return _parse_url(urljoin(base, location.strip()))
+        except ProbeFailure as failure:
+            raise ProbeFailure(FailureReason.OTHER, f"bad redirect from {url}: {failure.message}") from None
+
+    def _configured_host(self) -> str | None:
+        for name, value in self.settings.headers.items():
+            if name.lower() == "host":
+                return value.reveal()
+        return None
+
+    def _request_body(self) -> bytes:
+        if self.settings.body_file:
+            try:
+                with open(self.settings.body_file, "rb") as file:
+                    return file.read()
+            except OSError as err:
+                raise ProbeFailure(
+                    FailureReason.OTHER, f"cannot read body_file: {err.strerror or err}"
+                ) from None
+        return self.settings.body.encode("utf-8")
+
+    def _authorization(self, first: _URL) -> str | None:
+        """The Authorization value the settings (or the URL's user info) ask for."""
+        settings = self.settings
+        if settings.basic_auth is not None:
+            auth = settings.basic_auth
+            password = auth.password.reveal() if auth.password is not None else ""
+            if auth.password_file:
+                password = _secret_file(auth.password_file, "basic_auth.password_file")
+            return _basic(auth.username, password)
+        if settings.bearer_token is not None:
+            return f"Bearer {settings.bearer_token.reveal()}"
+        if settings.bearer_token_file:
+            return f"Bearer {_secret_file(settings.bearer_token_file, 'bearer_token_file')}"
+        if settings.authorization is not None:
+            authz = settings.authorization
+            credentials = authz.credentials.reveal() if authz.credentials is not None else ""
+            if authz.credentials_file:
+                credentials = _secret_file(authz.credentials_file, "authorization.credentials_file")
+            return f"{authz.type or 'Bearer'} {credentials}"
+        if first.username or first.password:
+            return _basic(first.username, first.password)
+        return None
+
+    def _headers(
+        self,
+        url: _URL,
+        method: str,
+        host_header: str,
+        authorization: str | None,
+        first: _URL,
+        body: bytes,
+    ) -> list[tuple[bytes, bytes]]:
+        settings = self.settings
+        headers: dict[str, tuple[str, str]] = {"user-agent": ("User-Agent", USER_AGENT)}
+        if settings.compression:
+            headers["accept-encoding"] = ("Accept-Encoding", settings.compression)
+        if authorization is not None:
+            headers["authorization"] = ("Authorization", authorization)
+        # Configured headers win over ours, as in blackbox (an explicit Authorization included).
+        for name, value in settings.headers.items():
+            key = name.lower()
+            if key != "host" and key not in FRAMING_HEADERS:
+                headers[key] = (name, value.reveal())
+        if not _same_site(url.host, first.host):
+            for key in SENSITIVE_HEADERS:
+                headers.pop(key, None)
+        cookies = self.jar.header(url)
+        if cookies:
+            configured = headers.get("cookie", ("Cookie", ""))[1]
+            headers["cookie"] = ("Cookie", f"{configured}; {cookies}" if configured else cookies)
+        headers.setdefault("connection", ("Connection", "close"))
+        if body or method.upper() in ("POST", "PUT", "PATCH"):
+            headers["content-length"] = ("Content-Length", str(len(body)))
+        # Go sends header values as UTF-8 bytes; so do we.
+        return [
+            (name.encode("ascii"), value.encode("utf-8"))
+            for name, value in [("Host", host_header), *headers.values()]
+        ]
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            context = net.make_ssl_context(self.settings.tls_config)
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl_context = context
+        return self._ssl_context
+
+    def _check_host(self, url: _URL, first: _URL) -> None:
+        guard = self.request.guard
+        if guard is not None and not guard.allows_host(url.host):
+            what = "target host" if url is first else "redirect to"
+            raise ProbeFailure(FailureReason.OTHER, f"{what} {url.host} is outside probe_allowlist")
+
+    async def _exchange(
+        self,
+        url: _URL,
+        method: str,
+        body: bytes,
+        host_header: str,
+        authorization: str | None,
+        first: _URL,
+    ) -> _Response:
+        """One request on a fresh connection, with every phase timed."""
+        self._check_host(url, first)
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        headers = self._headers(url, method, host_header, authorization, first, body)
+        try:
+            payload = conn.send(h11.Request(method=method, target=url.target, headers=headers))
+            if body:
+                payload += conn.send(h11.Data(data=body)) or b""
+            payload += conn.send(h11.EndOfMessage()) or b""
+        except (h11.LocalProtocolError, UnicodeError):
+            # h11's message quotes the offending value, which may be a credential.
+            raise ProbeFailure(
+                FailureReason.OTHER,
+                "cannot build the request: the method, Host or a header is not valid HTTP",
+            ) from None
+        settings = self.settings
+        try:
+            addresses = await net.resolve(
+                url.host,
+                settings.preferred_ip_protocol,
+                settings.ip_protocol_fallback,
+                self.trace,
+                self.request.guard,
+            )
+            reader, writer = await net.connect(addresses, url.port, self.trace)
+        finally:
+            self._keep_first_hop_values()
+        try:
+            if url.tls:
+                configured = settings.tls_config.server_name
+                same_host = url.authority == first.authority
+                server_name = configured if configured and same_host else url.host
+                await net.start_tls(writer, self._tls_context(), server_name, self.trace)
+            keep_body = bool(settings.fail_if_body_matches_regexp or settings.fail_if_body_not_matches_regexp)
+            exchange = _Exchange(conn, reader, writer, self.trace, self.limit, keep_body)
+            response = await exchange.round_trip(url, payload, self._wants_body)
+        finally:
+            # Nothing more is needed from this connection, and a polite close could wait on a
+            # peer that never answers; TLS close_notify is not worth that.
+            writer.transport.abort()
+        self.jar.store(url, response.headers, self.trace.clock.wall())
+        return response
+
+    def _wants_body(self, status: int, headers: Sequence[tuple[str, str]]) -> bool:
+        has_location = any(k == "location" and v.strip() for k, v in headers)
+        return not (status in REDIRECT_CODES and has_location and self.settings.redirects_allowed)
+
+    def _keep_first_hop_values(self) -> None:
+        """blackbox reports the first lookup; later hops' lookups must not replace it."""
+        if self._first_hop is None:
+            self._first_hop = {}
+            for name in FIRST_HOP_GAUGES:
+                value = self.trace.get(name)
+                if value is not None:
+                    self._first_hop[name] = value
+        else:
+            for name, value in self._first_hop.items():
+                self.trace.set(name, value)
+
+    def _judge(self, response: _Response) -> None:
+        """Apply blackbox's checks to the final response, in blackbox's order."""
+        settings = self.settings
+        trace = self.trace
+        valid = settings.valid_status_codes
+        if valid:
+            if not any(response.status in codes for codes in valid):
+                wanted = ", ".join(str(codes) for codes in valid)
+                raise ProbeFailure(
+                    FailureReason.HTTP_STATUS,
+                    f"status code {response.status} is not in valid_status_codes ({wanted})",
+                )
+        elif not 200 <= response.status <= 299:
+            raise ProbeFailure(FailureReason.HTTP_STATUS, f"status code {response.status} is not 2xx")
+        problem = _header_problem(response, settings)
+        if problem is not None:
+            trace.set("probe_failed_due_to_regex", 1)
+            raise ProbeFailure(FailureReason.HEADER, problem)
+        body = response.body
+        if body is not None and body.error is not None:
+            raise body.error
+        if body is not None and body.text is not None:
+            problem = _body_problem(body.text, settings)
+            if problem is not None:
+                trace.set("probe_failed_due_to_regex", 1)
+                raise ProbeFailure(FailureReason.BODY, problem)
+        version = f"HTTP/{response.version}"
+        if settings.valid_http_versions and version not in settings.valid_http_versions:
+            wanted = ", ".join(settings.valid_http_versions)
+            raise ProbeFailure(FailureReason.PROTOCOL, f"{version} is not in valid_http_versions ({wanted})")
+        if settings.fail_if_ssl and response.url.tls:
+            raise ProbeFailure(FailureReason.TLS, "final response came over TLS (fail_if_ssl)")
+        if settings.fail_if_not_ssl and not response.url.tls:
+            raise ProbeFailure(FailureReason.TLS, "final response did not come over TLS (fail_if_not_ssl)")
+
+
+WantsBody = Callable[[int, Sequence[tuple[str, str]]], bool]
+
+
+class _Exchange:
+    """Sends one request and reads its response with h11, timing processing and transfer."""
+
+    def __init__(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        trace: Trace,
+        limit: int,
+        keep_body: bool,
+    ) -> None:
+        self.conn = conn
+        self.reader = reader
+        self.writer = writer
+        self.trace = trace
+        self.limit = limit
+        self.keep_body = keep_body
+
+    async def round_trip(self, url: _URL, payload: bytes, wants_body: WantsBody) -> _Response:
+        trace = self.trace
+        # blackbox's processing runs from having a connection to the first response byte.
+        with trace.phase("processing"):
+            await self._send(payload)
+            data = await self._read(READ_SIZE, "before the response")
+        if not data:
+            raise ProbeFailure(
+                FailureReason.PROTOCOL, f"{url.authority} closed the connection without a response"
+            )
+        with trace.phase("transfer"):
+            self.conn.receive_data(data)
+            head = await self._head()
+            version = head.http_version.decode("ascii", "replace")
+            headers = tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers)
+            _record_head(trace, url, head.status_code, version, headers)
+            body = None
+            if wants_body(head.status_code, headers):
+                body = await self._body(headers)
+                _record_last_modified(trace, headers)
+        return _Response(url, head.status_code, version, headers, body)
+
+    async def _send(self, payload: bytes) -> None:
+        try:
+            self.writer.write(payload)
+            await self.writer.drain()
+        except ssl.SSLError as err:
+            raise ProbeFailure(FailureReason.TLS, f"TLS error sending the request: {err}") from None
+        except OSError:
+            # The peer may have answered before it stopped reading; the read will tell.
+            pass
+
+    async def _read(self, size: int, when: str) -> bytes:
+        try:
+            return await self.reader.read(size)
+        except ssl.SSLError as err:
+            # With TLS 1.3 a rejected client certificate only shows up here, after the handshake.
+            detail = err.reason or str(err)
+            raise ProbeFailure(FailureReason.TLS, f"TLS error {when}: {detail}") from None
+        except OSError as err:
+            detail = err.strerror or type(err).__name__
+            raise ProbeFailure(FailureReason.PROTOCOL, f"connection lost {when}: {detail}") from None
+
+    async def _next_event(self, size: int, when: str) -> h11.Event:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as err:
+                raise ProbeFailure(FailureReason.PROTOCOL, f"bad response {when}: {err}") from None
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self._read(size, when))
+                continue
+            if isinstance(event, h11.Event):
+                return event
+            # PAUSED: the response is complete and more bytes follow it, which we ignore.
+            return h11.EndOfMessage()
+
+    async def _head(self) -> h11.Response:
+        while True:
+            event = await self._next_event(READ_SIZE, "in the response head")
+            if isinstance(event, h11.Response):
+                return event
+            if not isinstance(event, h11.InformationalResponse):
+                raise ProbeFailure(
+                    FailureReason.PROTOCOL, f"unexpected {type(event).__name__} before the response"
+                )
+
+    async def _body(self, headers: Sequence[tuple[str, str]]) -> _Body:
+        """Read the body, never more than the limit, decompressing gzip and deflate."""
+        limit = self.limit
+        encodings = [v.strip().lower() for k, v in headers if k == "content-encoding"]
+        encoding = encodings[0] if len(encodings) == 1 else ""
+        decoder = _Decoder(encoding) if encoding in _DECODABLE else None
+        kept = bytearray()
+        raw = decoded = 0
+        try:
+            while True:
+                # Ask the socket for no more than one byte past the limit.
+                size = min(READ_SIZE, max(limit - raw + 1, 1))
+                event = await self._next_event(size, "in the response body")
+                if not isinstance(event, h11.Data):
+                    break
+                raw += len(event.data)
+                if raw > limit:
+                    raise ProbeFailure(
+                        FailureReason.BODY, f"body is larger than body_size_limit ({limit} bytes)"
+                    )
+                chunk = bytes(event.data)
+                if decoder is not None:
+                    chunk = decoder.feed(chunk, limit - decoded)
+                decoded = self._add(kept, decoded, chunk)
+            if decoder is not None:
+                decoded = self._add(kept, decoded, decoder.finish())
+        except ProbeFailure as failure:
+            return _Body(None, failure)
+        return _Body(kept.decode("utf-8", "replace") if self.keep_body else None, None)
+
+    def _add(self, kept: bytearray, decoded: int, chunk: bytes) -> int:
+        decoded += len(chunk)
+        self.trace.set("probe_http_uncompressed_body_length", min(decoded, self.limit))
+        if decoded > self.limit:
+            raise ProbeFailure(
+                FailureReason.BODY,
+                f"decompressed body is larger than body_size_limit ({self.limit} bytes)",
+            )
+        if self.keep_body:
+            kept += chunk
+        return decoded
+
+
+_DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+class _Decoder:
+    """Inflates a gzip or deflate body without producing more than the room it is given."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = "deflate" if encoding == "deflate" else "gzip"
+        self._inflater: zlib._Decompress | None = None
+        self._pending = b""
+
+    def _start(self, data: bytes) -> None:
+        if self.encoding == "gzip":
+            wbits = 16 + zlib.MAX_WBITS
+        elif len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
+            # "deflate" should be zlib-wrapped (RFC 9110), but many servers send it raw.
+            wbits = zlib.MAX_WBITS
+        else:
+            wbits = -zlib.MAX_WBITS
+        self._inflater = zlib.decompressobj(wbits)
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        if self._inflater is None:
+            self._pending += data
+            if self.encoding == "deflate" and len(self._pending) < 2:
+                return b""
+            data, self._pending = self._pending, b""
+            self._start(data)
+        assert self._inflater is not None
+        try:
+            # One byte past the room is enough to know the body is too big; a bomb stops here.
+            return self._inflater.decompress(data, max(room, 0) + 1)
+        except zlib.error as err:
+            raise ProbeFailure(FailureReason.BODY, f"cannot decompress {self.encoding} body: {err}") from None
+
+    def finish(self) -> bytes:
+        if self._inflater is None and not self._pending:
+            return b""  # an empty body (HEAD, 204, 304) has nothing to inflate
+        out = self.feed(b"", 0) if self._inflater is None else b""
+        assert self._inflater is not None
+        if not self._inflater.eof:
+            raise ProbeFailure(FailureReason.BODY, f"{self.encoding} body is truncated")
+        return out
+
+
+def _record_head(
+    trace: Trace, url: _URL, status: int, version: str, headers: Sequence[tuple[str, str]]
+) -> None:
+    trace.set("probe_http_status_code", status)
+    try:
+        trace.set("probe_http_version", float(version))
+    except ValueError:
+        trace.set("probe_http_version", 0)
+    trace.set("probe_http_ssl", 1 if url.tls else 0)
+    # Go's resp.ContentLength: the header's value, or -1 when the length is not known up front.
+    length = -1
+    for name, value in headers:
+        if name == "content-length" and value.strip().isdigit():
+            length = int(value)
+    trace.set("probe_http_content_length", length)
+
+
+def _record_last_modified(trace: Trace, headers: Sequence[tuple[str, str]]) -> None:
+    for name, value in headers:
+        if name != "last-modified":
+            continue
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        trace.set("probe_http_last_modified_timestamp_seconds", when.timestamp())
+        return
+
+
+def _header_problem(response: _Response, settings: HTTPProbe) -> str | None:
+    for match in settings.fail_if_header_matches:
+        values = response.values(match.header)
+        if not values and not match.allow_missing:
+            return f"header {match.header} is missing"
+        if any(match.regexp.search(value) for value in values):
+            return f"header {match.header} matched fail_if_header_matches {match.regexp.source!r}"
+    for match in settings.fail_if_header_not_matches:
+        values = response.values(match.header)
+        if not values:
+            if match.allow_missing:
+                continue
+            return f"header {match.header} is missing"
+        if not any(match.regexp.search(value) for value in values):
+            return f"header {match.header} did not match fail_if_header_not_matches {match.regexp.source!r}"
+    return None
+
+
+def _body_problem(text: str, settings: HTTPProbe) -> str | None:
+    for regex in settings.fail_if_body_matches_regexp:
+        if regex.search(text):
+            return f"body matched fail_if_body_matches_regexp {regex.source!r}"
+    for regex in settings.fail_if_body_not_matches_regexp:
+        if not regex.search(text):
+            return f"body did not match fail_if_body_not_matches_regexp {regex.source!r}"
+    return None
+
+
+def _basic(username: str, password: str) -> str:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+def _secret_file(path: str, option: str) -> str:
+    try:
+        return read_secret_file(path)
+    except (OSError, UnicodeError) as err:
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise ProbeFailure(FailureReason.OTHER, f"cannot read {option}: {detail}") from None
+
+
+@dataclass(slots=True)
+class _Cookie:
+    name: str
+    value: str
+    domain: str
+    host_only: bool
+    path: str
+    secure: bool
+
+
+class _CookieJar:
+    """The cookies one probe collects across its redirects, as blackbox's cookie jar keeps them.
+
+    Login pages often set a cookie and redirect to a page that needs it; without a jar such a
+    probe would loop until max_redirects.
+    """
+
+    def __init__(self) -> None:
+        self._cookies: dict[tuple[str, str, str], _Cookie] = {}
+
+    def store(self, url: _URL, headers: Sequence[tuple[str, str]], now: float) -> None:
+        for name, value in headers:
+            if name != "set-cookie":
+                continue
+            parsed: SimpleCookie = SimpleCookie()
+            try:
+                parsed.load(value)
+            except CookieError:
+                continue
+            for morsel in parsed.values():
+                domain = morsel["domain"].strip().lstrip(".").lower()
+                if domain and not _same_site(url.host, domain):
+                    continue  # a cookie for somebody else's domain
+                path = morsel["path"] or url.path.rpartition("/")[0] or "/"
+                key = (domain or url.host, path, morsel.key)
+                if _expired(morsel["max-age"], morsel["expires"], now):
+                    self._cookies.pop(key, None)
+                    continue
+                self._cookies[key] = _Cookie(
+                    morsel.key,
+                    morsel.coded_value,
+                    domain or url.host,
+                    not domain,
+                    path,
+                    bool(morsel["secure"]),
+                )
+
+    def header(self, url: _URL) -> str:
+        found = []
+        for cookie in self._cookies.values():
+            if cookie.host_only and url.host != cookie.domain:
+                continue
+            if not _same_site(url.host, cookie.domain):
+                continue
+            if cookie.secure and not url.tls:
+                continue
+            if not _path_matches(url.path, cookie.path):
+                continue
+            found.append(f"{cookie.name}={cookie.value}")
+        return "; ".join(found)
+
+
+def _expired(max_age: str, expires: str, now: float) -> bool:
+    if max_age:
+        try:
+            return int(max_age) <= 0
+        except ValueError:
+            return False
+    if expires:
+        try:
+            return email.utils.parsedate_to_datetime(expires).timestamp() <= now
+        except (TypeError, ValueError, IndexError):
+            return False
+    return False
+
+
+def _path_matches(path: str, cookie_path: str) -> bool:
+    if path == cookie_path:
+        return True
+    return path.startswith(cookie_path) and (cookie_path.endswith("/") or path[len(cookie_path)] == "/")

@@ -1,0 +1,266 @@
+"""Name resolution, connecting and TLS shared by the probes, recording blackbox's values."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from exporter.modules import TLSConfig
+from exporter.result import FailureReason, Trace
+
+
+class ProbeFailure(Exception):
+    """Raised inside a probe to stop it; the probe turns it into a failed result."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class TargetGuard(Protocol):
+    """Decides which hosts and addresses an on-demand probe may reach."""
+
+    def allows_host(self, host: str) -> bool: ...
+
+    def allows_address(self, host: str, address: str) -> bool:
+        """May ``host``, resolved to ``address``, be probed?"""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A resolved address and the family it belongs to."""
+
+    ip: str
+    family: socket.AddressFamily
+
+    @property
+    def version(self) -> int:
+        return 6 if self.family == socket.AF_INET6 else 4
+
+
+def _literal(host: str) -> Address | None:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return Address(str(ip), socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
+
+
+async def _lookup(host: str, family: socket.AddressFamily) -> list[Address]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM)
+    seen: dict[str, Address] = {}
+    for fam, _, _, _, sockaddr in infos:
+        seen.setdefault(str(sockaddr[0]), Address(str(sockaddr[0]), socket.AddressFamily(fam)))
+    return list(seen.values())
+
+
+async def resolve(
+    host: str,
+    preferred: str,
+    fallback: bool,
+    trace: Trace,
+    guard: TargetGuard | None = None,
+    phase: str | None = "resolve",
+) -> list[Address]:
+    """Resolve ``host`` the way blackbox does: the preferred family first, the other on failure.
+
+    Records ``probe_ip_protocol``, ``probe_ip_addr_hash`` and ``probe_dns_lookup_time_seconds``.
+    The returned list puts the preferred family first and, with fallback on, ends with the other
+    family's addresses so a connect failure can fall back to them.
+    """
+    start = trace.elapsed()
+    try:
+        literal = _literal(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            addresses = await _resolve_name(host, preferred, fallback)
+    finally:
+        lookup = trace.elapsed() - start
+        trace.set("probe_dns_lookup_time_seconds", lookup)
+        if phase:
+            trace.add_phase(phase, lookup)
+    if guard is not None:
+        refused = [a.ip for a in addresses if not guard.allows_address(host, a.ip)]
+        if refused:
+            raise ProbeFailure(
+                FailureReason.OTHER, f"{host} resolves to {refused[0]}, outside probe_allowlist"
+            )
+    trace.set("probe_ip_protocol", addresses[0].version)
+    trace.set("probe_ip_addr_hash", ip_hash(addresses[0].ip))
+    return addresses
+
+
+async def _resolve_name(host: str, preferred: str, fallback: bool) -> list[Address]:
+    if preferred == "ip":
+        order = [socket.AF_UNSPEC]
+    else:
+        first = socket.AF_INET if preferred == "ip4" else socket.AF_INET6
+        second = socket.AF_INET6 if first == socket.AF_INET else socket.AF_INET
+        order = [first, second] if fallback else [first]
+    found: list[Address] = []
+    last_error = "no addresses"
+    for family in order:
+        try:
+            found.extend(await _lookup(host, family))
+        except (socket.gaierror, UnicodeError) as err:
+            last_error = (err.strerror if isinstance(err, socket.gaierror) else None) or str(err)
+    if not found:
+        raise ProbeFailure(FailureReason.DNS, f"cannot resolve {host}: {last_error}")
+    return found
+
+
+def ip_hash(ip: str) -> float:
+    """blackbox's probe_ip_addr_hash: a stable number that changes when the address does."""
+    return float(int.from_bytes(hashlib.blake2b(ip.encode(), digest_size=4).digest(), "big"))
+
+
+async def connect(
+    addresses: Sequence[Address],
+    port: int,
+    trace: Trace,
+    source_ip: str = "",
+    phase: str | None = "connect",
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a TCP connection to the first address that accepts, in the given order."""
+    last: OSError | None = None
+    for address in addresses:
+        start = trace.elapsed()
+        try:
+            local = (source_ip, 0) if source_ip else None
+            streams = await asyncio.open_connection(
+                address.ip, port, family=address.family, local_addr=local, limit=2**16
+            )
+        except OSError as err:
+            last = err
+            continue
+        finally:
+            if phase:
+                trace.add_phase(phase, trace.elapsed() - start)
+        if address.version != trace.get("probe_ip_protocol"):
+            trace.set("probe_ip_protocol", address.version)
+            trace.set("probe_ip_addr_hash", ip_hash(address.ip))
+        return streams
+    where = f"{addresses[-1].ip}:{port}" if addresses else f"port {port}"
+    reason = last.strerror if last is not None and last.strerror else str(last)
+    raise ProbeFailure(FailureReason.CONNECT, f"cannot connect to {where}: {reason}")
+
+
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+
+def make_ssl_context(config: TLSConfig) -> ssl.SSLContext:
+    """An SSL context for blackbox's ``tls_config``; unreadable files become ProbeFailure."""
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file or None)
+    except (OSError, ssl.SSLError) as err:
+        raise ProbeFailure(FailureReason.TLS, f"cannot load ca_file: {err}") from None
+    try:
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file or None)
+    except (OSError, ssl.SSLError) as err:
+        raise ProbeFailure(FailureReason.TLS, f"cannot load client certificate: {err}") from None
+    if config.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if config.min_version:
+        context.minimum_version = _TLS_VERSIONS[config.min_version]
+    if config.max_version:
+        context.maximum_version = _TLS_VERSIONS[config.max_version]
+    return context
+
+
+async def start_tls(
+    writer: asyncio.StreamWriter,
+    context: ssl.SSLContext,
+    server_name: str,
+    trace: Trace,
+    phase: str | None = "tls",
+) -> None:
+    """Upgrade a connection to TLS and record the certificate and version values."""
+    start = trace.elapsed()
+    try:
+        await writer.start_tls(context, server_hostname=server_name or None)
+    except ssl.SSLCertVerificationError as err:
+        raise ProbeFailure(
+            FailureReason.TLS, f"certificate verification failed: {err.verify_message}"
+        ) from None
+    except (ssl.SSLError, ConnectionError, OSError) as err:
+        raise ProbeFailure(FailureReason.TLS, f"TLS handshake failed: {err}") from None
+    finally:
+        if phase:
+            trace.add_phase(phase, trace.elapsed() - start)
+    record_tls(trace, writer.get_extra_info("ssl_object"))
+
+
+_VERSION_LABELS = {
+    "TLSv1": "TLS 1.0",
+    "TLSv1.1": "TLS 1.1",
+    "TLSv1.2": "TLS 1.2",
+    "TLSv1.3": "TLS 1.3",
+}
+
+
+def peer_chain(ssl_object: ssl.SSLObject) -> list[x509.Certificate]:
+    """The certificates the server sent, leaf first."""
+    raw = getattr(ssl_object, "_sslobj", None)
+    chain = []
+    getter = getattr(raw, "get_verified_chain", None)
+    try:
+        chain = list(getter()) if getter is not None else []
+    except (ssl.SSLError, ValueError):
+        chain = []
+    if not chain:
+        unverified = getattr(raw, "get_unverified_chain", None)
+        chain = list(unverified() or []) if unverified is not None else []
+    certs = []
+    for item in chain:
+        der = item.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+        certs.append(x509.load_der_x509_certificate(der))
+    if not certs:
+        der = ssl_object.getpeercert(binary_form=True)
+        if der:
+            certs.append(x509.load_der_x509_certificate(der))
+    return certs
+
+
+def record_tls(trace: Trace, ssl_object: ssl.SSLObject | None) -> None:
+    """Record blackbox's TLS values: earliest expiry, last-chain expiry, version, leaf fingerprint."""
+    if ssl_object is None:
+        return
+    version = ssl_object.version() or ""
+    trace.set("probe_tls_version_info", 1, (("version", _VERSION_LABELS.get(version, version)),))
+    certs = peer_chain(ssl_object)
+    if not certs:
+        return
+    expiries = [c.not_valid_after_utc.replace(tzinfo=UTC).timestamp() for c in certs]
+    trace.set("probe_ssl_earliest_cert_expiry", min(expiries))
+    trace.set("probe_ssl_last_chain_expiry_timestamp_seconds", min(expiries))
+    fingerprint = certs[0].fingerprint(hashes.SHA256()).hex()
+    trace.set("probe_ssl_last_chain_info", 1, (("fingerprint_sha256", fingerprint),))
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    """Close a connection without waiting long on a peer that does not answer."""
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)

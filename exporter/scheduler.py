@@ -1,0 +1,111 @@
+"""Probes every service on its own interval, spread over the interval, under a global concurrency cap."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from collections.abc import Awaitable, Iterable
+from typing import Protocol
+
+from exporter.config import Service
+from exporter.modules import Module
+from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
+from exporter.runner import run_probe
+from exporter.store import Histogram, ResultStore
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """The seam between scheduling and probing; tests may pass their own."""
+
+    def __call__(
+        self, target: str, module: Module, timeout: float, *, clock: Clock
+    ) -> Awaitable[ProbeResult]: ...
+
+
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def phase_offset(name: str, interval: float) -> float:
+    """Where in its interval a service runs: stable per name, so reloads keep the rhythm."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") / 2**64) * interval
+
+
+class Scheduler:
+    """One task per service; each run waits for its slot, then for a place under the cap."""
+
+    def __init__(
+        self,
+        store: ResultStore,
+        max_concurrency: int,
+        clock: Clock = SYSTEM_CLOCK,
+        runner: Runner = run_probe,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.runner = runner
+        self.schedule_lag = Histogram(LAG_BUCKETS)
+        self.probes_in_flight = 0
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._max_concurrency = max_concurrency
+        self._tasks: dict[str, tuple[Service, asyncio.Task[None]]] = {}
+
+    @property
+    def services(self) -> list[Service]:
+        return [service for service, _ in self._tasks.values()]
+
+    def apply(self, services: Iterable[Service], max_concurrency: int) -> None:
+        """Swap in a new service set: unchanged services keep their task and their rhythm."""
+        if max_concurrency != self._max_concurrency:
+            # Runs already waiting keep the old semaphore; new runs take the new one.
+            self._limit = asyncio.Semaphore(max_concurrency)
+            self._max_concurrency = max_concurrency
+        wanted = {service.name: service for service in services}
+        self.store.sync(wanted.values())
+        for name in list(self._tasks):
+            old, task = self._tasks[name]
+            if wanted.get(name) != old:
+                task.cancel()
+                del self._tasks[name]
+        for name, service in wanted.items():
+            if name not in self._tasks:
+                task = asyncio.create_task(self._run_forever(service), name=f"probe {name}")
+                self._tasks[name] = (service, task)
+
+    async def stop(self) -> None:
+        """Cancel every service task and wait for them to finish."""
+        tasks = [task for _, task in self._tasks.values()]
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_forever(self, service: Service) -> None:
+        loop = asyncio.get_running_loop()
+        offset = phase_offset(service.name, service.interval)
+        due = _next_slot(loop.time(), offset, service.interval)
+        while True:
+            await asyncio.sleep(max(due - loop.time(), 0.0))
+            result = await self._run_once(service, due)
+            self.store.record(service.name, result)
+            # A run that overshot its slots (waiting for the cap) skips them rather than bunching up.
+            due = _next_slot(max(loop.time(), due + service.interval * 0.5), offset, service.interval)
+
+    async def _run_once(self, service: Service, due: float) -> ProbeResult:
+        loop = asyncio.get_running_loop()
+        async with self._limit:
+            self.schedule_lag.observe(max(loop.time() - due, 0.0))
+            self.probes_in_flight += 1
+            try:
+                return await self.runner(service.target, service.module, service.timeout, clock=self.clock)
+            finally:
+                self.probes_in_flight -= 1
+
+
+def _next_slot(now: float, offset: float, interval: float) -> float:
+    """The first time at or after ``now`` that is ``offset`` past a multiple of ``interval``."""
+    return offset + math.ceil((now - offset) / interval) * interval

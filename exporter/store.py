@@ -1,0 +1,98 @@
+"""Keeps the latest result, counters and latency histogram of every configured service."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from exporter.config import Service
+from exporter.result import FailureReason, ProbeResult
+
+
+@dataclass
+class Histogram:
+    """Cumulative-on-export bucket counts for fixed upper bounds (``+Inf`` implied)."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        # bisect_left puts a value equal to a bound in that bound's bucket (le is inclusive).
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> Iterator[tuple[float, int]]:
+        """(upper bound, cumulative count) pairs, ending with +Inf."""
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            yield bound, running
+
+
+@dataclass
+class ServiceState:
+    """What the exporter knows about one service."""
+
+    service: Service
+    last: ProbeResult | None = None
+    runs: int = 0
+    failures: dict[FailureReason, int] = field(default_factory=lambda: dict.fromkeys(FailureReason, 0))
+    last_success: float | None = None
+    latency: Histogram = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.latency = Histogram(self.service.latency_buckets)
+
+
+class ResultStore:
+    """Results by service name; a service removed from the config disappears with its state."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, ServiceState] = {}
+
+    def sync(self, services: Iterable[Service]) -> None:
+        """Match the store to a new service set, keeping the state of services that stay."""
+        states: dict[str, ServiceState] = {}
+        for service in services:
+            state = self._states.get(service.name)
+            if state is None:
+                state = ServiceState(service)
+            elif state.service != service:
+                if state.latency.bounds != service.latency_buckets:
+                    state.latency = Histogram(service.latency_buckets)
+                if (state.service.group, state.service.target) != (service.group, service.target):
+                    # Another target: the old result describes something else now.
+                    state.last = None
+                state.service = service
+            states[service.name] = state
+        self._states = states
+
+    def record(self, name: str, result: ProbeResult) -> None:
+        """Store a finished probe of a configured service; results of removed services are dropped."""
+        state = self._states.get(name)
+        if state is None:
+            return
+        state.last = result
+        state.runs += 1
+        if result.success:
+            state.last_success = result.started_at + result.duration
+            state.latency.observe(result.duration)
+        else:
+            state.failures[result.reason or FailureReason.OTHER] += 1
+
+    def get(self, name: str) -> ServiceState | None:
+        return self._states.get(name)
+
+    def __iter__(self) -> Iterator[ServiceState]:
+        return iter(list(self._states.values()))
+
+    def __len__(self) -> int:
+        return len(self._states)

@@ -1,0 +1,306 @@
+"""The HTTP side: /metrics, /probe, /config, reload and health endpoints, built by make_app."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.allowlist import Allowlist, target_host
+from exporter.collector import Families, SelfCollector, ServiceCollector, add_result
+from exporter.config import Config, dump_config, load_config
+from exporter.errors import ConfigError
+from exporter.modules import Module
+from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
+from exporter.runner import run_probe
+from exporter.scheduler import Scheduler
+from exporter.store import Histogram, ResultStore
+from exporter.types import format_duration
+
+log = logging.getLogger(__name__)
+
+# blackbox_exporter leaves this much of Prometheus' scrape timeout for the network.
+SCRAPE_TIMEOUT_OFFSET = 0.5
+MAX_QUERY_LENGTH = 4096
+
+
+class Exporter:
+    """The running exporter: its config, results, scheduler and reload status."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_file: str | None = None,
+        location: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.config = config
+        self.config_file = config_file
+        self.location_override = location
+        self.clock = clock
+        self.store = ResultStore()
+        self.scheduler = Scheduler(self.store, config.global_.max_concurrency, clock)
+        self.allowlist = Allowlist(config.probe_allowlist)
+        self.reload_successful = True
+        self.reload_success_time = clock.wall()
+        self.started = False
+        self._reload_lock = asyncio.Lock()
+        self.service_collector = ServiceCollector(self.store, self.location)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.service_collector)
+        self.registry.register(SelfCollector(self))
+
+    @property
+    def location(self) -> str:
+        return self.location_override or self.config.global_.location
+
+    @property
+    def probes_in_flight(self) -> int:
+        return self.scheduler.probes_in_flight
+
+    @property
+    def schedule_lag(self) -> Histogram:
+        return self.scheduler.schedule_lag
+
+    def start(self) -> None:
+        self.scheduler.apply(self.config.services, self.config.global_.max_concurrency)
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        await self.scheduler.stop()
+
+    def apply(self, config: Config) -> None:
+        """Switch to a new config; services that did not change keep probing undisturbed."""
+        self.config = config
+        self.allowlist = Allowlist(config.probe_allowlist)
+        self.service_collector.location = self.location
+        if self.started:
+            self.scheduler.apply(config.services, config.global_.max_concurrency)
+        else:
+            self.store.sync(config.services)
+        self.reload_successful = True
+        self.reload_success_time = self.clock.wall()
+
+    async def reload(self) -> ConfigError | None:
+        """Re-read the config file; an invalid file keeps the running config."""
+        if self.config_file is None:
+            return ConfigError([], None)
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.config_file)
+            except ConfigError as err:
+                self.reload_successful = False
+                for issue in err.issues:
+                    log.error("config reload failed, keeping the running config: %s", issue)
+                return err
+            self.apply(config)
+            log.info("config reloaded from %s: %d services", self.config_file, len(config.services))
+            return None
+
+
+EXPORTER = web.AppKey("exporter", Exporter)
+
+
+def make_app(
+    config: Config,
+    *,
+    config_file: str | None = None,
+    location: str | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    schedule: bool = True,
+    middlewares: tuple[Middleware, ...] = (),
+) -> web.Application:
+    """Build the web app; with ``schedule`` the services are probed while it runs."""
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
+    exporter = Exporter(config, config_file=config_file, location=location, clock=clock)
+    app[EXPORTER] = exporter
+    if schedule:
+        app.cleanup_ctx.append(_scheduler_context)
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/probe", probe)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_put("/-/reload", reload)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_get("/config", show_config)
+    return app
+
+
+async def _scheduler_context(app: web.Application) -> AsyncIterator[None]:
+    exporter = app[EXPORTER]
+    exporter.start()
+    yield
+    await exporter.stop()
+
+
+def _render(request: web.Request, collectors: list[Collector]) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return encoder(registry), content_type
+
+
+async def metrics(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER]
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    # Rendering thousands of services takes a while; a thread keeps the schedule on time.
+    body = await asyncio.to_thread(encoder, exporter.registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+class _OneResult(Collector):
+    def __init__(self, result: ProbeResult, prober: str) -> None:
+        self.result = result
+        self.prober = prober
+
+    def collect(self) -> list[Metric]:
+        families = Families()
+        add_result(families, self.result, self.prober, {})
+        return list(families)
+
+
+def _bad(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message + "\n")
+
+
+async def probe(request: web.Request) -> web.Response:
+    """blackbox_exporter's /probe: one probe now, its metrics without service labels."""
+    exporter = request.app[EXPORTER]
+    config = exporter.config
+    query = request.query
+    if len(request.query_string) > MAX_QUERY_LENGTH:
+        return _bad(414, f"query string longer than {MAX_QUERY_LENGTH} bytes")
+    service_name = query.get("service")
+    guard: Allowlist | None = None
+    if service_name is not None:
+        service = config.service(service_name)
+        if service is None:
+            return _bad(404, f"unknown service {service_name!r}")
+        target, module, timeout = service.target, service.module, service.timeout
+    else:
+        target = query.get("target", "")
+        if not target.strip():
+            return _bad(400, "target parameter is missing")
+        module_name = query.get("module", "http_2xx")
+        found = config.modules.get(module_name)
+        if found is None:
+            return _bad(400, f"unknown module {module_name!r}")
+        module = found
+        host = target_host(target)
+        if not host or not await exporter.allowlist.allows_target(host):
+            return _bad(403, exporter.allowlist.explain(target))
+        guard = exporter.allowlist
+        timeout = float(module.timeout or config.global_.timeout)
+    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+    if header is not None:
+        try:
+            scrape_timeout = float(header)
+        except ValueError:
+            return _bad(400, f"invalid X-Prometheus-Scrape-Timeout-Seconds {header[:64]!r}")
+        if not scrape_timeout > 0:
+            return _bad(400, "X-Prometheus-Scrape-Timeout-Seconds must be positive")
+        budget = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
+        timeout = min(timeout, budget if budget > 0 else scrape_timeout)
+    result = await run_probe(target, module, timeout, guard=guard, clock=exporter.clock)
+    if query.get("debug", "").lower() == "true":
+        return web.Response(text=debug_text(target, module, result))
+    body, content_type = _render(request, [_OneResult(result, module.prober)])
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def debug_text(target: str, module: Module, result: ProbeResult) -> str:
+    """A readable account of one probe, for ?debug=true and the probe command."""
+    lines = [
+        f"target: {target}",
+        f"prober: {module.prober}",
+        f"success: {'yes' if result.success else 'no'}",
+        f"duration: {result.duration:.6f}s",
+    ]
+    if not result.success:
+        lines.append(f"reason: {result.reason}")
+    if result.message:
+        lines.append(f"message: {result.message}")
+    if result.phases:
+        lines.append("phases:")
+        lines.extend(f"  {name}: {seconds:.6f}s" for name, seconds in result.phases.items())
+    return "\n".join(lines) + "\n"
+
+
+async def reload(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER]
+    if exporter.config_file is None:
+        return _bad(400, "no config file to reload: the exporter was started without --config.file")
+    error = await exporter.reload()
+    if error is not None:
+        return _bad(500, "config reload failed, keeping the running config:\n" + str(error))
+    return web.Response(text=f"config reloaded: {len(exporter.config.services)} services\n")
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Healthy\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER]
+    if not exporter.started:
+        return web.Response(status=503, text="Not ready\n")
+    return web.Response(text="Ready\n")
+
+
+async def show_config(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER]
+    return web.Response(text=dump_config(exporter.config), content_type="text/plain")
+
+
+async def index(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER]
+    rows = []
+    for state in exporter.store:
+        service = state.service
+        last = state.last
+        status = "pending" if last is None else ("up" if last.success else f"down ({last.reason})")
+        took = "" if last is None else f"{last.duration * 1000:.1f} ms"
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(cell))}</td>"
+                for cell in (
+                    service.name,
+                    service.group,
+                    service.module.prober,
+                    service.target,
+                    format_duration(service.interval),
+                    status,
+                    took,
+                )
+            )
+            + "</tr>"
+        )
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>outage-exporter</title></head>
+<body>
+<h1>outage-exporter {html.escape(__version__)}</h1>
+<p>Location: {html.escape(exporter.location)}.
+<a href="metrics">Metrics</a> · <a href="config">Config</a> ·
+<a href="-/healthy">Health</a> · <a href="-/ready">Ready</a></p>
+<table border="1" cellpadding="4">
+<tr><th>service</th><th>group</th><th>prober</th><th>target</th><th>interval</th>
+<th>status</th><th>duration</th></tr>
+{"".join(rows)}
+</table>
+</body></html>
+"""
+    return web.Response(text=page, content_type="text/html")

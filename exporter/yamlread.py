@@ -1,0 +1,240 @@
+"""Reads YAML nodes into frozen dataclasses, reporting every problem with its path and line."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal
+
+import yaml
+
+from exporter.errors import ConfigIssue
+
+_INVALID: Any = object()
+_STR_TAG = "tag:yaml.org,2002:str"
+_NULL_TAG = "tag:yaml.org,2002:null"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def yaml_key(field: dataclasses.Field[Any]) -> str:
+    """The YAML key of a dataclass field (``global_`` is written ``global``)."""
+    return str(field.metadata.get("key", field.name.rstrip("_")))
+
+
+def line_of(node: yaml.Node | None) -> int | None:
+    return None if node is None else node.start_mark.line + 1
+
+
+def compose(text: str, file: str | None) -> tuple[yaml.Node | None, list[ConfigIssue]]:
+    """Parse YAML text into a node tree, or say where the syntax is wrong."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader), []
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark is not None else None
+        what = " ".join(p for p in (err.context, err.problem) if p)
+        return None, [ConfigIssue("", line, f"invalid YAML: {what}", file)]
+    except yaml.YAMLError as err:
+        return None, [ConfigIssue("", None, f"invalid YAML: {err}", file)]
+
+
+def mapping_items(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
+    """Key/value pairs of a mapping with ``<<`` merge keys flattened."""
+    items: list[tuple[yaml.Node, yaml.Node]] = []
+    merged: list[tuple[yaml.Node, yaml.Node]] = []
+    for key, value in node.value:
+        if key.tag == _MERGE_TAG:
+            sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            for source in sources:
+                if isinstance(source, yaml.MappingNode):
+                    merged.extend(mapping_items(source))
+        else:
+            items.append((key, value))
+    own = {k.value for k, _ in items if isinstance(k, yaml.ScalarNode)}
+    return items + [(k, v) for k, v in merged if k.value not in own]
+
+
+class Reader:
+    """Turns nodes into typed values, collecting issues instead of stopping at the first."""
+
+    def __init__(self, file: str | None = None) -> None:
+        self.file = file
+        self.issues: list[ConfigIssue] = []
+
+    def error(self, path: str, node: yaml.Node | None, message: str) -> None:
+        self.issues.append(ConfigIssue(path, line_of(node), message, self.file))
+
+    def read(self, tp: Any, node: yaml.Node, path: str) -> Any:
+        """Read ``node`` as type ``tp``; on a problem, record it and return an invalid marker."""
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            inner = [a for a in args if a is not type(None)]
+            if node.tag == _NULL_TAG:
+                return None
+            return self.read(inner[0], node, path)
+        if origin is Literal:
+            value = self._scalar(node, path, "a string")
+            if value is _INVALID:
+                return _INVALID
+            if value not in args:
+                choices = ", ".join(repr(a) for a in args if a != "")
+                self.error(path, node, f"must be one of {choices}, got {value!r}")
+                return _INVALID
+            return value
+        if origin is tuple:
+            return self._sequence(args[0], node, path)
+        if origin in (dict, Mapping) or tp is Mapping:
+            return self._mapping(args[1], node, path)
+        if hasattr(tp, "from_yaml"):
+            value = self._scalar(node, path, "a scalar")
+            if value is _INVALID:
+                return _INVALID
+            try:
+                return tp.from_yaml(value)
+            except ValueError as err:
+                self.error(path, node, str(err))
+                return _INVALID
+        if dataclasses.is_dataclass(tp):
+            return self.read_dataclass(tp, node, path)
+        if tp is bool:
+            return self._typed(node, path, (_BOOL_TAG,), "true or false")
+        if tp is int:
+            return self._typed(node, path, (_INT_TAG,), "an integer")
+        if tp is float:
+            value = self._typed(node, path, (_INT_TAG, _FLOAT_TAG), "a number")
+            return _INVALID if value is _INVALID else float(value)
+        if tp is str:
+            if isinstance(node, yaml.ScalarNode) and node.tag in (_STR_TAG, _INT_TAG, _FLOAT_TAG):
+                return str(node.value)
+            self.error(path, node, f"must be a string, got {describe(node)}")
+            return _INVALID
+        raise TypeError(f"no reader for type {tp!r}")  # a programming error, not a config one
+
+    def read_dataclass(self, cls: Any, node: yaml.Node, path: str) -> Any:
+        hints = typing.get_type_hints(cls)
+        fields = {yaml_key(f): f for f in dataclasses.fields(cls)}
+        if node.tag == _NULL_TAG:
+            node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
+        if not isinstance(node, yaml.MappingNode):
+            self.error(path, node, f"must be a mapping, got {describe(node)}")
+            return _INVALID
+        values: dict[str, Any] = {}
+        key_nodes: dict[str, yaml.Node] = {}
+        ok = True
+        for key_node, value_node in mapping_items(node):
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            sub = join(path, str(key))
+            if not isinstance(key, str) or key not in fields:
+                hint = difflib.get_close_matches(str(key), list(fields), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                self.error(sub, key_node, f"unknown key{extra}")
+                ok = False
+                continue
+            if key in key_nodes:
+                self.error(sub, key_node, f"duplicate key (first set on line {line_of(key_nodes[key])})")
+                ok = False
+                continue
+            key_nodes[key] = key_node
+            value = self.read(hints[fields[key].name], value_node, sub)
+            if value is _INVALID:
+                ok = False
+            else:
+                values[fields[key].name] = value
+        for key, f in fields.items():
+            missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if missing and f.name not in values and key not in key_nodes:
+                self.error(join(path, key), node, "is required")
+                ok = False
+        if not ok:
+            return _INVALID
+        obj = cls(**values)
+        check: Callable[[], Any] | None = getattr(obj, "check", None)
+        if check is not None:
+            for key, message in check():
+                self.error(join(path, key), key_nodes.get(key, node), message)
+        return obj
+
+    def _sequence(self, item_type: Any, node: yaml.Node, path: str) -> Any:
+        if node.tag == _NULL_TAG:
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(path, node, f"must be a list, got {describe(node)}")
+            return _INVALID
+        items = [self.read(item_type, item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        return _INVALID if any(i is _INVALID for i in items) else tuple(items)
+
+    def _mapping(self, value_type: Any, node: yaml.Node, path: str) -> Any:
+        if node.tag == _NULL_TAG:
+            return MappingProxyType({})
+        if not isinstance(node, yaml.MappingNode):
+            self.error(path, node, f"must be a mapping, got {describe(node)}")
+            return _INVALID
+        out: dict[str, Any] = {}
+        ok = True
+        for key_node, value_node in mapping_items(node):
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.error(path, key_node, "keys must be strings")
+                ok = False
+                continue
+            sub = join(path, key_node.value)
+            if key_node.value in out:
+                self.error(sub, key_node, "duplicate key")
+                ok = False
+                continue
+            value = self.read(value_type, value_node, sub)
+            if value is _INVALID:
+                ok = False
+            else:
+                out[key_node.value] = value
+        return MappingProxyType(out) if ok else _INVALID
+
+    def _scalar(self, node: yaml.Node, path: str, expected: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL_TAG:
+            self.error(path, node, f"must be {expected}, got {describe(node)}")
+            return _INVALID
+        return _construct(node)
+
+    def _typed(self, node: yaml.Node, path: str, tags: tuple[str, ...], expected: str) -> Any:
+        if isinstance(node, yaml.ScalarNode) and node.tag in tags:
+            return _construct(node)
+        self.error(path, node, f"must be {expected}, got {describe(node)}")
+        return _INVALID
+
+
+def _construct(node: yaml.ScalarNode) -> Any:
+    return yaml.SafeLoader.construct_object(_CONSTRUCTOR, node)
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    pass
+
+
+_CONSTRUCTOR = _Constructor()
+
+
+def describe(node: yaml.Node) -> str:
+    """How a node looks to a user, for 'expected X, got Y' messages."""
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if node.tag == _NULL_TAG:
+        return "nothing"
+    kind = {_BOOL_TAG: "boolean", _INT_TAG: "integer", _FLOAT_TAG: "number"}.get(node.tag, "string")
+    return f"{kind} {node.value!r}"
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def is_invalid(value: Any) -> bool:
+    return value is _INVALID

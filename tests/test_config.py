@@ -1,0 +1,194 @@
+"""Tests for the config loader: valid files, blackbox.yml, and one invalid file per error kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.config import dump_config, load_config, parse_config
+from exporter.errors import ConfigError
+from exporter.types import Duration
+
+DATA = Path(__file__).parent / "testdata"
+BLACKBOX_YML = Path("/etc/prometheus/blackbox.yml")
+
+INVALID = {
+    "invalid-unknown-key.yml": ["services[0].tiemout (line 7): unknown key (did you mean 'timeout'?)"],
+    "invalid-wrong-type.yml": ["global.max_concurrency (line 2): must be an integer, got string 'lots'"],
+    "invalid-duration.yml": [
+        "global.interval (line 2): must be a duration such as 30s or 1m30s, got '30 seconds'"
+    ],
+    "invalid-timeout-interval.yml": ["services[0].timeout (line 8): must be less than interval 10s, got 30s"],
+    "invalid-timeout-inherited.yml": [
+        "services[0].interval (line 8): must be greater than timeout 10s (from global.timeout), got 5s"
+    ],
+    "invalid-duplicate-service.yml": [
+        "services[1].name (line 5): duplicate service name 'api' (first on line 2)"
+    ],
+    "invalid-unknown-module.yml": [
+        "services[0].module (line 7): unknown module 'http_3xx' (modules: http_2xx)"
+    ],
+    "invalid-regex.yml": [
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 6): invalid regular "
+        "expression 'status: (ok': missing ), unterminated subpattern at position 8"
+    ],
+    "invalid-label-name.yml": [
+        "services[0].labels.team-name (line 6): invalid label name 'team-name': "
+        "must match [a-zA-Z_][a-zA-Z0-9_]*"
+    ],
+    "invalid-reserved-label.yml": [
+        "services[0].labels.location (line 6): label name 'location' is reserved by the exporter"
+    ],
+    "invalid-service-name.yml": ["services[0].name (line 2): must match [a-zA-Z0-9_.-]+, got 'api login'"],
+    "invalid-unknown-prober.yml": [
+        "modules.ftp_banner.prober (line 3): unknown prober 'ftp'; expected one of http, tcp, dns, icmp, grpc"
+    ],
+    "invalid-missing-target.yml": ["services[0].target (line 2): is required"],
+    "invalid-yaml-syntax.yml": [
+        "<document> (line 4): invalid YAML: while parsing a flow sequence expected ',' or ']', "
+        "but got '<stream end>'"
+    ],
+    "invalid-status-code.yml": [
+        "modules.http_2xx.http.valid_status_codes[1] (line 5): "
+        "must be a status code or a range within 100-599, got 700"
+    ],
+    "invalid-availability.yml": [
+        "services[0].objectives.availability (line 6): must be between 0 and 1 (exclusive), got 99.9"
+    ],
+    "invalid-allowlist.yml": [
+        "probe_allowlist[0] (line 2): invalid network '10.0.0.0/33': "
+        "'10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"
+    ],
+    "invalid-module-and-prober.yml": ["services[0].prober (line 8): set either module or prober, not both"],
+    "invalid-dns-query-name.yml": ["modules.dns_soa.dns (line 5): query_name is required for the dns prober"],
+    "invalid-env-secret.yml": [
+        "modules.api_auth.http.bearer_token (line 5): "
+        "environment variable OUTAGE_EXPORTER_TEST_UNSET_TOKEN is not set"
+    ],
+    "invalid-ip-protocol.yml": [
+        "modules.tcp_v5.tcp.preferred_ip_protocol (line 5): must be one of 'ip4', 'ip6', 'ip', got 'ip5'"
+    ],
+    "invalid-inline-mismatch.yml": ["services[0].http (line 6): http settings do not apply to prober 'tcp'"],
+    "invalid-not-a-list.yml": ["services (line 2): must be a list, got a mapping"],
+    "invalid-many.yml": [
+        "services[0].timeout (line 8): must be less than interval 10s, got 30s",
+        "services[1].name (line 9): duplicate service name 'api' (first on line 5)",
+        "services[1].module (line 11): unknown module 'missing' (modules: none defined)",
+        "services[2].tcp.query_response[0].expect (line 17): invalid regular expression "
+        "'(unclosed': missing ), unterminated subpattern at position 0",
+    ],
+}
+
+
+def test_every_invalid_fixture_is_listed() -> None:
+    """Each invalid-*.yml file in testdata has its expected messages here, and vice versa."""
+    on_disk = {p.name for p in DATA.glob("invalid-*.yml")}
+    assert on_disk == set(INVALID)
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_config_reports_exact_messages(name: str) -> None:
+    """An invalid file fails with exactly the expected located messages, all at once."""
+    with pytest.raises(ConfigError) as info:
+        load_config(DATA / name)
+    assert [str(issue) for issue in info.value.issues] == INVALID[name]
+
+
+def test_valid_config_loads_into_frozen_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full config resolves modules, intervals, timeouts, labels and objectives."""
+    monkeypatch.setenv("OUTAGE_EXPORTER_TEST_PASSWORD", "hunter2")
+    config = load_config(DATA / "valid-full.yml")
+    login, api, db = config.services
+    assert (login.name, login.group, login.module_name, login.module.prober) == (
+        "login",
+        "meta",
+        "http_2xx",
+        "http",
+    )
+    assert (login.interval, login.timeout) == (15.0, 5.0)
+    assert dict(login.labels) == {"team": "identity"}
+    assert login.objectives.availability == 0.999
+    assert login.objectives.latency == 0.8
+    assert 0.8 in login.latency_buckets
+    assert api.module_name == ""
+    assert api.module.http.basic_auth is not None
+    assert api.module.http.basic_auth.password is not None
+    assert api.module.http.basic_auth.password.reveal() == "hunter2"
+    assert (api.interval, api.timeout) == (30.0, 10.0)
+    assert db.group == "default"
+    assert config.global_.location == "eu-west"
+    with pytest.raises(AttributeError):
+        login.name = "other"  # type: ignore[misc]
+
+
+def test_dump_config_redacts_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The /config rendering shows settings but never a secret's value."""
+    monkeypatch.setenv("OUTAGE_EXPORTER_TEST_PASSWORD", "hunter2-secret")
+    text = dump_config(load_config(DATA / "valid-full.yml"))
+    assert "hunter2-secret" not in text
+    assert "password: <secret>" in text
+    assert "name: login" in text
+
+
+def test_blackbox_yml_loads_unchanged() -> None:
+    """Debian's blackbox.yml loads as-is and keeps its meaning."""
+    config = load_config(BLACKBOX_YML)
+    assert set(config.modules) >= {"http_2xx", "http_post_2xx", "tcp_connect", "icmp", "irc_banner"}
+    assert config.modules["http_post_2xx"].http.method == "POST"
+    assert config.modules["icmp_ttl5"].timeout == Duration(5)
+    assert config.modules["icmp_ttl5"].icmp.ttl == 5
+    irc = config.modules["irc_banner"].tcp.query_response
+    assert irc[2].send == "PONG ${1}"
+    assert irc[2].expect is not None
+    match = irc[2].expect.search("PING :abc123")
+    assert match is not None and match.group(1) == "abc123"
+    pop3 = config.modules["pop3s_banner"].tcp
+    assert pop3.tls and pop3.query_response[0].expect is not None
+    # RE2 reads "^+" as a repeated start anchor, so this expects "OK" at the start, as in blackbox.
+    assert pop3.query_response[0].expect.search("OK ready")
+    assert not pop3.query_response[0].expect.search("+OK ready")
+
+
+def test_durations_follow_prometheus_syntax() -> None:
+    """Durations accept Prometheus' unit syntax and reject anything else."""
+    assert Duration.from_yaml("1h30m") == 5400
+    assert Duration.from_yaml("250ms") == 0.25
+    for bad in ("1.5s", "10", "s", "-1s", "1m 30s"):
+        with pytest.raises(ValueError):
+            Duration.from_yaml(bad)
+
+
+def test_empty_file_is_a_valid_config() -> None:
+    """An empty file means defaults and no services."""
+    config = parse_config("")
+    assert config.services == ()
+    assert config.global_.interval == 30
+
+
+def test_grpc_module_is_accepted_but_a_grpc_service_is_refused() -> None:
+    """blackbox's grpc modules load; using one for a service says the prober is unavailable."""
+    text = "modules: {g: {prober: grpc}}\nservices: [{name: s, target: '127.0.0.1:1', module: g}]\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert [str(i) for i in info.value.issues] == [
+        "services[0].module (line 2): prober 'grpc' is not available in this version of outage-exporter"
+    ]
+
+
+def test_yaml_anchors_and_merge_keys_are_read() -> None:
+    """Anchors and merge keys, common in large configs, resolve before validation."""
+    text = """
+base: &base {prober: http, target: 'http://127.0.0.1:1/'}
+services:
+  - <<: *base
+    name: a
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert [str(i) for i in info.value.issues] == ["base (line 2): unknown key"]
+    config = parse_config(
+        "services:\n  - &s {name: a, prober: http, target: 'http://127.0.0.1:1/'}\n  - <<: *s\n    name: b\n"
+    )
+    assert [s.name for s in config.services] == ["a", "b"]
+    assert config.services[1].target == "http://127.0.0.1:1/"

@@ -1,0 +1,117 @@
+"""Tests for the scheduler: spreading, the concurrency cap, no overlap, and reload behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from exporter.config import Service, parse_config
+from exporter.modules import Module
+from exporter.result import Clock, ProbeResult, Trace
+from exporter.scheduler import Scheduler, _next_slot, phase_offset
+from exporter.store import ResultStore
+from tests.conftest import wait_for
+
+
+def services(count: int, interval: str = "200ms", timeout: str = "100ms") -> tuple[Service, ...]:
+    lines = [f"global: {{interval: {interval}, timeout: {timeout}}}", "services:"]
+    lines += [f"  - {{name: s{i}, target: 'http://127.0.0.1:1/', prober: http}}" for i in range(count)]
+    return parse_config("\n".join(lines)).services
+
+
+class FakeRunner:
+    """Stands in for probing at the scheduler's runner seam; records concurrency."""
+
+    def __init__(self, hold: float = 0.0) -> None:
+        self.hold = hold
+        self.active: Counter[str] = Counter()
+        self.peak = 0
+        self.peak_per_target = 0
+        self.calls: Counter[str] = Counter()
+
+    async def __call__(self, target: str, module: Module, timeout: float, *, clock: Clock) -> ProbeResult:
+        self.active[target] += 1
+        self.calls[target] += 1
+        self.peak = max(self.peak, sum(self.active.values()))
+        self.peak_per_target = max(self.peak_per_target, self.active[target])
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            self.active[target] -= 1
+        return Trace(clock).succeed()
+
+
+def test_phase_offsets_spread_evenly_over_the_interval() -> None:
+    """Start offsets of many services cover the interval without clumping."""
+    offsets = [phase_offset(f"service-{i}", 10.0) for i in range(10_000)]
+    assert all(0 <= o < 10.0 for o in offsets)
+    per_second = Counter(int(o) for o in offsets)
+    assert set(per_second) == set(range(10))
+    assert min(per_second.values()) > 850 and max(per_second.values()) < 1150
+    assert phase_offset("service-1", 10.0) == offsets[1]
+
+
+def test_next_slot_is_aligned_to_offset() -> None:
+    """Slots sit at offset + k * interval; a time on a slot is that slot."""
+    assert _next_slot(100.0, 2.5, 10.0) == 102.5
+    assert _next_slot(102.5, 2.5, 10.0) == 102.5
+    assert _next_slot(102.6, 2.5, 10.0) == 112.5
+
+
+async def test_concurrency_cap_is_never_exceeded() -> None:
+    """With a cap of 2, no more than 2 probes run at once, and the cap is reached."""
+    runner = FakeRunner(hold=0.05)
+    store = ResultStore()
+    targets = services(8)
+    scheduler = Scheduler(store, max_concurrency=2, runner=runner)
+    scheduler.apply([s for s in targets], 2)
+    try:
+        await wait_for(lambda: sum(runner.calls.values()) >= 16, what="16 probes")
+    finally:
+        await scheduler.stop()
+    assert runner.peak == 2
+    assert scheduler.schedule_lag.count >= 16
+
+
+async def test_runs_of_one_service_never_overlap() -> None:
+    """A probe that uses its whole timeout is never overlapped by the next run of its service."""
+    runner = FakeRunner(hold=0.09)
+    store = ResultStore()
+    scheduler = Scheduler(store, max_concurrency=100, runner=runner)
+    one = services(1, interval="100ms", timeout="90ms")
+    scheduler.apply(one, 100)
+    try:
+        await wait_for(lambda: store.get("s0") is not None and store.get("s0").runs >= 5, what="5 runs")
+    finally:
+        await scheduler.stop()
+    assert runner.peak_per_target == 1
+
+
+async def test_apply_keeps_unchanged_services_and_restarts_changed_ones() -> None:
+    """Reapplying keeps the task of an unchanged service and replaces a changed one's."""
+    runner = FakeRunner()
+    store = ResultStore()
+    scheduler = Scheduler(store, max_concurrency=10, runner=runner)
+    first = services(2)
+    scheduler.apply(first, 10)
+    try:
+        await wait_for(lambda: all(store.get(s.name).runs >= 1 for s in first), what="first runs")
+        tasks = dict(scheduler._tasks)
+        changed = parse_config(
+            "global: {interval: 300ms, timeout: 100ms}\nservices:\n"
+            "  - {name: s0, target: 'http://127.0.0.1:1/', prober: http, interval: 200ms}\n"
+            "  - {name: s1, target: 'http://127.0.0.1:2/', prober: http, interval: 200ms}\n"
+        ).services
+        runs_s0 = store.get("s0").runs
+        scheduler.apply(changed, 10)
+        assert scheduler._tasks["s0"][1] is tasks["s0"][1]
+        assert scheduler._tasks["s1"][1] is not tasks["s1"][1]
+        await asyncio.sleep(0)
+        assert tasks["s1"][1].cancelled() or tasks["s1"][1].done()
+        assert store.get("s0").runs >= runs_s0
+        scheduler.apply(changed[:1], 10)
+        assert store.get("s1") is None
+        assert list(scheduler._tasks) == ["s0"]
+    finally:
+        await scheduler.stop()
+    assert all(task.done() for _, task in tasks.values())

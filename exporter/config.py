@@ -28,6 +28,7 @@ from exporter.yamlread import (
     Reader,
     compose,
     describe,
+    find_node,
     is_invalid,
     line_of,
     mapping_items,
@@ -145,9 +146,9 @@ def parse_config(text: str, file: str | None = None) -> Config:
     spec = _read_sections(root, reader)
     nodes = _section_nodes(root)
     for name, module in spec.modules.items():
-        module_node = _child(nodes.get("modules"), name)
+        module_node = find_node(nodes.get("modules"), name)
         for key, message in check_module(module):
-            reader.error(f"modules.{name}.{key}", _child(module_node, key) or module_node, message)
+            reader.error(f"modules.{name}.{key}", find_node(module_node, key) or module_node, message)
     services = _resolve_services(spec, reader)
     if reader.issues:
         raise ConfigError(sorted(reader.issues, key=_issue_order), file)
@@ -243,15 +244,6 @@ def _section_nodes(root: yaml.Node | None) -> dict[str, yaml.Node]:
     return {k.value: v for k, v in mapping_items(root) if isinstance(k, yaml.ScalarNode)}
 
 
-def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for k, v in mapping_items(node):
-        if isinstance(k, yaml.ScalarNode) and k.value == key:
-            return v
-    return None
-
-
 _INLINE = ("http", "tcp", "dns", "icmp", "grpc")
 
 
@@ -264,7 +256,7 @@ class _ServiceErrors:
         self.node = node
 
     def where(self, key: str) -> yaml.Node:
-        return _child(self.node, key) or self.node
+        return find_node(self.node, key) or self.node
 
     def __call__(self, key: str, message: str, at: yaml.Node | None = None) -> None:
         located = at or (self.where(key) if key else self.node)
@@ -277,7 +269,7 @@ def _resolve_services(spec: _Sections, reader: Reader) -> list[Service]:
     for index, item, node in spec.services:
         path = f"services[{index}]"
         if item is None:
-            name_node = _child(node, "name")
+            name_node = find_node(node, "name")
             if isinstance(name_node, yaml.ScalarNode):
                 name = str(name_node.value)
                 if name in seen:
@@ -301,7 +293,7 @@ def _resolve_services(spec: _Sections, reader: Reader) -> list[Service]:
             error("target", "must not be empty")
         labels_node = where("labels")
         for label in item.labels:
-            at = _child(labels_node, label)
+            at = find_node(labels_node, label)
             if not LABEL_NAME_RE.match(label) or label.startswith("__"):
                 message = f"invalid label name {label!r}: must match [a-zA-Z_][a-zA-Z0-9_]*"
                 error(f"labels.{label}", message, at)

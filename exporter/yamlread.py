@@ -159,7 +159,7 @@ class Reader:
         check: Callable[[], Any] | None = getattr(obj, "check", None)
         if check is not None:
             for key, message in check():
-                self.error(join(path, key), key_nodes.get(key, node), message)
+                self.error(join(path, key), find_node(node, key) or node, message)
         return obj
 
     def _sequence(self, item_type: Any, node: yaml.Node, path: str) -> Any:
@@ -230,6 +230,19 @@ def describe(node: yaml.Node) -> str:
         return "nothing"
     kind = {_BOOL_TAG: "boolean", _INT_TAG: "integer", _FLOAT_TAG: "number"}.get(node.tag, "string")
     return f"{kind} {node.value!r}"
+
+
+def find_node(node: yaml.Node | None, dotted: str) -> yaml.Node | None:
+    """The node at a dotted key path below a mapping (``basic_auth.password``), if present."""
+    current: yaml.Node | None = node
+    for part in dotted.split("."):
+        if not isinstance(current, yaml.MappingNode):
+            return None
+        current = next(
+            (v for k, v in mapping_items(current) if isinstance(k, yaml.ScalarNode) and k.value == part),
+            None,
+        )
+    return current
 
 
 def join(path: str, key: str) -> str:

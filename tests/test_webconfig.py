@@ -1,0 +1,124 @@
+"""Tests for --web.config.file: TLS on the listener and bcrypt basic auth on every endpoint."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import bcrypt
+import pytest
+import trustme
+
+from exporter.errors import WebConfigError
+from exporter.webconfig import BasicAuth, load_web_config
+from tests.test_cli import free_port, wait_until
+
+ENDPOINTS = ["/", "/metrics", "/config", "/-/healthy", "/-/ready", "/probe?service=x"]
+
+
+def write_web_config(tmp_path: Path, server_cert: trustme.LeafCert, password: str) -> Path:
+    cert = tmp_path / "cert.pem"
+    key = tmp_path / "key.pem"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    path = tmp_path / "web.yml"
+    path.write_text(
+        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
+    return path
+
+
+def request(url: str, context: ssl.SSLContext | None, auth: tuple[str, str] | None) -> int:
+    req = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=context) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_tls_and_basic_auth_protect_every_endpoint(
+    tmp_path: Path, ca: trustme.CA, server_cert: trustme.LeafCert
+) -> None:
+    """Over TLS, every endpoint needs the right password; plain HTTP gets no answer."""
+    web_config = write_web_config(tmp_path, server_cert, "s3cret-pw")
+    config = tmp_path / "config.yml"
+    config.write_text("services: []\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.file",
+            str(config),
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--web.config.file",
+            str(web_config),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    base = f"https://localhost:{port}"
+    good = ("prometheus", "s3cret-pw")
+    try:
+        wait_until(lambda: request(f"{base}/-/healthy", context, good) == 200)
+        for path in ENDPOINTS:
+            assert request(base + path, context, None) == 401, path
+            assert request(base + path, context, ("prometheus", "wrong")) == 401, path
+            assert request(base + path, context, ("nobody", "s3cret-pw")) == 401, path
+            assert request(base + path, context, good) in (200, 404), path
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            request(f"http://127.0.0.1:{port}/metrics", None, good)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        stderr = proc.stderr.read() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    assert "s3cret-pw" not in stderr
+
+
+def test_invalid_web_config_names_the_problem(tmp_path: Path) -> None:
+    """A web config with a plain-text password or missing key file is refused with its path."""
+    path = tmp_path / "web.yml"
+    path.write_text("basic_auth_users:\n  admin: hunter2\ntls_server_config:\n  cert_file: /x.pem\n")
+    with pytest.raises(WebConfigError) as info:
+        load_web_config(str(path))
+    text = str(info.value)
+    assert f"{path}: tls_server_config.cert_file (line 4): cert_file and key_file are both required" in text
+    assert f"{path}: basic_auth_users.admin (line 2): must be a bcrypt hash" in text
+    assert "hunter2" not in text
+
+
+def test_basic_auth_rejects_malformed_headers() -> None:
+    """Garbage Authorization headers are refused, never an exception."""
+    from exporter.types import Secret
+
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    auth = BasicAuth({"u": Secret(hashed)})
+    good = "Basic " + base64.b64encode(b"u:pw").decode()
+    assert auth.check(good) and auth.check(good)
+    for header in (
+        None,
+        "",
+        "Bearer x",
+        "Basic !!!",
+        "Basic " + base64.b64encode(b"nocolon").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+    ):
+        assert not auth.check(header)

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 
 from aiohttp import web
-from prometheus_client.exposition import generate_latest
 
 from exporter import __version__
 from exporter.config import Config, load_config, parse_config
@@ -124,17 +123,14 @@ def probe_command(argv: list[str]) -> int:
         print(module, file=sys.stderr)
         return 2
     timeout = args.timeout or float(module.timeout or config.global_.timeout)
+    from exporter.collector import render_result
     from exporter.runner import run_probe
-    from exporter.web import _OneResult, debug_text
+    from exporter.web import debug_text
 
     result = asyncio.run(run_probe(args.target, module, timeout))
     print(debug_text(args.target, module, result), end="")
-    from prometheus_client import CollectorRegistry
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_OneResult(result, module.prober))
     print("metrics:")
-    sys.stdout.write(generate_latest(registry).decode())
+    sys.stdout.write(render_result(result, module.prober).decode())
     return 0 if result.success else 1
 
 

@@ -1,7 +1,8 @@
-"""Turns the result store into metric families at scrape time; nothing is kept between scrapes."""
+"""Turns the result store into metrics at scrape time; nothing is kept between scrapes."""
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
@@ -45,96 +46,152 @@ HELP: dict[str, str] = {
     "probe_ip_addr_hash": "Hash of the IP address probed, to notice changes.",
 }
 
-PROBE_LABELS = ("service", "group", "location")
-
 
 def metric_help(name: str) -> str:
     return HELP.get(name, f"Value reported by the probe: {name}.")
 
 
-def _go_float(value: float) -> str:
-    """A bucket bound as Prometheus writes it: ``+Inf``, ``0.5``, ``1.0``."""
-    if value == float("inf"):
-        return "+Inf"
-    return repr(float(value))
+def label_text(labels: Mapping[str, str]) -> str:
+    """A label set in exposition syntax, without braces: ``a="1",b="x\\"y"``."""
+    return ",".join(f'{name}="{escape(value)}"' for name, value in labels.items())
 
 
-class Families:
-    """Builds metric families in order of first use, each sample with any labels."""
+def escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def format_value(value: float) -> str:
+    text = repr(float(value))
+    return _SPECIAL.get(text, text)
+
+
+_SPECIAL = {"inf": "+Inf", "-inf": "-Inf", "nan": "NaN"}
+
+
+def _join(labels: str, extra: str) -> str:
+    return f"{labels},{extra}" if labels else extra
+
+
+class Exposition:
+    """Prometheus' text format, written line by line with label sets rendered once per service.
+
+    prometheus_client's generic writer validates and escapes every label of every sample; at
+    10,000 services that is most of a scrape's cost, so probe series are written here instead.
+    """
 
     def __init__(self) -> None:
-        self._families: dict[str, Metric] = {}
+        self._families: dict[str, list[str]] = {}
 
-    def add(self, name: str, kind: str, labels: Mapping[str, str], value: float, suffix: str = "") -> None:
-        family = self._families.get(name)
-        if family is None:
-            family = self._families[name] = Metric(name, metric_help(name), kind)
-        family.add_sample(name + suffix, dict(labels), value)
+    def family(self, family: str, kind: str) -> list[str]:
+        """The lines of a family, started with its HELP and TYPE the first time."""
+        lines = self._families.get(family)
+        if lines is None:
+            shown = family + "_total" if kind == "counter" else family
+            lines = self._families[family] = [
+                f"# HELP {shown} {metric_help(family)}",
+                f"# TYPE {shown} {kind}",
+            ]
+        return lines
 
-    def histogram(self, name: str, labels: Mapping[str, str], hist: Histogram) -> None:
-        for bound, count in hist.cumulative():
-            self.add(name, "histogram", {**labels, "le": _go_float(bound)}, count, "_bucket")
-        self.add(name, "histogram", labels, hist.total, "_sum")
-        self.add(name, "histogram", labels, hist.count, "_count")
+    def add(self, family: str, kind: str, labels: str, value: float, suffix: str = "") -> None:
+        name = family + suffix
+        text = format_value(value)
+        self.family(family, kind).append(f"{name}{{{labels}}} {text}" if labels else f"{name} {text}")
 
-    def __iter__(self) -> Iterator[Metric]:
-        return iter(self._families.values())
+    def histogram(self, family: str, labels: str, hist: Histogram) -> None:
+        lines = self.family(family, "histogram")
+        prefix = f"{family}_bucket{{{labels}," if labels else f"{family}_bucket{{"
+        running = 0
+        for le, count in zip(_le_labels(hist.bounds), hist.counts, strict=True):
+            running += count
+            lines.append(f"{prefix}{le}}} {running}")
+        self.add(family, "histogram", labels, hist.total, "_sum")
+        lines.append(f"{family}_count{{{labels}}} {hist.count}" if labels else f"{family}_count {hist.count}")
+
+    def render(self) -> bytes:
+        return ("\n".join(line for lines in self._families.values() for line in lines) + "\n").encode()
 
 
-def add_result(families: Families, result: ProbeResult, prober: str, labels: Mapping[str, str]) -> None:
+@functools.cache
+def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    return (*(f'le="{format_value(b)}"' for b in bounds), 'le="+Inf"')
+
+
+def add_result(out: Exposition, result: ProbeResult, prober: str, labels: str) -> None:
     """The values of one probe result, as blackbox_exporter names them."""
-    families.add("probe_success", "gauge", labels, 1.0 if result.success else 0.0)
-    families.add("probe_duration_seconds", "gauge", labels, result.duration)
+    out.add("probe_success", "gauge", labels, 1.0 if result.success else 0.0)
+    out.add("probe_duration_seconds", "gauge", labels, result.duration)
     kind = PROBERS.get(prober)
     if kind is not None and kind.phase_metric:
         for phase in dict.fromkeys((*kind.phases, *result.phases)):
-            phase_labels = {**labels, "phase": phase}
-            families.add(kind.phase_metric, "gauge", phase_labels, result.phases.get(phase, 0.0))
+            phase_labels = _join(labels, f'phase="{escape(phase)}"')
+            out.add(kind.phase_metric, "gauge", phase_labels, result.phases.get(phase, 0.0))
     for sample in result.samples:
-        families.add(sample.name, "gauge", {**labels, **dict(sample.labels)}, sample.value)
+        sample_labels = _join(labels, label_text(dict(sample.labels))) if sample.labels else labels
+        out.add(sample.name, "gauge", sample_labels, sample.value)
 
 
-class ServiceCollector(Collector):
-    """Reads the store at scrape time and yields every probe metric of every service."""
+def render_result(result: ProbeResult, prober: str) -> bytes:
+    """One result in blackbox's /probe output: no service labels."""
+    out = Exposition()
+    add_result(out, result, prober, "")
+    return out.render()
+
+
+_REASON_LABELS = tuple((reason, f'reason="{reason.value}"') for reason in FailureReason)
+
+
+class ServiceCollector:
+    """Reads the store at scrape time and writes every probe metric of every service."""
 
     def __init__(self, store: ResultStore, location: str) -> None:
         self.store = store
         self.location = location
 
-    def collect(self) -> Iterable[Metric]:
-        families = Families()
+    def render(self) -> bytes:
+        out = Exposition()
+        # The fixed families are looked up once; per-service work is then plain appends.
+        runs = out.family("probe_runs", "counter")
+        failures = out.family("probe_failures", "counter")
+        last_run = out.family("probe_last_run_timestamp_seconds", "gauge")
+        last_success = out.family("probe_last_success_timestamp_seconds", "gauge")
         for state in self.store:
             service = state.service
-            labels = {"service": service.name, "group": service.group, "location": self.location}
-            _add_info(families, service, labels)
+            base = {"service": service.name, "group": service.group, "location": self.location}
+            labels = label_text(base)
+            _add_info(out, service, base, labels)
             if state.last is not None:
-                add_result(families, state.last, service.module.prober, labels)
+                add_result(out, state.last, service.module.prober, labels)
                 end = state.last.started_at + state.last.duration
-                families.add("probe_last_run_timestamp_seconds", "gauge", labels, end)
+                last_run.append(f"probe_last_run_timestamp_seconds{{{labels}}} {end!r}")
             if state.last_success is not None:
-                families.add("probe_last_success_timestamp_seconds", "gauge", labels, state.last_success)
-            families.add("probe_runs", "counter", labels, state.runs, "_total")
-            for reason in FailureReason:
-                reason_labels = {**labels, "reason": reason.value}
-                families.add("probe_failures", "counter", reason_labels, state.failures[reason], "_total")
-            families.histogram("probe_latency_seconds", labels, state.latency)
-        return families
+                last_success.append(
+                    f"probe_last_success_timestamp_seconds{{{labels}}} {state.last_success!r}"
+                )
+            runs.append(f"probe_runs_total{{{labels}}} {state.runs}")
+            counts = state.failures
+            for reason, reason_label in _REASON_LABELS:
+                failures.append(f"probe_failures_total{{{labels},{reason_label}}} {counts[reason]}")
+            out.histogram("probe_latency_seconds", labels, state.latency)
+        return out.render() if self.store else b""
 
 
-def _add_info(families: Families, service: Service, labels: Mapping[str, str]) -> None:
+def _add_info(out: Exposition, service: Service, base: Mapping[str, str], labels: str) -> None:
     info = {
         **service.labels,
-        **labels,
+        **base,
         "target": service.target,
         "prober": service.module.prober,
         "module": service.module_name,
     }
-    families.add("probe_service_info", "gauge", info, 1.0)
+    out.add("probe_service_info", "gauge", label_text(info), 1.0)
     objectives = service.objectives
     if objectives.availability is not None:
-        families.add("probe_objective_availability_ratio", "gauge", labels, objectives.availability)
+        out.add("probe_objective_availability_ratio", "gauge", labels, objectives.availability)
     if objectives.latency is not None:
-        families.add("probe_objective_latency_seconds", "gauge", labels, float(objectives.latency))
+        out.add("probe_objective_latency_seconds", "gauge", labels, float(objectives.latency))
 
 
 class SelfStatus(Protocol):
@@ -160,7 +217,7 @@ class SelfCollector(Collector):
         self.status = status
 
     def collect(self) -> Iterable[Metric]:
-        families = Families()
+        families = _Families()
         build = {"version": __version__, "pythonversion": platform.python_version()}
         families.add("outage_exporter_build_info", "gauge", build, 1.0)
         families.add(
@@ -176,8 +233,29 @@ class SelfCollector(Collector):
             self.status.reload_success_time,
         )
         families.add("outage_exporter_probes_in_flight", "gauge", {}, self.status.probes_in_flight)
-        families.histogram("outage_exporter_schedule_lag_seconds", {}, self.status.schedule_lag)
+        lag = self.status.schedule_lag
+        for bound, count in lag.cumulative():
+            le = {"le": format_value(bound)}
+            families.add("outage_exporter_schedule_lag_seconds", "histogram", le, count, "_bucket")
+        families.add("outage_exporter_schedule_lag_seconds", "histogram", {}, lag.total, "_sum")
+        families.add("outage_exporter_schedule_lag_seconds", "histogram", {}, lag.count, "_count")
         return families
+
+
+class _Families:
+    """prometheus_client metric families in order of first use."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Metric] = {}
+
+    def add(self, name: str, kind: str, labels: Mapping[str, str], value: float, suffix: str = "") -> None:
+        family = self._families.get(name)
+        if family is None:
+            family = self._families[name] = Metric(name, metric_help(name), kind)
+        family.add_sample(name + suffix, dict(labels), value)
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._families.values())
 
 
 HELP.update(

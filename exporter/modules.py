@@ -128,6 +128,11 @@ class HTTPProbe:
         for version in self.valid_http_versions:
             if version not in ("HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/2.0", "HTTP/3", "HTTP/3.0"):
                 yield "valid_http_versions", f"unknown HTTP version {version!r}"
+        if self.valid_http_versions and not any(v.startswith("HTTP/1.") for v in self.valid_http_versions):
+            yield (
+                "valid_http_versions",
+                "probes speak HTTP/1.1 and HTTP/1.0 only, so this module would always fail; add HTTP/1.1",
+            )
         if self.max_redirects < 0:
             yield "max_redirects", f"must not be negative, got {self.max_redirects}"
         if self.body_size_limit < 0:

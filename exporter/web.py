@@ -10,13 +10,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import generate_latest
 
 from exporter import __version__
 from exporter.allowlist import Allowlist, target_host
-from exporter.collector import Families, SelfCollector, ServiceCollector, add_result
+from exporter.collector import SelfCollector, ServiceCollector, render_result
 from exporter.config import Config, dump_config, load_config
 from exporter.errors import ConfigError
 from exporter.modules import Module
@@ -57,7 +55,6 @@ class Exporter:
         self._reload_lock = asyncio.Lock()
         self.service_collector = ServiceCollector(self.store, self.location)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.service_collector)
         self.registry.register(SelfCollector(self))
 
     @property
@@ -145,31 +142,18 @@ async def _scheduler_context(app: web.Application) -> AsyncIterator[None]:
     await exporter.stop()
 
 
-def _render(request: web.Request, collectors: list[Collector]) -> tuple[bytes, str]:
-    registry = CollectorRegistry(auto_describe=False)
-    for collector in collectors:
-        registry.register(collector)
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return encoder(registry), content_type
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def metrics(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER]
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+
+    def render() -> bytes:
+        return exporter.service_collector.render() + generate_latest(exporter.registry)
+
     # Rendering thousands of services takes a while; a thread keeps the schedule on time.
-    body = await asyncio.to_thread(encoder, exporter.registry)
-    return web.Response(body=body, headers={"Content-Type": content_type})
-
-
-class _OneResult(Collector):
-    def __init__(self, result: ProbeResult, prober: str) -> None:
-        self.result = result
-        self.prober = prober
-
-    def collect(self) -> list[Metric]:
-        families = Families()
-        add_result(families, self.result, self.prober, {})
-        return list(families)
+    body = await asyncio.to_thread(render)
+    return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
 
 
 def _bad(status: int, message: str) -> web.Response:
@@ -217,8 +201,8 @@ async def probe(request: web.Request) -> web.Response:
     result = await run_probe(target, module, timeout, guard=guard, clock=exporter.clock)
     if query.get("debug", "").lower() == "true":
         return web.Response(text=debug_text(target, module, result))
-    body, content_type = _render(request, [_OneResult(result, module.prober)])
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    body = render_result(result, module.prober)
+    return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
 
 
 def debug_text(target: str, module: Module, result: ProbeResult) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ import yaml
 from exporter.errors import ConfigIssue
 
 _INVALID: Any = object()
+# libyaml's loader reads large service lists an order of magnitude faster, with the same marks.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _STR_TAG = "tag:yaml.org,2002:str"
 _NULL_TAG = "tag:yaml.org,2002:null"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
@@ -35,7 +38,7 @@ def line_of(node: yaml.Node | None) -> int | None:
 def compose(text: str, file: str | None) -> tuple[yaml.Node | None, list[ConfigIssue]]:
     """Parse YAML text into a node tree, or say where the syntax is wrong."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader), []
+        return yaml.compose(text, Loader=_LOADER), []
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -119,8 +122,7 @@ class Reader:
         raise TypeError(f"no reader for type {tp!r}")  # a programming error, not a config one
 
     def read_dataclass(self, cls: Any, node: yaml.Node, path: str) -> Any:
-        hints = typing.get_type_hints(cls)
-        fields = {yaml_key(f): f for f in dataclasses.fields(cls)}
+        hints, fields = _schema(cls)
         if node.tag == _NULL_TAG:
             node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
         if not isinstance(node, yaml.MappingNode):
@@ -207,6 +209,12 @@ class Reader:
             return _construct(node)
         self.error(path, node, f"must be {expected}, got {describe(node)}")
         return _INVALID
+
+
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """Type hints and fields by YAML key of a dataclass; computed once per class."""
+    return typing.get_type_hints(cls), {yaml_key(f): f for f in dataclasses.fields(cls)}
 
 
 def _construct(node: yaml.ScalarNode) -> Any:

@@ -46,8 +46,7 @@ INVALID = {
     ],
     "invalid-missing-target.yml": ["services[0].target (line 2): is required"],
     "invalid-yaml-syntax.yml": [
-        "<document> (line 4): invalid YAML: while parsing a flow sequence expected ',' or ']', "
-        "but got '<stream end>'"
+        "<document> (line 4): invalid YAML: while parsing a flow sequence did not find expected ',' or ']'"
     ],
     "invalid-status-code.yml": [
         "modules.http_2xx.http.valid_status_codes[1] (line 5): "
@@ -192,3 +191,20 @@ services:
     )
     assert [s.name for s in config.services] == ["a", "b"]
     assert config.services[1].target == "http://127.0.0.1:1/"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "examples").glob("*.yml")))
+def test_examples_are_valid(path: Path) -> None:
+    """Every example config loads."""
+    config = load_config(path)
+    assert config.services
+
+
+def test_http2_only_module_is_refused() -> None:
+    """A module that accepts only HTTP/2 would always fail, so it is an error."""
+    with pytest.raises(ConfigError) as info:
+        parse_config("modules: {h2: {prober: http, http: {valid_http_versions: [HTTP/2.0]}}}\n")
+    assert [str(i) for i in info.value.issues] == [
+        "modules.h2.http.valid_http_versions (line 1): probes speak HTTP/1.1 and HTTP/1.0 only,"
+        " so this module would always fail; add HTTP/1.1"
+    ]

@@ -505,7 +505,7 @@ class _Exchange:
             return await self.reader.read(size)
         except ssl.SSLError as err:
             # With TLS 1.3 a rejected client certificate only shows up here, after the handshake.
-            detail = err.reason or str(err)
+            detail = err.reason.lower().replace("_", " ") if err.reason else str(err)
             raise ProbeFailure(FailureReason.TLS, f"TLS error {when}: {detail}") from None
         except OSError as err:
             detail = err.strerror or type(err).__name__

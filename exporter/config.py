@@ -120,6 +120,8 @@ class Config:
     modules: Mapping[str, Module]
     services: tuple[Service, ...]
     source: str | None = None
+    # Globs of files that list more services (file discovery), relative to the config file.
+    service_files: tuple[str, ...] = ()
 
     def service(self, name: str) -> Service | None:
         for service in self.services:
@@ -158,7 +160,33 @@ def parse_config(text: str, file: str | None = None) -> Config:
         modules=spec.modules,
         services=tuple(services),
         source=file,
+        service_files=spec.service_files,
     )
+
+
+def parse_service_file(text: str, file: str, config: Config) -> tuple[Service, ...]:
+    """Services listed in a discovered file: a YAML or JSON list, or a mapping with ``services``.
+
+    They use the modules and defaults of ``config``; raise ConfigError with every problem.
+    """
+    root, issues = compose(text, file)
+    if issues:
+        raise ConfigError(issues, file)
+    reader = Reader(file)
+    node = root
+    prefix = ""
+    if isinstance(root, yaml.MappingNode):
+        node = find_node(root, "services")
+        prefix = "services"
+        unknown = [k for k, _ in mapping_items(root) if getattr(k, "value", None) != "services"]
+        for key in unknown:
+            reader.error(str(key.value), key, "unknown key (a service file holds a list of services)")
+    specs = [] if node is None else _read_services(node, reader, prefix)
+    sections = _Sections(config.global_, config.probe_allowlist, config.modules, specs, ())
+    services = _resolve_services(sections, reader, prefix)
+    if reader.issues:
+        raise ConfigError(sorted(reader.issues, key=_issue_order), file)
+    return tuple(services)
 
 
 def _issue_order(issue: ConfigIssue) -> tuple[int, str]:
@@ -172,12 +200,14 @@ class _Sections:
     modules: Mapping[str, Module]
     # (index in the file, the spec or None when it was invalid, its node)
     services: list[tuple[int, ServiceSpec | None, yaml.Node]]
+    service_files: tuple[str, ...]
 
 
 _SECTION_TYPES: dict[str, object] = {
     "global": GlobalConfig,
     "probe_allowlist": tuple[HostPattern, ...],
     "modules": Mapping[str, Module],
+    "service_files": tuple[str, ...],
 }
 
 
@@ -186,6 +216,7 @@ def _read_sections(root: yaml.Node | None, reader: Reader) -> _Sections:
         "global": GlobalConfig(),
         "probe_allowlist": (),
         "modules": MappingProxyType({}),
+        "service_files": (),
     }
     services: list[tuple[int, ServiceSpec | None, yaml.Node]] = []
     if root is not None and root.tag != "tag:yaml.org,2002:null":
@@ -201,7 +232,7 @@ def _read_sections(root: yaml.Node | None, reader: Reader) -> _Sections:
                 if not is_invalid(value):
                     values[key] = value
             else:
-                choices = ["global", "probe_allowlist", "modules", "services"]
+                choices = ["global", "probe_allowlist", "modules", "services", "service_files"]
                 hint = difflib.get_close_matches(str(key), choices, n=1)
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
                 reader.error(str(key), key_node, f"unknown key{extra}")
@@ -210,18 +241,21 @@ def _read_sections(root: yaml.Node | None, reader: Reader) -> _Sections:
         probe_allowlist=values["probe_allowlist"],  # type: ignore[arg-type]
         modules=values["modules"],  # type: ignore[arg-type]
         services=services,
+        service_files=values["service_files"],  # type: ignore[arg-type]
     )
 
 
-def _read_services(node: yaml.Node, reader: Reader) -> list[tuple[int, ServiceSpec | None, yaml.Node]]:
+def _read_services(
+    node: yaml.Node, reader: Reader, prefix: str = "services"
+) -> list[tuple[int, ServiceSpec | None, yaml.Node]]:
     if node.tag == "tag:yaml.org,2002:null":
         return []
     if not isinstance(node, yaml.SequenceNode):
-        reader.error("services", node, f"must be a list, got {describe(node)}")
+        reader.error(prefix or "<document>", node, f"must be a list, got {describe(node)}")
         return []
     out: list[tuple[int, ServiceSpec | None, yaml.Node]] = []
     for index, item in enumerate(node.value):
-        spec = reader.read(ServiceSpec, item, f"services[{index}]")
+        spec = reader.read(ServiceSpec, item, f"{prefix}[{index}]")
         # An invalid service stays in the list so a duplicate of its name is still reported.
         out.append((index, None if is_invalid(spec) else spec, item))
     return out
@@ -263,11 +297,11 @@ class _ServiceErrors:
         self.reader.error(f"{self.path}.{key}" if key else self.path, located, message)
 
 
-def _resolve_services(spec: _Sections, reader: Reader) -> list[Service]:
+def _resolve_services(spec: _Sections, reader: Reader, prefix: str = "services") -> list[Service]:
     seen: dict[str, int | None] = {}
     out: list[Service] = []
     for index, item, node in spec.services:
-        path = f"services[{index}]"
+        path = f"{prefix}[{index}]"
         if item is None:
             name_node = find_node(node, "name")
             if isinstance(name_node, yaml.ScalarNode):

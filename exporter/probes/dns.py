@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DNS_PORT = 53
 DOT_PORT = 853
+TRUNCATED = "the answer was truncated: TC bit set"
 
 # dnspython's own signatures name its socket classes from this module.
 _Socket: TypeAlias = dns._asyncbackend.DatagramSocket | dns._asyncbackend.StreamSocket
@@ -61,7 +62,8 @@ def check_rrs(records: list[str], validator: DNSRRValidator, section: str) -> st
     """Why ``records`` fail blackbox's four regex checks, or None if they pass.
 
     fail_if_matches_regexp: any record matching any regex fails.
-    fail_if_all_match_regexp: fails when every record matches every regex.
+    fail_if_all_match_regexp: despite its name, blackbox fails unless every record matches
+    every regex; unlike fail_if_not_matches_regexp, no records at all pass.
     fail_if_not_matches_regexp: every record must match every regex (and there must be one).
     fail_if_none_matches_regexp: some record must match some regex (and there must be one).
     """
@@ -86,10 +88,9 @@ def check_rrs(records: list[str], validator: DNSRRValidator, section: str) -> st
         for regex in validator.fail_if_none_matches_regexp:
             if regex.search(record):
                 any_match = True
-    if validator.fail_if_all_match_regexp and all_match:
-        # With no records blackbox fails here too: "all of none" match.
+    if validator.fail_if_all_match_regexp and not all_match:
         sources = ", ".join(repr(r.source) for r in validator.fail_if_all_match_regexp)
-        return f"every {section} record matches fail_if_all_match_regexp {sources}"
+        return f"not every {section} record matches fail_if_all_match_regexp {sources}"
     if validator.fail_if_none_matches_regexp and not any_match:
         sources = ", ".join(repr(r.source) for r in validator.fail_if_none_matches_regexp)
         return f"no {section} record matches fail_if_none_matches_regexp {sources}"
@@ -221,6 +222,8 @@ async def _query(request: ProbeRequest) -> str:
         trace.set(name, 0)
     trace.set("probe_dns_query_succeeded", 0)
     host, port = split_host_port(request.target, DOT_PORT if settings.dns_over_tls else DNS_PORT)
+    if request.guard is not None and not request.guard.allows_host(host):
+        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
     query = _make_query(settings)
     valid_rcodes = _valid_rcodes(settings)
     if settings.dns_over_tls and settings.transport_protocol != "tcp":
@@ -250,8 +253,8 @@ async def _query(request: ProbeRequest) -> str:
     # A truncated UDP answer is still an answer from a live server; blackbox reports it as is,
     # and so do we, checking what arrived. Failing it would flag every server whose answer
     # (the default query type is ANY) outgrows a datagram.
-    truncated = bool(answer.flags & dns.flags.TC)
-    note = " (the answer was truncated: TC bit set)" if truncated else ""
+    truncated = TRUNCATED if answer.flags & dns.flags.TC else ""
+    note = f" ({truncated})" if truncated else ""
 
     # A wrong rcode means the server answered but not as required; like an unexpected
     # protocol reply it gets reason "protocol" (blackbox counts it as a plain failure).
@@ -271,7 +274,7 @@ async def _query(request: ProbeRequest) -> str:
         problem = check_rrs(rr_texts(section), validators[name], name)
         if problem is not None:
             raise ProbeFailure(FailureReason.PROTOCOL, problem + note)
-    return note.strip(" ()")
+    return truncated
 
 
 async def probe_dns(request: ProbeRequest) -> ProbeResult:

@@ -222,22 +222,44 @@ async def _recvmsg(
             return data, ancillary, str(address[0]) if address else ""
         except (BlockingIOError, InterruptedError):
             pass
-        await _readable(loop, sock)
+        await _wait_ready(loop, sock)
 
 
-async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+async def _send(sock: socket.socket, packet: bytes, address: Address, connected: bool) -> None:
+    """Send one packet; uvloop implements neither sock_sendto nor sock_recvmsg, so we poll."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            if connected:
+                sock.send(packet)
+            else:
+                sock.sendto(packet, (address.ip, 0))
+            return
+        except (BlockingIOError, InterruptedError):
+            pass
+        await _wait_ready(loop, sock, write=True)
+
+
+async def _wait_ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, write: bool = False) -> None:
+    """Wait until ``sock`` can be read (or written), on any event loop."""
     ready: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:
-        # The selector may report the socket again before the waiting task resumes.
+        # The loop may report the socket again before the waiting task resumes.
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(sock.fileno(), wake)
+    if write:
+        loop.add_writer(sock.fileno(), wake)
+    else:
+        loop.add_reader(sock.fileno(), wake)
     try:
         await ready
     finally:
-        loop.remove_reader(sock.fileno())
+        if write:
+            loop.remove_writer(sock.fileno())
+        else:
+            loop.remove_reader(sock.fileno())
 
 
 def _open(
@@ -290,29 +312,28 @@ def _why(err: OSError) -> str:
 async def _ping(request: ProbeRequest, factory: SocketFactory, kinds: Sequence[SocketKind]) -> Reply:
     settings = request.module.icmp
     trace = request.trace
+    host = request.target.strip()
+    if request.guard is not None and not request.guard.allows_host(host):
+        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
     addresses = await net.resolve(
-        request.target,
+        host,
         settings.preferred_ip_protocol,
         settings.ip_protocol_fallback,
         trace,
         request.guard,
     )
     address = addresses[0]
-    loop = asyncio.get_running_loop()
-    with trace.phase("setup"):
-        sock, kind = _open(address.family, factory, kinds)
+    setup_start = trace.elapsed()
+    sock, kind = _open(address.family, factory, kinds)
     try:
-        with trace.phase("setup"):
-            _configure(sock, kind, address, settings)
-            payload = payload_for(settings.payload_size)
-            seq = next(_SEQUENCE) & 0xFFFF
-            packet = echo_request(address.family, _IDENTIFIER, seq, payload)
+        _configure(sock, kind, address, settings)
+        payload = payload_for(settings.payload_size)
+        seq = next(_SEQUENCE) & 0xFFFF
+        packet = echo_request(address.family, _IDENTIFIER, seq, payload)
         sent_at = trace.elapsed()
+        trace.add_phase("setup", sent_at - setup_start)
         try:
-            if kind == "datagram":
-                await loop.sock_sendall(sock, packet)
-            else:
-                await loop.sock_sendto(sock, packet, (address.ip, 0))
+            await _send(sock, packet, address, connected=kind == "datagram")
         except OSError as err:
             raise ProbeFailure(
                 FailureReason.CONNECT, f"cannot send an echo request to {address.ip}: {_why(err)}"

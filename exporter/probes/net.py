@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import socket
 import ssl
@@ -125,8 +124,11 @@ async def _resolve_name(host: str, preferred: str, fallback: bool) -> list[Addre
 
 
 def ip_hash(ip: str) -> float:
-    """blackbox's probe_ip_addr_hash: a stable number that changes when the address does."""
-    return float(int.from_bytes(hashlib.blake2b(ip.encode(), digest_size=4).digest(), "big"))
+    """blackbox's probe_ip_addr_hash: 32-bit FNV-1a of the address bytes, so values match."""
+    value = 0x811C9DC5
+    for byte in ipaddress.ip_address(ip).packed:
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return float(value)
 
 
 async def connect(

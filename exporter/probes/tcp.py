@@ -106,14 +106,19 @@ class _LineReader:
                 return None
             raw = err.partial
         except asyncio.LimitOverrunError:
-            raise ProbeFailure(
-                FailureReason.PROTOCOL,
-                f"the server sent a line longer than {MAX_LINE_BYTES // 1024} KiB",
-            ) from None
+            raise _overlong() from None
+        if len(raw) > MAX_LINE_BYTES:  # should net.connect ever allow a larger buffer
+            raise _overlong()
         raw = raw.removesuffix(b"\n").removesuffix(b"\r")
         # surrogateescape keeps non-UTF-8 bytes intact when a capture is sent back.
         self.last_line = raw.decode("utf-8", "surrogateescape")
         return self.last_line
+
+
+def _overlong() -> ProbeFailure:
+    return ProbeFailure(
+        FailureReason.PROTOCOL, f"the server sent a line longer than {MAX_LINE_BYTES // 1024} KiB"
+    )
 
 
 async def _expect(lines: _LineReader, regex: Regex, step: int, trace: Trace) -> re.Match[str]:
@@ -160,6 +165,8 @@ async def _dialogue(request: ProbeRequest) -> None:
     settings = request.module.tcp
     trace = request.trace
     host, port = split_host_port(request.target)
+    if request.guard is not None and not request.guard.allows_host(host):
+        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
     # Build the TLS context before connecting so an unreadable ca_file fails without traffic.
     context = net.make_ssl_context(settings.tls_config) if _needs_tls(settings) else None
     server_name = settings.tls_config.server_name or host

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,8 @@ from exporter.config import Config, load_config, parse_config
 from exporter.errors import ConfigError, WebConfigError
 from exporter.logs import LEVELS, setup_logging
 from exporter.modules import KNOWN_PROBERS, Module
+from exporter.sharding import Shard, parse_shard_index
+from exporter.types import Duration
 
 DEFAULT_LISTEN = ":9715"
 log = logging.getLogger("exporter")
@@ -47,6 +50,22 @@ def _server_parser() -> argparse.ArgumentParser:
         help="TLS and basic auth settings in exporter-toolkit's format",
     )
     parser.add_argument("--location", default=None, help="location stamped on every probe series")
+    parser.add_argument(
+        "--config.auto-reload-interval",
+        dest="watch_interval",
+        default="10s",
+        help="how often to check the config file and discovered service files for changes;"
+        " 0s turns it off (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shard.count", dest="shard_count", type=int, default=1, help="replicas sharing the services"
+    )
+    parser.add_argument(
+        "--shard.index",
+        dest="shard_index",
+        default="0",
+        help="this replica's shard, 0-based, or 'hostname' to take a StatefulSet ordinal (default: 0)",
+    )
     _logging_flags(parser)
     parser.add_argument("--version", action="version", version=f"outage-exporter {__version__}")
     return parser
@@ -158,6 +177,14 @@ def serve(argv: list[str]) -> int:
         log.error("%s", err)
         return 2
     try:
+        watch_interval = float(Duration.from_yaml(args.watch_interval))
+        shard = Shard(parse_shard_index(args.shard_index, socket.gethostname()), args.shard_count)
+    except ValueError as err:
+        log.error(
+            "%s", str(err).replace("must be a duration", "--config.auto-reload-interval must be a duration")
+        )
+        return 2
+    try:
         config = load_config(args.config_file)
     except ConfigError as err:
         for issue in err.issues:
@@ -178,6 +205,8 @@ def serve(argv: list[str]) -> int:
         config,
         config_file=args.config_file,
         location=args.location,
+        shard=shard,
+        watch_interval=watch_interval,
         middlewares=(auth_middleware(web_config),),
     )
 
@@ -186,9 +215,11 @@ def serve(argv: list[str]) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(exporter.reload()))
         log.info(
-            "outage-exporter %s started: %d services, location %s, listening on %s",
+            "outage-exporter %s started: %d services (shard %d of %d), location %s, listening on %s",
             __version__,
-            len(config.services),
+            len(exporter.services),
+            shard.index,
+            shard.count,
             exporter.location,
             args.listen,
         )

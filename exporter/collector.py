@@ -209,6 +209,12 @@ class SelfStatus(Protocol):
     @property
     def schedule_lag(self) -> Histogram: ...
 
+    @property
+    def invalid_service_files(self) -> int: ...
+
+    @property
+    def services(self) -> list[Service]: ...
+
 
 class SelfCollector(Collector):
     """The exporter's own health: build, reload status, probes in flight, schedule lag."""
@@ -233,6 +239,8 @@ class SelfCollector(Collector):
             self.status.reload_success_time,
         )
         families.add("outage_exporter_probes_in_flight", "gauge", {}, self.status.probes_in_flight)
+        families.add("outage_exporter_services", "gauge", {}, len(self.status.services))
+        families.add("outage_exporter_service_files_invalid", "gauge", {}, self.status.invalid_service_files)
         lag = self.status.schedule_lag
         for bound, count in lag.cumulative():
             le = {"le": format_value(bound)}
@@ -265,5 +273,7 @@ HELP.update(
         "outage_exporter_config_last_reload_success_timestamp_seconds": "When the config was last loaded.",
         "outage_exporter_probes_in_flight": "Probes running now.",
         "outage_exporter_schedule_lag_seconds": "How late scheduled probes started.",
+        "outage_exporter_services": "Services this exporter probes (its shard's share).",
+        "outage_exporter_service_files_invalid": "Discovered service files that failed to load.",
     }
 )

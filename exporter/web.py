@@ -9,19 +9,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from exporter import __version__
 from exporter.allowlist import Allowlist, target_host
-from exporter.collector import SelfCollector, ServiceCollector, render_result
-from exporter.config import Config, dump_config, load_config
-from exporter.errors import ConfigError
+from exporter.collector import render_result
+from exporter.config import Config, dump_config
 from exporter.modules import Module
 from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
 from exporter.runner import run_probe
-from exporter.scheduler import Scheduler
-from exporter.store import Histogram, ResultStore
+from exporter.runtime import Exporter
+from exporter.sharding import Shard
 from exporter.types import format_duration
 
 log = logging.getLogger(__name__)
@@ -31,82 +29,8 @@ SCRAPE_TIMEOUT_OFFSET = 0.5
 MAX_QUERY_LENGTH = 4096
 
 
-class Exporter:
-    """The running exporter: its config, results, scheduler and reload status."""
-
-    def __init__(
-        self,
-        config: Config,
-        *,
-        config_file: str | None = None,
-        location: str | None = None,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        self.config = config
-        self.config_file = config_file
-        self.location_override = location
-        self.clock = clock
-        self.store = ResultStore()
-        self.scheduler = Scheduler(self.store, config.global_.max_concurrency, clock)
-        self.allowlist = Allowlist(config.probe_allowlist)
-        self.reload_successful = True
-        self.reload_success_time = clock.wall()
-        self.started = False
-        self._reload_lock = asyncio.Lock()
-        self.service_collector = ServiceCollector(self.store, self.location)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SelfCollector(self))
-
-    @property
-    def location(self) -> str:
-        return self.location_override or self.config.global_.location
-
-    @property
-    def probes_in_flight(self) -> int:
-        return self.scheduler.probes_in_flight
-
-    @property
-    def schedule_lag(self) -> Histogram:
-        return self.scheduler.schedule_lag
-
-    def start(self) -> None:
-        self.scheduler.apply(self.config.services, self.config.global_.max_concurrency)
-        self.started = True
-
-    async def stop(self) -> None:
-        self.started = False
-        await self.scheduler.stop()
-
-    def apply(self, config: Config) -> None:
-        """Switch to a new config; services that did not change keep probing undisturbed."""
-        self.config = config
-        self.allowlist = Allowlist(config.probe_allowlist)
-        self.service_collector.location = self.location
-        if self.started:
-            self.scheduler.apply(config.services, config.global_.max_concurrency)
-        else:
-            self.store.sync(config.services)
-        self.reload_successful = True
-        self.reload_success_time = self.clock.wall()
-
-    async def reload(self) -> ConfigError | None:
-        """Re-read the config file; an invalid file keeps the running config."""
-        if self.config_file is None:
-            return ConfigError([], None)
-        async with self._reload_lock:
-            try:
-                config = await asyncio.to_thread(load_config, self.config_file)
-            except ConfigError as err:
-                self.reload_successful = False
-                for issue in err.issues:
-                    log.error("config reload failed, keeping the running config: %s", issue)
-                return err
-            self.apply(config)
-            log.info("config reloaded from %s: %d services", self.config_file, len(config.services))
-            return None
-
-
 EXPORTER = web.AppKey("exporter", Exporter)
+WATCH_INTERVAL = web.AppKey("watch_interval", float)
 
 
 def make_app(
@@ -114,16 +38,24 @@ def make_app(
     *,
     config_file: str | None = None,
     location: str | None = None,
+    shard: Shard | None = None,
     clock: Clock = SYSTEM_CLOCK,
     schedule: bool = True,
+    watch_interval: float = 0.0,
     middlewares: tuple[Middleware, ...] = (),
 ) -> web.Application:
-    """Build the web app; with ``schedule`` the services are probed while it runs."""
+    """Build the web app; with ``schedule`` the services are probed while it runs.
+
+    With ``watch_interval`` the config file and discovered files are checked for changes
+    that often.
+    """
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
-    exporter = Exporter(config, config_file=config_file, location=location, clock=clock)
+    exporter = Exporter(config, config_file=config_file, location=location, shard=shard, clock=clock)
     app[EXPORTER] = exporter
+    app[WATCH_INTERVAL] = watch_interval
     if schedule:
         app.cleanup_ctx.append(_scheduler_context)
+        app.cleanup_ctx.append(_watch_context)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)
@@ -140,6 +72,15 @@ async def _scheduler_context(app: web.Application) -> AsyncIterator[None]:
     exporter.start()
     yield
     await exporter.stop()
+
+
+async def _watch_context(app: web.Application) -> AsyncIterator[None]:
+    interval = app[WATCH_INTERVAL]
+    task = asyncio.create_task(app[EXPORTER].watch(interval)) if interval > 0 else None
+    yield
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
@@ -170,7 +111,7 @@ async def probe(request: web.Request) -> web.Response:
     service_name = query.get("service")
     guard: Allowlist | None = None
     if service_name is not None:
-        service = config.service(service_name)
+        service = exporter.service(service_name)
         if service is None:
             return _bad(404, f"unknown service {service_name!r}")
         target, module, timeout = service.target, service.module, service.timeout

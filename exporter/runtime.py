@@ -1,0 +1,142 @@
+"""The running exporter: config, discovered services, this shard's share, scheduler and reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from exporter.allowlist import Allowlist
+from exporter.collector import SelfCollector, ServiceCollector
+from exporter.config import Config, Service, load_config
+from exporter.discovery import ServiceFiles
+from exporter.errors import ConfigError
+from exporter.result import SYSTEM_CLOCK, Clock
+from exporter.scheduler import Scheduler
+from exporter.sharding import Shard
+from exporter.store import Histogram, ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def file_digest(path: str) -> bytes | None:
+    """A digest of a file's content; reading through the path follows ConfigMap symlink swaps."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).digest()
+    except OSError:
+        return None
+
+
+class Exporter:
+    """Owns what the exporter is doing now and swaps it safely on reload."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_file: str | None = None,
+        location: str | None = None,
+        shard: Shard | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.config = config
+        self.config_file = config_file
+        self.location_override = location
+        self.shard = shard or Shard()
+        self.clock = clock
+        self.store = ResultStore()
+        self.scheduler = Scheduler(self.store, config.global_.max_concurrency, clock)
+        self.allowlist = Allowlist(config.probe_allowlist)
+        self.discovery = ServiceFiles()
+        self.services: list[Service] = []
+        self.reload_successful = True
+        self.reload_success_time = clock.wall()
+        self.started = False
+        self._config_digest = file_digest(config_file) if config_file else None
+        self._reload_lock = asyncio.Lock()
+        self.service_collector = ServiceCollector(self.store, self.location)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SelfCollector(self))
+        self._settle()
+
+    @property
+    def location(self) -> str:
+        return self.location_override or self.config.global_.location
+
+    @property
+    def probes_in_flight(self) -> int:
+        return self.scheduler.probes_in_flight
+
+    @property
+    def schedule_lag(self) -> Histogram:
+        return self.scheduler.schedule_lag
+
+    @property
+    def invalid_service_files(self) -> int:
+        return len(self.discovery.invalid_files)
+
+    def service(self, name: str) -> Service | None:
+        """A service this exporter knows, from the config file or a discovered file."""
+        return next((s for s in self.services if s.name == name), None)
+
+    def _settle(self) -> None:
+        """Work out this exporter's services: static and discovered, this shard's share only."""
+        self.discovery.refresh(self.config)
+        merged = self.discovery.merge(self.config.services)
+        self.services = [s for s in merged if self.shard.owns(s.name)]
+        if self.started:
+            self.scheduler.apply(self.services, self.config.global_.max_concurrency)
+        else:
+            self.store.sync(self.services)
+
+    def start(self) -> None:
+        self.started = True
+        self.scheduler.apply(self.services, self.config.global_.max_concurrency)
+
+    async def stop(self) -> None:
+        self.started = False
+        await self.scheduler.stop()
+
+    def apply(self, config: Config) -> None:
+        """Switch to a new config; services that did not change keep probing undisturbed."""
+        self.config = config
+        self.allowlist = Allowlist(config.probe_allowlist)
+        self.service_collector.location = self.location
+        self.discovery.files.clear()
+        self._settle()
+        self.reload_successful = True
+        self.reload_success_time = self.clock.wall()
+
+    async def reload(self) -> ConfigError | None:
+        """Re-read the config file; an invalid file keeps the running config."""
+        if self.config_file is None:
+            return ConfigError([], None)
+        async with self._reload_lock:
+            digest = file_digest(self.config_file)
+            try:
+                config = await asyncio.to_thread(load_config, self.config_file)
+            except ConfigError as err:
+                self.reload_successful = False
+                self._config_digest = digest
+                for issue in err.issues:
+                    log.error("config reload failed, keeping the running config: %s", issue)
+                return err
+            self._config_digest = digest
+            self.apply(config)
+            log.info("config reloaded from %s: %d services here", self.config_file, len(self.services))
+            return None
+
+    async def watch(self, interval: float) -> None:
+        """Reload when the config file's content changes; re-read discovered files as they change."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.config_file and file_digest(self.config_file) != self._config_digest:
+                log.info("config file %s changed; reloading", self.config_file)
+                await self.reload()
+            elif self.config.service_files:
+                async with self._reload_lock:
+                    if await asyncio.to_thread(self.discovery.refresh, self.config):
+                        self._settle()

@@ -22,6 +22,8 @@ HELP: dict[str, str] = {
     "probe_latency_seconds": "Durations of successful probes.",
     "probe_runs": "Probes completed.",
     "probe_failures": "Failed probes by reason.",
+    "probe_attempts": "Attempts made, retries included (services with retries only).",
+    "probe_attempt_failures": "Failed attempts by reason, retries included; shows flakiness retries hide.",
     "probe_last_success_timestamp_seconds": "When a probe last succeeded, as a unix time.",
     "probe_last_run_timestamp_seconds": "When a probe last finished, as a unix time.",
     "probe_service_info": "Settings of each service; join on service for its target and labels.",
@@ -175,6 +177,14 @@ class ServiceCollector:
             for reason, reason_label in _REASON_LABELS:
                 failures.append(f"probe_failures_total{{{labels},{reason_label}}} {counts[reason]}")
             out.histogram("probe_latency_seconds", labels, state.latency)
+            if service.module.retries:
+                out.add("probe_attempts", "counter", labels, state.attempts, "_total")
+                attempt_failures = out.family("probe_attempt_failures", "counter")
+                for reason, reason_label in _REASON_LABELS:
+                    count = state.attempt_failures[reason]
+                    attempt_failures.append(
+                        f"probe_attempt_failures_total{{{labels},{reason_label}}} {count}"
+                    )
         return out.render() if self.store else b""
 
 

@@ -88,6 +88,7 @@ class ServiceSpec:
     prober: str | None = None
     interval: Duration | None = None
     timeout: Duration | None = None
+    retries: int | None = None
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     objectives: Objectives = field(default_factory=Objectives)
     http: HTTPProbe | None = None
@@ -388,6 +389,10 @@ def _service_module(item: ServiceSpec, spec: _Sections, error: _ServiceErrors) -
         if module is None:
             known = ", ".join(sorted(spec.modules)) or "none defined"
             error("module", f"unknown module {item.module!r} (modules: {known})")
+        elif item.retries is not None:
+            module = dataclasses.replace(module, retries=item.retries)
+            for key, message in check_module(module):
+                error(key, message)
         return module
     if item.prober is None:
         error("", "needs module or prober")
@@ -399,6 +404,7 @@ def _service_module(item: ServiceSpec, spec: _Sections, error: _ServiceErrors) -
     module = Module(
         prober=item.prober,
         timeout=item.timeout,
+        retries=item.retries or 0,
         **{k: getattr(item, k) for k in inline},
     )
     problems = list(check_module(module))

@@ -245,6 +245,8 @@ class Module:
 
     prober: str
     timeout: Duration | None = None
+    # Not in blackbox: further attempts after a failure, all within the one timeout.
+    retries: int = 0
     http: HTTPProbe = field(default_factory=HTTPProbe)
     tcp: TCPProbe = field(default_factory=TCPProbe)
     icmp: ICMPProbe = field(default_factory=ICMPProbe)
@@ -262,5 +264,7 @@ def check_module(module: Module) -> Problems:
             "prober",
             f"unknown prober {module.prober!r}; expected one of {', '.join(KNOWN_PROBERS)}",
         )
+    if not 0 <= module.retries <= 10:
+        yield "retries", f"must be between 0 and 10, got {module.retries}"
     if module.prober == "dns" and not module.dns.query_name:
         yield "dns", "query_name is required for the dns prober"

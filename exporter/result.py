@@ -68,6 +68,12 @@ class ProbeResult:
     message: str = ""
     phases: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     samples: tuple[Sample, ...] = ()
+    # Reasons of attempts that failed before this, the final one, when retries are on.
+    failed_attempts: tuple[FailureReason, ...] = ()
+
+    @property
+    def attempts(self) -> int:
+        return len(self.failed_attempts) + 1
 
     def value(self, name: str, default: float | None = None) -> float | None:
         """The value of the unlabelled sample ``name``, if the probe recorded it."""

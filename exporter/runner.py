@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from exporter.modules import Module
-from exporter.probes import PROBERS, ProbeRequest
+from exporter.probes import PROBERS, Prober, ProbeRequest
 from exporter.probes.net import TargetGuard
 from exporter.result import SYSTEM_CLOCK, Clock, FailureReason, ProbeResult, Trace
 from exporter.types import format_duration
@@ -21,15 +22,46 @@ async def run_probe(
     guard: TargetGuard | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> ProbeResult:
-    """Probe ``target`` with ``module`` within ``timeout`` seconds and return what was seen."""
-    trace = Trace(clock)
+    """Probe ``target`` with ``module`` within ``timeout`` seconds and return what was seen.
+
+    With ``module.retries``, a failed attempt is followed by another while time remains; the
+    result is the last attempt's, its duration spans them all, and the reasons of the failed
+    attempts travel with it so flakiness stays visible.
+    """
     kind = PROBERS.get(module.prober)
     if kind is None:
-        return trace.fail(FailureReason.OTHER, f"prober {module.prober!r} is not available")
+        return Trace(clock).fail(FailureReason.OTHER, f"prober {module.prober!r} is not available")
+    start = clock.monotonic()
+    failed: list[FailureReason] = []
+    while True:
+        remaining = timeout - (clock.monotonic() - start)
+        result = await _attempt(kind.probe, target, module, remaining, guard, clock)
+        if result.success or len(failed) >= module.retries or result.reason is FailureReason.TIMEOUT:
+            break
+        failed.append(result.reason or FailureReason.OTHER)
+    if not failed:
+        return result
+    return dataclasses.replace(
+        result,
+        duration=clock.monotonic() - start,
+        started_at=result.started_at - (clock.monotonic() - start - result.duration),
+        failed_attempts=tuple(failed),
+    )
+
+
+async def _attempt(
+    probe: Prober,
+    target: str,
+    module: Module,
+    timeout: float,
+    guard: TargetGuard | None,
+    clock: Clock,
+) -> ProbeResult:
+    trace = Trace(clock)
     request = ProbeRequest(target=target, module=module, trace=trace, timeout=timeout, guard=guard)
     try:
         async with asyncio.timeout(timeout):
-            return await kind.probe(request)
+            return await probe(request)
     except TimeoutError:
         return trace.fail(FailureReason.TIMEOUT, f"no answer within {format_duration(timeout)}")
     except Exception as err:  # a probe bug must not stop the scheduler

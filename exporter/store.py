@@ -37,6 +37,10 @@ class Histogram:
             yield bound, running
 
 
+def _zero_reasons() -> dict[FailureReason, int]:
+    return dict.fromkeys(FailureReason, 0)
+
+
 @dataclass
 class ServiceState:
     """What the exporter knows about one service."""
@@ -44,8 +48,12 @@ class ServiceState:
     service: Service
     last: ProbeResult | None = None
     runs: int = 0
-    failures: dict[FailureReason, int] = field(default_factory=lambda: dict.fromkeys(FailureReason, 0))
+    failures: dict[FailureReason, int] = field(default_factory=_zero_reasons)
     last_success: float | None = None
+    attempts: int = 0
+    attempt_failures: dict[FailureReason, int] = field(
+        default_factory=lambda: dict.fromkeys(FailureReason, 0)
+    )
     latency: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
@@ -82,6 +90,11 @@ class ResultStore:
             return
         state.last = result
         state.runs += 1
+        state.attempts += result.attempts
+        for reason in result.failed_attempts:
+            state.attempt_failures[reason] += 1
+        if not result.success:
+            state.attempt_failures[result.reason or FailureReason.OTHER] += 1
         if result.success:
             state.last_success = result.started_at + result.duration
             state.latency.observe(result.duration)

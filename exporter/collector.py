@@ -46,6 +46,10 @@ HELP: dict[str, str] = {
     "probe_dns_lookup_time_seconds": "How long resolving the target took.",
     "probe_ip_protocol": "IP version used: 4 or 6.",
     "probe_ip_addr_hash": "Hash of the IP address probed, to notice changes.",
+    "probe_push_age_seconds": "Seconds since the service last pushed (or since start, before any push).",
+    "probe_push_last_timestamp_seconds": "When the service last pushed, as a unix time.",
+    "probe_push_reported_success": "What the last push said: 1 up, 0 down.",
+    "probe_push_reported_duration_seconds": "Duration the last push reported for its job.",
 }
 
 
@@ -223,6 +227,9 @@ class SelfStatus(Protocol):
     def invalid_service_files(self) -> int: ...
 
     @property
+    def push_rejected(self) -> dict[str, int]: ...
+
+    @property
     def services(self) -> list[Service]: ...
 
 
@@ -251,6 +258,8 @@ class SelfCollector(Collector):
         families.add("outage_exporter_probes_in_flight", "gauge", {}, self.status.probes_in_flight)
         families.add("outage_exporter_services", "gauge", {}, len(self.status.services))
         families.add("outage_exporter_service_files_invalid", "gauge", {}, self.status.invalid_service_files)
+        for reason, count in self.status.push_rejected.items():
+            families.add("outage_exporter_push_rejected", "counter", {"reason": reason}, count, "_total")
         lag = self.status.schedule_lag
         for bound, count in lag.cumulative():
             le = {"le": format_value(bound)}
@@ -283,6 +292,7 @@ HELP.update(
         "outage_exporter_config_last_reload_success_timestamp_seconds": "When the config was last loaded.",
         "outage_exporter_probes_in_flight": "Probes running now.",
         "outage_exporter_schedule_lag_seconds": "How late scheduled probes started.",
+        "outage_exporter_push_rejected": "Pushes refused: unknown service, missing or wrong token.",
         "outage_exporter_services": "Services this exporter probes (its shard's share).",
         "outage_exporter_service_files_invalid": "Discovered service files that failed to load.",
     }

@@ -19,6 +19,7 @@ from exporter.modules import (
     HTTPProbe,
     ICMPProbe,
     Module,
+    PushProbe,
     TCPProbe,
     check_module,
 )
@@ -82,7 +83,7 @@ class ServiceSpec:
     """A service as written in the file, before module and defaults are applied."""
 
     name: str
-    target: str
+    target: str = ""  # push services have none
     group: str = "default"
     module: str | None = None
     prober: str | None = None
@@ -96,6 +97,7 @@ class ServiceSpec:
     dns: DNSProbe | None = None
     icmp: ICMPProbe | None = None
     grpc: GRPCProbe | None = None
+    push: PushProbe | None = None
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,18 @@ def _section_nodes(root: yaml.Node | None) -> dict[str, yaml.Node]:
     return {k.value: v for k, v in mapping_items(root) if isinstance(k, yaml.ScalarNode)}
 
 
-_INLINE = ("http", "tcp", "dns", "icmp", "grpc")
+_INLINE = ("http", "tcp", "dns", "icmp", "grpc", "push")
+
+
+def _is_push_module(item: ServiceSpec, spec: _Sections) -> bool:
+    module = spec.modules.get(item.module or "")
+    return module is not None and module.prober == "push"
+
+
+def _keys(node: yaml.Node) -> set[str]:
+    if not isinstance(node, yaml.MappingNode):
+        return set()
+    return {str(k.value) for k, _ in mapping_items(node)}
 
 
 class _ServiceErrors:
@@ -291,7 +304,13 @@ class _ServiceErrors:
         self.node = node
 
     def where(self, key: str) -> yaml.Node:
-        return find_node(self.node, key) or self.node
+        """The node of a dotted key, or of its nearest ancestor that is written out."""
+        parts = key.split(".")
+        for end in range(len(parts), 0, -1):
+            found = find_node(self.node, ".".join(parts[:end]))
+            if found is not None:
+                return found
+        return self.node
 
     def __call__(self, key: str, message: str, at: yaml.Node | None = None) -> None:
         located = at or (self.where(key) if key else self.node)
@@ -324,8 +343,8 @@ def _resolve_services(spec: _Sections, reader: Reader, prefix: str = "services")
             error("name", f"duplicate service name {item.name!r} (first on line {seen[item.name]})")
         else:
             seen[item.name] = line_of(where("name"))
-        if not item.target.strip():
-            error("target", "must not be empty")
+        if not item.target.strip() and item.prober != "push" and not _is_push_module(item, spec):
+            error("target", "is required" if "target" not in _keys(node) else "must not be empty")
         labels_node = where("labels")
         for label in item.labels:
             at = find_node(labels_node, label)
@@ -363,7 +382,8 @@ def _resolve_services(spec: _Sections, reader: Reader, prefix: str = "services")
             Service(
                 name=item.name,
                 group=item.group,
-                target=item.target.strip(),
+                # A push service's heartbeats are kept under its name.
+                target=item.name if module.prober == "push" else item.target.strip(),
                 module_name=item.module or "",
                 module=module,
                 interval=interval,

@@ -240,6 +240,21 @@ class GRPCProbe:
 
 
 @dataclass(frozen=True)
+class PushProbe:
+    """Not in blackbox: a service that reports in with POST /push/{service}."""
+
+    token_file: str = ""
+    max_silence: Duration | None = None
+
+    def required(self) -> Problems:
+        """Checked only for push modules (check_module), so other kinds need no push section."""
+        if not self.token_file:
+            yield "token_file", "is required: pushes must carry the token kept in this file"
+        if self.max_silence is None or self.max_silence <= 0:
+            yield "max_silence", "is required: how long without a push before the service fails"
+
+
+@dataclass(frozen=True)
 class Module:
     """A named set of probe settings; blackbox's module."""
 
@@ -252,9 +267,10 @@ class Module:
     icmp: ICMPProbe = field(default_factory=ICMPProbe)
     dns: DNSProbe = field(default_factory=DNSProbe)
     grpc: GRPCProbe = field(default_factory=GRPCProbe)
+    push: PushProbe = field(default_factory=PushProbe)
 
 
-KNOWN_PROBERS = ("http", "tcp", "dns", "icmp", "grpc")
+KNOWN_PROBERS = ("http", "tcp", "dns", "icmp", "grpc", "push")
 
 
 def check_module(module: Module) -> Problems:
@@ -266,5 +282,7 @@ def check_module(module: Module) -> Problems:
         )
     if not 0 <= module.retries <= 10:
         yield "retries", f"must be between 0 and 10, got {module.retries}"
+    if module.prober == "push":
+        yield from ((f"push.{key}", message) for key, message in module.push.required())
     if module.prober == "dns" and not module.dns.query_name:
         yield "dns", "query_name is required for the dns prober"

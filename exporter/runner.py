@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 
+from exporter.heartbeats import HeartbeatBoard
 from exporter.modules import Module
 from exporter.probes import PROBERS, Prober, ProbeRequest
 from exporter.probes.net import TargetGuard
@@ -21,6 +22,7 @@ async def run_probe(
     timeout: float,
     guard: TargetGuard | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    heartbeats: HeartbeatBoard | None = None,
 ) -> ProbeResult:
     """Probe ``target`` with ``module`` within ``timeout`` seconds and return what was seen.
 
@@ -35,7 +37,8 @@ async def run_probe(
     failed: list[FailureReason] = []
     while True:
         remaining = timeout - (clock.monotonic() - start)
-        result = await _attempt(kind.probe, target, module, remaining, guard, clock)
+        request = ProbeRequest(target, module, Trace(clock), remaining, guard, heartbeats)
+        result = await _attempt(kind.probe, request)
         if result.success or len(failed) >= module.retries or result.reason is FailureReason.TIMEOUT:
             break
         failed.append(result.reason or FailureReason.OTHER)
@@ -49,21 +52,14 @@ async def run_probe(
     )
 
 
-async def _attempt(
-    probe: Prober,
-    target: str,
-    module: Module,
-    timeout: float,
-    guard: TargetGuard | None,
-    clock: Clock,
-) -> ProbeResult:
-    trace = Trace(clock)
-    request = ProbeRequest(target=target, module=module, trace=trace, timeout=timeout, guard=guard)
+async def _attempt(probe: Prober, request: ProbeRequest) -> ProbeResult:
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(request.timeout):
             return await probe(request)
     except TimeoutError:
-        return trace.fail(FailureReason.TIMEOUT, f"no answer within {format_duration(timeout)}")
+        return request.trace.fail(
+            FailureReason.TIMEOUT, f"no answer within {format_duration(request.timeout)}"
+        )
     except Exception as err:  # a probe bug must not stop the scheduler
-        log.exception("probe of %s raised", target)
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+        log.exception("probe of %s raised", request.target)
+        return request.trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

@@ -14,6 +14,7 @@ from exporter.collector import SelfCollector, ServiceCollector
 from exporter.config import Config, Service, load_config
 from exporter.discovery import ServiceFiles
 from exporter.errors import ConfigError
+from exporter.heartbeats import HeartbeatBoard
 from exporter.result import SYSTEM_CLOCK, Clock
 from exporter.scheduler import Scheduler
 from exporter.sharding import Shard
@@ -48,7 +49,10 @@ class Exporter:
         self.shard = shard or Shard()
         self.clock = clock
         self.store = ResultStore()
-        self.scheduler = Scheduler(self.store, config.global_.max_concurrency, clock)
+        self.heartbeats = HeartbeatBoard(clock)
+        self.scheduler = Scheduler(
+            self.store, config.global_.max_concurrency, clock, heartbeats=self.heartbeats
+        )
         self.allowlist = Allowlist(config.probe_allowlist)
         self.discovery = ServiceFiles()
         self.services: list[Service] = []
@@ -75,6 +79,10 @@ class Exporter:
         return self.scheduler.schedule_lag
 
     @property
+    def push_rejected(self) -> dict[str, int]:
+        return self.heartbeats.rejected
+
+    @property
     def invalid_service_files(self) -> int:
         return len(self.discovery.invalid_files)
 
@@ -87,6 +95,7 @@ class Exporter:
         self.discovery.refresh(self.config)
         merged = self.discovery.merge(self.config.services)
         self.services = [s for s in merged if self.shard.owns(s.name)]
+        self.heartbeats.forget_except({s.name for s in self.services if s.module.prober == "push"})
         if self.started:
             self.scheduler.apply(self.services, self.config.global_.max_concurrency)
         else:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Protocol
 
 from exporter.config import Service
+from exporter.heartbeats import HeartbeatBoard
 from exporter.modules import Module
 from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
 from exporter.runner import run_probe
@@ -22,7 +23,7 @@ class Runner(Protocol):
     """The seam between scheduling and probing; tests may pass their own."""
 
     def __call__(
-        self, target: str, module: Module, timeout: float, *, clock: Clock
+        self, target: str, module: Module, timeout: float, *, clock: Clock, heartbeats: HeartbeatBoard
     ) -> Awaitable[ProbeResult]: ...
 
 
@@ -44,8 +45,10 @@ class Scheduler:
         max_concurrency: int,
         clock: Clock = SYSTEM_CLOCK,
         runner: Runner = run_probe,
+        heartbeats: HeartbeatBoard | None = None,
     ) -> None:
         self.store = store
+        self.heartbeats = heartbeats or HeartbeatBoard(clock)
         self.clock = clock
         self.runner = runner
         self.schedule_lag = Histogram(LAG_BUCKETS)
@@ -101,7 +104,13 @@ class Scheduler:
             self.schedule_lag.observe(max(loop.time() - due, 0.0))
             self.probes_in_flight += 1
             try:
-                return await self.runner(service.target, service.module, service.timeout, clock=self.clock)
+                return await self.runner(
+                    service.target,
+                    service.module,
+                    service.timeout,
+                    clock=self.clock,
+                    heartbeats=self.heartbeats,
+                )
             finally:
                 self.probes_in_flight -= 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import html
 import logging
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
 from exporter.runner import run_probe
 from exporter.runtime import Exporter
 from exporter.sharding import Shard
-from exporter.types import format_duration
+from exporter.types import format_duration, read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def make_app(
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/config", show_config)
+    app.router.add_post("/push/{service}", push)
     return app
 
 
@@ -162,6 +164,61 @@ def debug_text(target: str, module: Module, result: ProbeResult) -> str:
         lines.append("phases:")
         lines.extend(f"  {name}: {seconds:.6f}s" for name, seconds in result.phases.items())
     return "\n".join(lines) + "\n"
+
+
+_UP = {"up", "ok", "success", "1", "true"}
+_DOWN = {"down", "fail", "failure", "error", "0", "false"}
+MAX_PUSH_MESSAGE = 256
+
+
+async def push(request: web.Request) -> web.Response:
+    """A heartbeat from a push service: token required; optional status, duration and message."""
+    exporter = request.app[EXPORTER]
+    board = exporter.heartbeats
+    name = request.match_info["service"]
+    service = exporter.service(name)
+    if service is None or service.module.prober != "push":
+        board.rejected["unknown_service"] += 1
+        return _bad(404, f"no push service named {name[:100]!r}")
+    fields: dict[str, str] = dict(request.query)
+    if request.can_read_body and request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad(400, "the body is not valid JSON")
+        if not isinstance(body, dict):
+            return _bad(400, "the JSON body must be an object")
+        fields.update({str(k): str(v) for k, v in body.items()})
+    elif request.can_read_body:
+        form = await request.post()
+        fields.update({k: v for k, v in form.items() if isinstance(v, str)})
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else fields.get("token", "")
+    if not token:
+        board.rejected["missing_token"] += 1
+        return _bad(401, "a token is required: Authorization: Bearer <token> or token=<token>")
+    try:
+        expected = read_secret_file(service.module.push.token_file)
+    except OSError:
+        log.error("push service %s: cannot read its token_file", name)
+        return _bad(503, "the exporter cannot read this service's token file")
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        board.rejected["bad_token"] += 1
+        return _bad(401, "wrong token")
+    status = fields.get("status", "up").strip().lower()
+    if status not in _UP | _DOWN:
+        return _bad(400, f"status must be up or down, got {status[:20]!r}")
+    duration: float | None = None
+    if "duration" in fields:
+        try:
+            duration = float(fields["duration"])
+        except ValueError:
+            duration = -1.0
+        if not 0 <= duration < 1e9:
+            return _bad(400, "duration must be a number of seconds, 0 or more")
+    message = fields.get("message", "")[:MAX_PUSH_MESSAGE]
+    board.record(name, status in _UP, duration, message)
+    return web.Response(text="ok\n")
 
 
 async def reload(request: web.Request) -> web.Response:

@@ -29,7 +29,9 @@ class FakeRunner:
         self.peak_per_target = 0
         self.calls: Counter[str] = Counter()
 
-    async def __call__(self, target: str, module: Module, timeout: float, *, clock: Clock) -> ProbeResult:
+    async def __call__(
+        self, target: str, module: Module, timeout: float, *, clock: Clock, heartbeats: object
+    ) -> ProbeResult:
         self.active[target] += 1
         self.calls[target] += 1
         self.peak = max(self.peak, sum(self.active.values()))

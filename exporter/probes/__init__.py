@@ -5,7 +5,7 @@ Adding a kind is one module, one entry in PROBERS, one test file.
 
 from __future__ import annotations
 
-from exporter.probes import dns, http, icmp, tcp
+from exporter.probes import dns, http, icmp, push, tcp
 from exporter.probes.base import Prober, ProbeRequest, ProberKind
 
 PROBERS: dict[str, ProberKind] = {
@@ -13,6 +13,7 @@ PROBERS: dict[str, ProberKind] = {
     "tcp": tcp.KIND,
     "dns": dns.KIND,
     "icmp": icmp.KIND,
+    "push": push.KIND,
 }
 
 __all__ = ["PROBERS", "ProbeRequest", "Prober", "ProberKind"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from exporter.heartbeats import HeartbeatBoard
 from exporter.modules import Module
 from exporter.probes.net import TargetGuard
 from exporter.result import ProbeResult, Trace
@@ -21,6 +22,8 @@ class ProbeRequest:
     timeout: float
     # Set for on-demand probes: every host and address reached must pass it (redirects too).
     guard: TargetGuard | None = None
+    # Where push services' heartbeats are kept; only the push kind reads it.
+    heartbeats: HeartbeatBoard | None = None
 
 
 Prober = Callable[[ProbeRequest], Awaitable[ProbeResult]]

@@ -70,19 +70,25 @@ FIRST_HOP_GAUGES = ("probe_dns_lookup_time_seconds", "probe_ip_protocol", "probe
 log = logging.getLogger(__name__)
 
 
-async def probe_http(request: ProbeRequest) -> ProbeResult:
-    """Fetch ``request.target`` as blackbox's http prober does; never raises but CancelledError."""
-    trace = request.trace
+def record_defaults(trace: Trace) -> None:
+    """Start a trace as blackbox starts an HTTP probe: every phase and gauge at 0."""
     for phase in PHASES:
         trace.add_phase(phase, 0.0)
     for name in DEFAULT_GAUGES:
         trace.set(name, 0)
+
+
+async def probe_http(request: ProbeRequest) -> ProbeResult:
+    """Fetch ``request.target`` as blackbox's http prober does; never raises but CancelledError."""
+    trace = request.trace
+    record_defaults(trace)
+    client = HTTPClient(request.module.http, trace, request.guard)
     try:
-        await _HTTPProbe(request).run()
+        client.judge(await client.fetch(request.target))
     except ProbeFailure as failure:
         return trace.fail(failure.reason, failure.message)
     except Exception as err:  # a bug here must still produce a result, not a crash
-        log.exception("http probe of %s raised", _redact(request.target))
+        log.exception("http probe of %s raised", redact(request.target))
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
     return trace.succeed()
 
@@ -114,15 +120,15 @@ class _URL:
         return f"{self.scheme}://{self.authority}{self.path}"
 
 
-def _with_scheme(target: str) -> str:
+def with_scheme(target: str) -> str:
     if target.lower().startswith(("http://", "https://")):
         return target
     return "http://" + target
 
 
-def _redact(target: str) -> str:
+def redact(target: str) -> str:
     try:
-        return str(_parse_url(_with_scheme(target)))
+        return str(parse_url(with_scheme(target)))
     except ProbeFailure:
         return "<invalid target>"
 
@@ -130,7 +136,7 @@ def _redact(target: str) -> str:
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
-def _parse_url(text: str) -> _URL:
+def parse_url(text: str) -> _URL:
     try:
         parts = urlsplit(text.strip())
         port = parts.port
@@ -171,14 +177,14 @@ def _same_site(host: str, first: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Response:
+class Response:
     """What one round trip returned; the body only for the response the probe judges."""
 
     url: _URL
     status: int
     version: str
     headers: tuple[tuple[str, str], ...]
-    body: _Body | None = None
+    body: Body | None = None
 
     def values(self, name: str) -> list[str]:
         name = name.lower()
@@ -192,28 +198,43 @@ class _Response:
 
 
 @dataclass(frozen=True, slots=True)
-class _Body:
+class Body:
     """A response body as far as it was read; ``error`` says why reading stopped early."""
 
     text: str | None
     error: ProbeFailure | None
 
 
-class _HTTPProbe:
-    """One probe run: the redirect loop, one fresh connection per hop, then the checks."""
+class HTTPClient:
+    """One request as an HTTP probe makes it: the redirect loop, one fresh connection per hop.
 
-    def __init__(self, request: ProbeRequest) -> None:
-        self.request = request
-        self.trace: Trace = request.trace
-        self.settings: HTTPProbe = request.module.http
+    ``fetch`` returns the final response and ``judge`` applies blackbox's checks to it; the other
+    probe kinds that speak HTTP (flow, statuspage) use the two separately. A shared ``jar`` carries
+    cookies from one request to the next; ``keep_body`` keeps the final body for the caller even
+    when no regular expression needs it.
+    """
+
+    def __init__(
+        self,
+        settings: HTTPProbe,
+        trace: Trace,
+        guard: net.TargetGuard | None = None,
+        jar: CookieJar | None = None,
+        keep_body: bool = False,
+    ) -> None:
+        self.trace = trace
+        self.settings = settings
+        self.guard = guard
+        self.keep_body = keep_body
         self.limit = self.settings.effective_body_size_limit
-        self.jar = _CookieJar()
+        self.jar = jar if jar is not None else CookieJar()
         self._ssl_context: ssl.SSLContext | None = None
         self._first_hop: dict[str, float] | None = None
 
-    async def run(self) -> None:
+    async def fetch(self, target: str) -> Response:
+        """Send the request to ``target``, following redirects as configured; the final response."""
         settings = self.settings
-        first = url = _parse_url(_with_scheme(self.request.target))
+        first = url = parse_url(with_scheme(target))
         method = settings.method
         body = self._request_body()
         authorization = self._authorization(first)
@@ -243,13 +264,13 @@ class _HTTPProbe:
             # Like Go, a configured Host only survives a redirect that stays on the same URL host.
             if urlsplit(location.strip()).netloc:
                 host_header = None
-        self._judge(response)
+        return response
 
     def _follow(self, url: _URL, location: str) -> _URL:
         # Rebuild the base without user info: it must never leak into the next URL.
         base = f"{url.scheme}://{url.authority}{url.target}"
         try:
-            return _parse_url(urljoin(base, location.strip()))
+            return parse_url(urljoin(base, location.strip()))
         except ProbeFailure as failure:
             raise ProbeFailure(FailureReason.OTHER, f"bad redirect from {url}: {failure.message}") from None
 
@@ -337,7 +358,7 @@ class _HTTPProbe:
         return self._ssl_context
 
     def _check_host(self, url: _URL, first: _URL) -> None:
-        guard = self.request.guard
+        guard = self.guard
         if guard is not None and not guard.allows_host(url.host):
             what = "target host" if url is first else "redirect to"
             raise ProbeFailure(FailureReason.OTHER, f"{what} {url.host} is outside probe_allowlist")
@@ -350,7 +371,7 @@ class _HTTPProbe:
         host_header: str,
         authorization: str | None,
         first: _URL,
-    ) -> _Response:
+    ) -> Response:
         """One request on a fresh connection, with every phase timed."""
         self._check_host(url, first)
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -373,7 +394,7 @@ class _HTTPProbe:
                 settings.preferred_ip_protocol,
                 settings.ip_protocol_fallback,
                 self.trace,
-                self.request.guard,
+                self.guard,
             )
             reader, writer = await net.connect(addresses, url.port, self.trace)
         finally:
@@ -384,7 +405,9 @@ class _HTTPProbe:
                 same_host = url.authority == first.authority
                 server_name = configured if configured and same_host else url.host
                 await net.start_tls(writer, self._tls_context(), server_name, self.trace)
-            keep_body = bool(settings.fail_if_body_matches_regexp or settings.fail_if_body_not_matches_regexp)
+            keep_body = self.keep_body or bool(
+                settings.fail_if_body_matches_regexp or settings.fail_if_body_not_matches_regexp
+            )
             exchange = _Exchange(conn, reader, writer, self.trace, self.limit, keep_body)
             response = await exchange.round_trip(url, payload, self._wants_body)
         finally:
@@ -410,7 +433,7 @@ class _HTTPProbe:
             for name, value in self._first_hop.items():
                 self.trace.set(name, value)
 
-    def _judge(self, response: _Response) -> None:
+    def judge(self, response: Response) -> None:
         """Apply blackbox's checks to the final response, in blackbox's order."""
         settings = self.settings
         trace = self.trace
@@ -468,7 +491,7 @@ class _Exchange:
         self.limit = limit
         self.keep_body = keep_body
 
-    async def round_trip(self, url: _URL, payload: bytes, wants_body: WantsBody) -> _Response:
+    async def round_trip(self, url: _URL, payload: bytes, wants_body: WantsBody) -> Response:
         trace = self.trace
         # blackbox's processing runs from having a connection to the first response byte.
         with trace.phase("processing"):
@@ -488,7 +511,7 @@ class _Exchange:
             if wants_body(head.status_code, headers):
                 body = await self._body(headers)
                 _record_last_modified(trace, headers)
-        return _Response(url, head.status_code, version, headers, body)
+        return Response(url, head.status_code, version, headers, body)
 
     async def _send(self, payload: bytes) -> None:
         try:
@@ -535,7 +558,7 @@ class _Exchange:
                     FailureReason.PROTOCOL, f"unexpected {type(event).__name__} before the response"
                 )
 
-    async def _body(self, headers: Sequence[tuple[str, str]]) -> _Body:
+    async def _body(self, headers: Sequence[tuple[str, str]]) -> Body:
         """Read the body, never more than the limit, decompressing gzip and deflate."""
         limit = self.limit
         encodings = [v.strip().lower() for k, v in headers if k == "content-encoding"]
@@ -562,8 +585,8 @@ class _Exchange:
             if decoder is not None:
                 decoded = self._add(kept, decoded, decoder.finish())
         except ProbeFailure as failure:
-            return _Body(None, failure)
-        return _Body(kept.decode("utf-8", "replace") if self.keep_body else None, None)
+            return Body(None, failure)
+        return Body(kept.decode("utf-8", "replace") if self.keep_body else None, None)
 
     def _add(self, kept: bytearray, decoded: int, chunk: bytes) -> int:
         decoded += len(chunk)
@@ -654,7 +677,7 @@ def _record_last_modified(trace: Trace, headers: Sequence[tuple[str, str]]) -> N
         return
 
 
-def _header_problem(response: _Response, settings: HTTPProbe) -> str | None:
+def _header_problem(response: Response, settings: HTTPProbe) -> str | None:
     for match in settings.fail_if_header_matches:
         values = response.values(match.header)
         if not values and not match.allow_missing:
@@ -705,7 +728,7 @@ class _Cookie:
     secure: bool
 
 
-class _CookieJar:
+class CookieJar:
     """The cookies one probe collects across its redirects, as blackbox's cookie jar keeps them.
 
     Login pages often set a cookie and redirect to a page that needs it; without a jar such a
@@ -741,6 +764,14 @@ class _CookieJar:
                     path,
                     bool(morsel["secure"]),
                 )
+
+    def get(self, name: str) -> str | None:
+        """The value of the cookie ``name`` most recently stored, whatever its domain and path."""
+        found = None
+        for cookie in self._cookies.values():
+            if cookie.name == name:
+                found = cookie.value
+        return found
 
     def header(self, url: _URL) -> str:
         found = []

@@ -42,7 +42,8 @@ INVALID = {
     ],
     "invalid-service-name.yml": ["services[0].name (line 2): must match [a-zA-Z0-9_.-]+, got 'api login'"],
     "invalid-unknown-prober.yml": [
-        "modules.ftp_banner.prober (line 3): unknown prober 'ftp'; expected one of http, tcp, dns, icmp, grpc, push"
+        "modules.ftp_banner.prober (line 3): unknown prober 'ftp'; "
+        "expected one of http, tcp, dns, icmp, grpc, push"
     ],
     "invalid-missing-target.yml": ["services[0].target (line 2): is required"],
     "invalid-yaml-syntax.yml": [
@@ -70,7 +71,8 @@ INVALID = {
     ],
     "invalid-inline-mismatch.yml": ["services[0].http (line 6): http settings do not apply to prober 'tcp'"],
     "invalid-push-settings.yml": [
-        "services[0].push.max_silence (line 5): is required: how long without a push before the service fails",
+        "services[0].push.max_silence (line 5): "
+        "is required: how long without a push before the service fails",
         "services[0].push.token_file (line 5): is required: pushes must carry the token kept in this file",
     ],
     "invalid-not-a-list.yml": ["services (line 2): must be a list, got a mapping"],

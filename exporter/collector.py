@@ -15,6 +15,7 @@ from exporter.config import Service
 from exporter.probes import PROBERS
 from exporter.result import FailureReason, ProbeResult
 from exporter.store import Histogram, ResultStore
+from exporter.types import redact_url
 
 HELP: dict[str, str] = {
     "probe_success": "1 if the last probe succeeded, 0 if it failed.",
@@ -27,6 +28,7 @@ HELP: dict[str, str] = {
     "probe_last_success_timestamp_seconds": "When a probe last succeeded, as a unix time.",
     "probe_last_run_timestamp_seconds": "When a probe last finished, as a unix time.",
     "probe_service_info": "Settings of each service; join on service for its target and labels.",
+    "probe_interval_seconds": "How often the service is probed; ProbeStale scales with it.",
     "probe_objective_availability_ratio": "Availability objective of the service.",
     "probe_objective_latency_seconds": "Latency objective of the service.",
     "probe_http_duration_seconds": "Duration of each HTTP phase, summed over redirects.",
@@ -50,6 +52,25 @@ HELP: dict[str, str] = {
     "probe_push_last_timestamp_seconds": "When the service last pushed, as a unix time.",
     "probe_push_reported_success": "What the last push said: 1 up, 0 down.",
     "probe_push_reported_duration_seconds": "Duration the last push reported for its job.",
+    "probe_flow_step_success": "1 if the journey step ran and passed, 0 if it failed or did not run.",
+    "probe_flow_step_ran": "1 if the journey step ran, 0 if an earlier step failed first.",
+    "probe_flow_failed_step": "1 for the journey step that failed (or was cut off by the timeout), else 0.",
+    "probe_flow_step_duration_seconds": "How long the journey step took, 0 when it did not run.",
+    "probe_flow_step_http_duration_seconds": "Duration of each HTTP phase of the journey step.",
+    "probe_flow_step_status_code": "Status code of the journey step's final response, 0 without one.",
+    "probe_statuspage_indicator": "The status page's overall indicator: 1 for the current state.",
+    "probe_statuspage_component_status": "Each status page component's status: 1 for the current state.",
+    "probe_statuspage_components_dropped": "Components left out by max_components.",
+    "probe_statuspage_incidents": "Unresolved incidents on the status page, by impact.",
+    "probe_statuspage_maintenance_in_progress": "Scheduled maintenances in progress on the status page.",
+    "probe_statuspage_page_updated_timestamp_seconds": "When the status page last changed, as a unix time.",
+    "probe_grpc_duration_seconds": "Duration of each phase of the gRPC health check.",
+    "probe_grpc_healthcheck_response": "The health check's serving status: 1 for the current state.",
+    "probe_grpc_status_code": "gRPC status code of the health check call.",
+    "probe_grpc_ssl": "1 if the health check went over TLS.",
+    "probe_websocket_duration_seconds": "Duration of each phase of the WebSocket probe.",
+    "probe_websocket_status_code": "Status code of the answer to the upgrade request (101 when upgraded).",
+    "probe_websocket_ssl": "1 if the WebSocket went over TLS.",
 }
 
 
@@ -196,11 +217,12 @@ def _add_info(out: Exposition, service: Service, base: Mapping[str, str], labels
     info = {
         **service.labels,
         **base,
-        "target": service.target,
+        "target": redact_url(service.target),
         "prober": service.module.prober,
         "module": service.module_name,
     }
     out.add("probe_service_info", "gauge", label_text(info), 1.0)
+    out.add("probe_interval_seconds", "gauge", labels, service.interval)
     objectives = service.objectives
     if objectives.availability is not None:
         out.add("probe_objective_availability_ratio", "gauge", labels, objectives.availability)

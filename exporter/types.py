@@ -36,7 +36,12 @@ class Duration(float):
             return cls(0.0)
         if not value or match is None:
             raise ValueError(f"must be a duration such as 30s or 1m30s, got {value!r}")
-        total = sum(int(text) * _DURATION_UNITS[unit] for unit, text in match.groupdict().items() if text)
+        try:
+            total = sum(int(text) * _DURATION_UNITS[unit] for unit, text in match.groupdict().items() if text)
+        except (OverflowError, ValueError):
+            raise ValueError(
+                f"must be a duration such as 30s or 1m30s, got one too long: {value[:40]!r}"
+            ) from None
         return cls(total)
 
     def __str__(self) -> str:
@@ -155,6 +160,10 @@ class Regex:
             return cls(value, re.compile(translate_go_regex(value)))
         except re.error as err:
             raise ValueError(f"invalid regular expression {value!r}: {err}") from None
+        except (OverflowError, RecursionError) as err:
+            # Python's parser gives up on huge repeat counts and deeply nested groups this way.
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            raise ValueError(f"invalid regular expression {value[:40]!r}...: {reason}") from None
 
     def search(self, text: str) -> re.Match[str] | None:
         return self.pattern.search(text)
@@ -189,6 +198,22 @@ class Secret(str):
     def reveal(self) -> str:
         """The plain value, for the one place that sends it."""
         return str.__str__(self)
+
+
+def redact_url(url: str) -> str:
+    """A URL with the password of its user info replaced by ``xxxxx``, as Go's URL.Redacted does.
+
+    The authority is found as urlsplit finds it (up to the first ``/?#``, user info before its
+    last ``@``), so what the probe would send as a password is exactly what is hidden.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:xxxxx@{host}{rest[end:]}"
 
 
 def read_secret_file(path: str) -> str:

@@ -113,7 +113,8 @@ def fetch(url: str, method: str = "GET") -> tuple[int, str]:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+        with err:
+            return err.code, err.read().decode()
 
 
 def wait_until(predicate: object, timeout: float = 20.0) -> None:

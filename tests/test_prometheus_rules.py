@@ -42,6 +42,8 @@ DESIGN_ALERTS = {
     "ProbeExporterAbsent",
     "ProbeExporterConfigReloadFailed",
 }
+# Alerts beyond the design's list, for probe kinds added since.
+EXTRA_ALERTS = {"ProbeVendorMajorIncident"}
 RECEIVER_FOR_SEVERITY = {"critical": "pager", "warning": "ticket"}
 
 # Upper bound for a subprocess or for Alertmanager to reach a state; a
@@ -104,7 +106,11 @@ def runbook_anchors() -> set[str]:
 
 def test_rule_files_exist() -> None:
     """The rule files and their promtool tests are where the globs look for them."""
-    assert [path.name for path in RULE_FILES] == ["outage-exporter.alerts.yml", "outage-exporter.rules.yml"]
+    assert [path.name for path in RULE_FILES] == [
+        "outage-exporter.alerts.yml",
+        "outage-exporter.rules.yml",
+        "outage-exporter.statuspage.yml",
+    ]
     assert len(RULE_TESTS) >= 5
 
 
@@ -163,8 +169,8 @@ def test_rule_unit_tests_pass() -> None:
 
 
 def test_alert_names_match_the_design() -> None:
-    """The rules raise exactly the alerts DESIGN.md names."""
-    assert {rule["alert"] for rule in alert_rules()} == DESIGN_ALERTS
+    """The rules raise the alerts DESIGN.md names, plus only the listed additions."""
+    assert {rule["alert"] for rule in alert_rules()} == DESIGN_ALERTS | EXTRA_ALERTS
 
 
 @pytest.mark.parametrize(

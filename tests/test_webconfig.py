@@ -44,6 +44,8 @@ def request(url: str, context: ssl.SSLContext | None, auth: tuple[str, str] | No
         with urllib.request.urlopen(req, timeout=10, context=context) as response:
             return int(response.status)
     except urllib.error.HTTPError as err:
+        # The error holds the response; close it so no socket is left to the collector.
+        err.close()
         return err.code
 
 

@@ -37,7 +37,10 @@ def target_host(target: str) -> str:
     """The host part of a target, whether a URL, ``host:port``, ``[v6]:port`` or a bare host."""
     text = target.strip()
     if "://" in text:
-        return urlsplit(text).hostname or ""
+        try:
+            return urlsplit(text).hostname or ""
+        except ValueError:  # "http://[::1", "http://[zz]/": no host anyone could reach
+            return ""
     if text.startswith("["):
         return text[1:].split("]", 1)[0]
     if text.count(":") == 1:

@@ -15,7 +15,7 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Config, load_config, parse_config
 from exporter.errors import ConfigError, WebConfigError
-from exporter.logs import LEVELS, setup_logging
+from exporter.logs import LEVELS, AccessLogger, setup_logging
 from exporter.modules import KNOWN_PROBERS, Module
 from exporter.sharding import Shard, parse_shard_index
 from exporter.types import Duration
@@ -234,6 +234,7 @@ def serve(argv: list[str]) -> int:
             print=None,
             shutdown_timeout=5.0,
             access_log=logging.getLogger("aiohttp.access"),
+            access_log_class=AccessLogger,
         )
     except OSError as err:
         log.error("cannot listen on %s: %s", args.listen, err.strerror or err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,16 +16,19 @@ import yaml
 from exporter.errors import ConfigError, ConfigIssue
 from exporter.modules import (
     DNSProbe,
+    FlowProbe,
     GRPCProbe,
     HTTPProbe,
     ICMPProbe,
     Module,
     PushProbe,
+    StatuspageProbe,
     TCPProbe,
+    WebSocketProbe,
     check_module,
 )
 from exporter.probes import PROBERS
-from exporter.types import Duration, HostPattern, Regex, Secret, StatusRange, format_duration
+from exporter.types import Duration, HostPattern, Regex, Secret, StatusRange, format_duration, redact_url
 from exporter.yamlread import (
     Reader,
     compose,
@@ -60,7 +64,10 @@ class GlobalConfig:
             yield "timeout", f"must be less than interval {self.interval}, got {self.timeout}"
         if self.max_concurrency < 1:
             yield "max_concurrency", f"must be at least 1, got {self.max_concurrency}"
-        if list(self.latency_buckets) != sorted(set(self.latency_buckets)) or any(
+        # +Inf is implied; listing it (or NaN) would write a second le="+Inf" and break the scrape.
+        if any(not math.isfinite(b) for b in self.latency_buckets):
+            yield "latency_buckets", "must be finite numbers (the +Inf bucket is always added)"
+        elif list(self.latency_buckets) != sorted(set(self.latency_buckets)) or any(
             b <= 0 for b in self.latency_buckets
         ):
             yield "latency_buckets", "must be positive and strictly increasing"
@@ -98,6 +105,9 @@ class ServiceSpec:
     icmp: ICMPProbe | None = None
     grpc: GRPCProbe | None = None
     push: PushProbe | None = None
+    flow: FlowProbe | None = None
+    statuspage: StatuspageProbe | None = None
+    websocket: WebSocketProbe | None = None
 
 
 @dataclass(frozen=True)
@@ -281,7 +291,7 @@ def _section_nodes(root: yaml.Node | None) -> dict[str, yaml.Node]:
     return {k.value: v for k, v in mapping_items(root) if isinstance(k, yaml.ScalarNode)}
 
 
-_INLINE = ("http", "tcp", "dns", "icmp", "grpc", "push")
+_INLINE = ("http", "tcp", "dns", "icmp", "grpc", "push", "flow", "statuspage", "websocket")
 
 
 def _is_push_module(item: ServiceSpec, spec: _Sections) -> bool:
@@ -483,7 +493,7 @@ def dump_config(config: Config) -> str:
     """The running config as YAML, with every secret replaced by ``<secret>``."""
     services = []
     for s in config.services:
-        entry: dict[str, object] = {"name": s.name, "group": s.group, "target": s.target}
+        entry: dict[str, object] = {"name": s.name, "group": s.group, "target": redact_url(s.target)}
         if s.module_name:
             entry["module"] = s.module_name
         else:

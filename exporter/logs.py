@@ -6,6 +6,12 @@ import json
 import logging
 import sys
 import time
+from urllib.parse import parse_qsl, urlencode
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+from exporter.types import redact_url
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -64,3 +70,39 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(LEVELS[level])
     # aiohttp's access log is noisy at scrape rate; keep it for debug.
     logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+# Query parameters that carry a credential (a push token) are logged as xxxxx.
+SECRET_PARAMS = frozenset({"token"})
+
+
+def redact_query(query: str) -> str:
+    """A query string fit for a log: credential parameters masked, URL passwords hidden."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode(
+        [(key, "xxxxx" if key.lower() in SECRET_PARAMS else redact_url(value)) for key, value in pairs]
+    )
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, like aiohttp's own, but with the query string redacted.
+
+    /push takes its token as ``?token=`` and /probe a target that may carry a password; aiohttp's
+    logger would write both as they came.
+    """
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        query = f"?{redact_query(request.query_string)}" if request.query_string else ""
+        self.logger.info(
+            '%s "%s %s%s HTTP/%d.%d" %d %s %.6fs "%s"',
+            request.remote,
+            request.method,
+            request.path,
+            query,
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length,
+            time,
+            request.headers.get("User-Agent", "-"),
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -237,6 +238,32 @@ class GRPCProbe:
     tls_config: TLSConfig = field(default_factory=TLSConfig)
     preferred_ip_protocol: IPProtocol = "ip6"
     ip_protocol_fallback: bool = True
+    # Not in blackbox: gRPC metadata (request headers) sent with the health check.
+    metadata: Mapping[str, Secret] = field(default_factory=_empty_map)
+
+    def check(self) -> Problems:
+        for key in self.metadata:
+            if not _GRPC_METADATA_KEY_RE.match(key):
+                message = f"invalid metadata key {key!r}: use letters, digits, '_', '.' and '-'"
+                yield f"metadata.{key}", message
+            elif key.lower().startswith("grpc-") or key.lower() in _GRPC_RESERVED_METADATA:
+                yield f"metadata.{key}", f"metadata key {key!r} is reserved by gRPC"
+
+
+_GRPC_METADATA_KEY_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+# Set by the health check itself, or forbidden in HTTP/2.
+_GRPC_RESERVED_METADATA = frozenset(
+    {
+        "content-type",
+        "te",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -254,6 +281,306 @@ class PushProbe:
             yield "max_silence", "is required: how long without a push before the service fails"
 
 
+# --- flow: a user journey of HTTP steps (not in blackbox) ----------------------------------------
+
+STEP_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+VARIABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A variable reference in a step's url, headers or body. Not ``${...}``: that is the environment
+# reference Secret values expand when the config is loaded.
+VARIABLE_REF_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+_JSON_KEY_RE = re.compile(r"\.([^.\[\]\s'\"]+)")
+_JSON_INDEX_RE = re.compile(r"\[(-?[0-9]+)\]")
+_JSON_QUOTED_RE = re.compile(r"\[(?:\"([^\"]*)\"|'([^']*)')\]")
+
+
+def json_path_parts(path: str) -> tuple[str | int, ...]:
+    """Split a JSON path: ``$``, then any of ``.key``, ``[index]`` (negative counts from the end)
+    and ``["key"]`` (for keys with dots, brackets or spaces). ``$.data.items[0].id``.
+
+    Raises ValueError saying where the path stops making sense.
+    """
+    if not path.startswith("$"):
+        raise ValueError(f"invalid JSON path {path!r}: must start with $")
+    parts: list[str | int] = []
+    pos = 1
+    while pos < len(path):
+        if match := _JSON_KEY_RE.match(path, pos):
+            parts.append(match.group(1))
+        elif match := _JSON_INDEX_RE.match(path, pos):
+            parts.append(int(match.group(1)))
+        elif match := _JSON_QUOTED_RE.match(path, pos):
+            parts.append(match.group(1) if match.group(1) is not None else match.group(2))
+        else:
+            raise ValueError(
+                f'invalid JSON path {path!r}: expected .key, [index] or ["key"] at position {pos}'
+            )
+        pos = match.end()
+    return tuple(parts)
+
+
+def _json_path_problem(path: str) -> str | None:
+    try:
+        json_path_parts(path)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+@dataclass(frozen=True)
+class JSONCondition:
+    """A check of the value at ``path`` in a JSON response; every operator set must hold."""
+
+    path: str
+    exists: bool | None = None
+    # Compared with the value's text: a string as it is, a number numerically, true/false/null
+    # by their JSON spelling (quote them in YAML: equals: "true").
+    equals: str | None = None
+    matches: Regex | None = None
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def operators(self) -> list[str]:
+        names = ("equals", "matches", "gt", "ge", "lt", "le")
+        return [name for name in names if getattr(self, name) is not None]
+
+    def check(self) -> Problems:
+        problem = _json_path_problem(self.path)
+        if problem:
+            yield "path", problem
+        if self.exists is None and not self.operators():
+            yield "path", "needs a test: exists, equals, matches, gt, ge, lt or le"
+        if self.exists is False and self.operators():
+            yield "exists", f"exists: false cannot be combined with {', '.join(self.operators())}"
+
+
+@dataclass(frozen=True)
+class Extract:
+    """Where a step takes a variable's value from: exactly one of the four sources."""
+
+    json: str = ""
+    # The first group of the first match, or the whole match when the regexp has no group.
+    regexp: Regex | None = None
+    header: str = ""
+    cookie: str = ""
+
+    def sources(self) -> list[str]:
+        given = (
+            ("json", self.json),
+            ("regexp", self.regexp),
+            ("header", self.header),
+            ("cookie", self.cookie),
+        )
+        return [name for name, value in given if value]
+
+    def check(self) -> Problems:
+        sources = self.sources()
+        if len(sources) > 1:
+            yield sources[1], f"set one of json, regexp, header and cookie, not {' and '.join(sources)}"
+        if self.json:
+            problem = _json_path_problem(self.json)
+            if problem:
+                yield "json", problem
+
+
+def _no_extracts() -> Mapping[str, Extract]:
+    return MappingProxyType({})
+
+
+def _auth_problems(
+    basic_auth: object, bearer_token: object, bearer_token_file: str, authorization: object
+) -> Problems:
+    auths = [
+        name
+        for name, set_ in (
+            ("basic_auth", basic_auth is not None),
+            ("bearer_token", bearer_token is not None),
+            ("bearer_token_file", bool(bearer_token_file)),
+            ("authorization", authorization is not None),
+        )
+        if set_
+    ]
+    if len(auths) > 1:
+        yield auths[1], f"only one of {', '.join(auths)} may be set"
+
+
+@dataclass(frozen=True)
+class FlowStep:
+    """One HTTP request of a journey, with the http prober's option names where they apply."""
+
+    name: str
+    # Absolute, or relative to the service's target.
+    url: str = ""
+    method: str = "GET"
+    headers: Mapping[str, Secret] = field(default_factory=_empty_map)
+    body: Secret | None = None
+    # Sent as it is: variables are not expanded in a file (it may be binary, as an upload is).
+    body_file: str = ""
+    basic_auth: BasicAuth | None = None
+    bearer_token: Secret | None = None
+    bearer_token_file: str = ""
+    authorization: Authorization | None = None
+    follow_redirects: bool = True
+    valid_status_codes: tuple[StatusRange, ...] = ()
+    fail_if_body_matches_regexp: tuple[Regex, ...] = ()
+    fail_if_body_not_matches_regexp: tuple[Regex, ...] = ()
+    fail_if_header_matches: tuple[HeaderMatch, ...] = ()
+    fail_if_header_not_matches: tuple[HeaderMatch, ...] = ()
+    expect_json: tuple[JSONCondition, ...] = ()
+    extract: Mapping[str, Extract] = field(default_factory=_no_extracts)
+
+    def templates(self) -> Iterator[tuple[str, str]]:
+        """The texts in which ``{{variable}}`` references are expanded, by option name."""
+        yield "url", self.url
+        for name, value in self.headers.items():
+            yield f"header {name}", value.reveal()
+        if self.body is not None:
+            yield "body", self.body.reveal()
+
+    def check(self) -> Problems:
+        if not STEP_NAME_RE.match(self.name):
+            yield "name", f"must match [a-zA-Z0-9_-]+, got {self.name!r}"
+        if not self.method or not self.method.replace("-", "").isalnum():
+            yield "method", f"must be an HTTP method such as GET or POST, got {self.method!r}"
+        scheme, separator, _ = self.url.partition("://")
+        if separator and scheme.lower() not in ("http", "https") and "{{" not in scheme:
+            yield "url", f"must be an http or https URL or a path, got scheme {scheme!r}"
+        if self.body is not None and self.body_file:
+            yield "body", "at most one of body and body_file may be set"
+        yield from _auth_problems(
+            self.basic_auth, self.bearer_token, self.bearer_token_file, self.authorization
+        )
+        for variable, extract in self.extract.items():
+            if not VARIABLE_NAME_RE.match(variable):
+                message = f"invalid variable name {variable!r}: must match [A-Za-z_][A-Za-z0-9_]*"
+                yield f"extract.{variable}", message
+            elif not extract.sources():
+                yield f"extract.{variable}", "needs one of json, regexp, header and cookie"
+
+
+@dataclass(frozen=True)
+class FlowProbe:
+    """Not in blackbox: a user journey, HTTP steps run in order with one cookie jar."""
+
+    steps: tuple[FlowStep, ...] = ()
+    # Sent with every step; a step's own headers win.
+    headers: Mapping[str, Secret] = field(default_factory=_empty_map)
+    preferred_ip_protocol: IPProtocol = "ip6"
+    ip_protocol_fallback: bool = True
+    tls_config: TLSConfig = field(default_factory=TLSConfig)
+    # Per response; 0 means the http prober's default limit.
+    body_size_limit: ByteSize = ByteSize(0)
+    max_redirects: int = 10
+
+    def check(self) -> Problems:
+        first: dict[str, int] = {}
+        defined: set[str] = set()
+        for index, step in enumerate(self.steps):
+            if step.name in first:
+                message = f"duplicate step name {step.name!r} (steps[{first[step.name]}] and steps[{index}])"
+                yield "steps", message
+            first.setdefault(step.name, index)
+            for where, text in step.templates():
+                for variable in VARIABLE_REF_RE.findall(text):
+                    if variable not in defined:
+                        message = (
+                            f"steps[{index}] ({step.name}) uses {{{{{variable}}}}} in its {where}, "
+                            f"but no earlier step extracts {variable!r}"
+                        )
+                        yield "steps", message
+            defined.update(step.extract)
+        if self.max_redirects < 0:
+            yield "max_redirects", f"must not be negative, got {self.max_redirects}"
+
+    def required(self) -> Problems:
+        """Checked only for flow modules (check_module), so other kinds need no flow section."""
+        if not self.steps:
+            yield "steps", "is required: a journey needs at least one step"
+
+
+# --- statuspage: a vendor's own status page (not in blackbox) ------------------------------------
+
+
+@dataclass(frozen=True)
+class StatuspageProbe:
+    """Not in blackbox: reads an Atlassian Statuspage-compatible /api/v2/summary.json."""
+
+    # Only these components, by name; empty means all of them, up to max_components.
+    components: tuple[str, ...] = ()
+    max_components: int = 50
+    headers: Mapping[str, Secret] = field(default_factory=_empty_map)
+    preferred_ip_protocol: IPProtocol = "ip6"
+    ip_protocol_fallback: bool = True
+    tls_config: TLSConfig = field(default_factory=TLSConfig)
+    body_size_limit: ByteSize = ByteSize(0)
+
+    def check(self) -> Problems:
+        if not 0 <= self.max_components <= 1000:
+            yield "max_components", f"must be between 0 and 1000, got {self.max_components}"
+
+
+# --- websocket (not in blackbox) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebSocketMessage:
+    """One turn of the dialogue: wait for a message matching ``expect``, then ``send`` one.
+
+    As in the tcp prober's query_response, ``send`` may use ``${1}`` or ``${name}`` from the
+    groups of this turn's ``expect`` match.
+    """
+
+    expect: Regex | None = None
+    send: str = ""
+
+    def check(self) -> Problems:
+        if self.expect is None and not self.send:
+            yield "expect", "set expect, send or both"
+
+
+# The handshake sets these itself; a configured value would break it.
+_HANDSHAKE_HEADERS = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+        "content-length",
+        "transfer-encoding",
+    }
+)
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True)
+class WebSocketProbe:
+    """Not in blackbox: opens a WebSocket (ws:// or wss://) and holds a message dialogue."""
+
+    headers: Mapping[str, Secret] = field(default_factory=_empty_map)
+    subprotocols: tuple[str, ...] = ()
+    messages: tuple[WebSocketMessage, ...] = ()
+    max_message_size: ByteSize = ByteSize(1024 * 1024)
+    preferred_ip_protocol: IPProtocol = "ip6"
+    ip_protocol_fallback: bool = True
+    tls_config: TLSConfig = field(default_factory=TLSConfig)
+
+    def check(self) -> Problems:
+        for name in self.headers:
+            if name.lower() in _HANDSHAKE_HEADERS:
+                hint = " (use subprotocols)" if name.lower() == "sec-websocket-protocol" else ""
+                yield f"headers.{name}", f"header {name} is set by the WebSocket handshake{hint}"
+        for protocol in self.subprotocols:
+            if not _TOKEN_RE.match(protocol):
+                yield "subprotocols", f"invalid subprotocol {protocol!r}: must be an HTTP token"
+        if self.max_message_size <= 0:
+            yield "max_message_size", "must be greater than 0"
+
+
 @dataclass(frozen=True)
 class Module:
     """A named set of probe settings; blackbox's module."""
@@ -268,9 +595,12 @@ class Module:
     dns: DNSProbe = field(default_factory=DNSProbe)
     grpc: GRPCProbe = field(default_factory=GRPCProbe)
     push: PushProbe = field(default_factory=PushProbe)
+    flow: FlowProbe = field(default_factory=FlowProbe)
+    statuspage: StatuspageProbe = field(default_factory=StatuspageProbe)
+    websocket: WebSocketProbe = field(default_factory=WebSocketProbe)
 
 
-KNOWN_PROBERS = ("http", "tcp", "dns", "icmp", "grpc", "push")
+KNOWN_PROBERS = ("http", "tcp", "dns", "icmp", "grpc", "push", "flow", "statuspage", "websocket")
 
 
 def check_module(module: Module) -> Problems:
@@ -284,5 +614,7 @@ def check_module(module: Module) -> Problems:
         yield "retries", f"must be between 0 and 10, got {module.retries}"
     if module.prober == "push":
         yield from ((f"push.{key}", message) for key, message in module.push.required())
+    if module.prober == "flow":
+        yield from ((f"flow.{key}", message) for key, message in module.flow.required())
     if module.prober == "dns" and not module.dns.query_name:
         yield "dns", "query_name is required for the dns prober"

@@ -11,7 +11,7 @@ from exporter.modules import Module
 from exporter.probes import PROBERS, Prober, ProbeRequest
 from exporter.probes.net import TargetGuard
 from exporter.result import SYSTEM_CLOCK, Clock, FailureReason, ProbeResult, Trace
-from exporter.types import format_duration
+from exporter.types import format_duration, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -61,5 +61,5 @@ async def _attempt(probe: Prober, request: ProbeRequest) -> ProbeResult:
             FailureReason.TIMEOUT, f"no answer within {format_duration(request.timeout)}"
         )
     except Exception as err:  # a probe bug must not stop the scheduler
-        log.exception("probe of %s raised", request.target)
+        log.exception("probe of %s raised", redact_url(request.target))
         return request.trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

@@ -21,7 +21,7 @@ from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
 from exporter.runner import run_probe
 from exporter.runtime import Exporter
 from exporter.sharding import Shard
-from exporter.types import format_duration, read_secret_file
+from exporter.types import format_duration, read_secret_file, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ async def probe(request: web.Request) -> web.Response:
 def debug_text(target: str, module: Module, result: ProbeResult) -> str:
     """A readable account of one probe, for ?debug=true and the probe command."""
     lines = [
-        f"target: {target}",
+        f"target: {redact_url(target)}",
         f"prober: {module.prober}",
         f"success: {'yes' if result.success else 'no'}",
         f"duration: {result.duration:.6f}s",
@@ -263,7 +263,7 @@ async def index(request: web.Request) -> web.Response:
                     service.name,
                     service.group,
                     service.module.prober,
-                    service.target,
+                    redact_url(service.target),
                     format_duration(service.interval),
                     status,
                     took,

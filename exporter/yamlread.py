@@ -44,24 +44,55 @@ def compose(text: str, file: str | None) -> tuple[yaml.Node | None, list[ConfigI
         line = mark.line + 1 if mark is not None else None
         what = " ".join(p for p in (err.context, err.problem) if p)
         return None, [ConfigIssue("", line, f"invalid YAML: {what}", file)]
+    except yaml.reader.ReaderError as err:
+        # A character YAML forbids (a control character): its position still gives the line.
+        line = text.count("\n", 0, err.position) + 1
+        what = f"unacceptable character #x{err.character:04x}: {err.reason}"
+        return None, [ConfigIssue("", line, f"invalid YAML: {what}", file)]
     except yaml.YAMLError as err:
         return None, [ConfigIssue("", None, f"invalid YAML: {err}", file)]
 
 
 def mapping_items(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
-    """Key/value pairs of a mapping with ``<<`` merge keys flattened."""
-    items: list[tuple[yaml.Node, yaml.Node]] = []
-    merged: list[tuple[yaml.Node, yaml.Node]] = []
+    """Key/value pairs of a mapping with ``<<`` merge keys flattened.
+
+    As YAML's merge says, a mapping's own keys win, then those of earlier sources. Each source
+    is flattened once, so a merge cycle (``&a {<<: *a}``) or a source merged through many
+    aliases (a "billion laughs" of merge keys) costs no more than the mappings written.
+    """
+    items, sources = _own_and_merged(node)
+    taken = {k.value for k, _ in items if isinstance(k, yaml.ScalarNode)}
+    seen = {id(node)}
+    pending = sources[::-1]
+    while pending:
+        source = pending.pop()
+        if id(source) in seen:
+            continue
+        seen.add(id(source))
+        own, more = _own_and_merged(source)
+        for key, value in own:
+            if not isinstance(key, yaml.ScalarNode):
+                items.append((key, value))  # not a valid key anywhere: the reader reports it
+            elif key.value not in taken:
+                taken.add(key.value)
+                items.append((key, value))
+        pending.extend(more[::-1])
+    return items
+
+
+def _own_and_merged(
+    node: yaml.MappingNode,
+) -> tuple[list[tuple[yaml.Node, yaml.Node]], list[yaml.MappingNode]]:
+    """A mapping's own key/value pairs, and the mappings its ``<<`` keys merge in, in order."""
+    own: list[tuple[yaml.Node, yaml.Node]] = []
+    sources: list[yaml.MappingNode] = []
     for key, value in node.value:
         if key.tag == _MERGE_TAG:
-            sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
-            for source in sources:
-                if isinstance(source, yaml.MappingNode):
-                    merged.extend(mapping_items(source))
+            candidates = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            sources.extend(c for c in candidates if isinstance(c, yaml.MappingNode))
         else:
-            items.append((key, value))
-    own = {k.value for k, _ in items if isinstance(k, yaml.ScalarNode)}
-    return items + [(k, v) for k, v in merged if k.value not in own]
+            own.append((key, value))
+    return own, sources
 
 
 class Reader:
@@ -202,13 +233,21 @@ class Reader:
         if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL_TAG:
             self.error(path, node, f"must be {expected}, got {describe(node)}")
             return _INVALID
-        return _construct(node)
+        return self._construct(node, path, expected)
 
     def _typed(self, node: yaml.Node, path: str, tags: tuple[str, ...], expected: str) -> Any:
         if isinstance(node, yaml.ScalarNode) and node.tag in tags:
-            return _construct(node)
+            return self._construct(node, path, expected)
         self.error(path, node, f"must be {expected}, got {describe(node)}")
         return _INVALID
+
+    def _construct(self, node: yaml.ScalarNode, path: str, expected: str) -> Any:
+        try:
+            return _construct(node)
+        except (ValueError, OverflowError, yaml.YAMLError):
+            # An integer of thousands of digits, a date like 2001-13-45, invalid !!binary.
+            self.error(path, node, f"must be {expected}, got {_shorten(node.value)!r}, which cannot be read")
+            return _INVALID
 
 
 @functools.cache
@@ -237,7 +276,12 @@ def describe(node: yaml.Node) -> str:
     if node.tag == _NULL_TAG:
         return "nothing"
     kind = {_BOOL_TAG: "boolean", _INT_TAG: "integer", _FLOAT_TAG: "number"}.get(node.tag, "string")
-    return f"{kind} {node.value!r}"
+    return f"{kind} {_shorten(node.value)!r}"
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """A value quoted in a message: long ones are cut so one line stays readable."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def find_node(node: yaml.Node | None, dotted: str) -> yaml.Node | None:

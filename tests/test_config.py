@@ -43,7 +43,7 @@ INVALID = {
     "invalid-service-name.yml": ["services[0].name (line 2): must match [a-zA-Z0-9_.-]+, got 'api login'"],
     "invalid-unknown-prober.yml": [
         "modules.ftp_banner.prober (line 3): unknown prober 'ftp'; "
-        "expected one of http, tcp, dns, icmp, grpc, push"
+        "expected one of http, tcp, dns, icmp, grpc, push, flow, statuspage, websocket"
     ],
     "invalid-missing-target.yml": ["services[0].target (line 2): is required"],
     "invalid-yaml-syntax.yml": [
@@ -76,6 +76,53 @@ INVALID = {
         "services[0].push.token_file (line 5): is required: pushes must carry the token kept in this file",
     ],
     "invalid-not-a-list.yml": ["services (line 2): must be a list, got a mapping"],
+    "invalid-flow-step-name.yml": [
+        "services[0].flow.steps[0].name (line 7): must match [a-zA-Z0-9_-]+, got 'log in'"
+    ],
+    "invalid-flow-duplicate-step.yml": [
+        "services[0].flow.steps (line 7): duplicate step name 'login' (steps[0] and steps[1])"
+    ],
+    "invalid-flow-undefined-variable.yml": [
+        "services[0].flow.steps (line 7): steps[1] (feed) uses {{tokn}} in its header Authorization, "
+        "but no earlier step extracts 'tokn'"
+    ],
+    "invalid-flow-json-path.yml": [
+        "services[0].flow.steps[0].expect_json[0].path (line 10): invalid JSON path '$.items[first].id': "
+        'expected .key, [index] or ["key"] at position 7'
+    ],
+    "invalid-flow-extract.yml": [
+        "services[0].flow.steps[0].extract.token.header (line 12): "
+        "set one of json, regexp, header and cookie, not json and header",
+        "services[0].flow.steps[0].extract.csrf (line 13): needs one of json, regexp, header and cookie",
+    ],
+    "invalid-flow-condition.yml": [
+        "services[0].flow.steps[0].expect_json[0].path (line 10): "
+        "needs a test: exists, equals, matches, gt, ge, lt or le",
+        "services[0].flow.steps[0].expect_json[1].exists (line 12): "
+        "exists: false cannot be combined with equals",
+    ],
+    "invalid-flow-no-steps.yml": [
+        "modules.journey.flow.steps (line 3): is required: a journey needs at least one step"
+    ],
+    "invalid-flow-url.yml": [
+        "services[0].flow.steps[0].url (line 8): must be an http or https URL or a path, got scheme 'ftp'"
+    ],
+    "invalid-statuspage-max-components.yml": [
+        "services[0].statuspage.max_components (line 7): must be between 0 and 1000, got 5000"
+    ],
+    "invalid-websocket-header.yml": [
+        "modules.chat.websocket.headers.Sec-WebSocket-Protocol (line 6): "
+        "header Sec-WebSocket-Protocol is set by the WebSocket handshake (use subprotocols)"
+    ],
+    "invalid-websocket-message.yml": [
+        "modules.chat.websocket.messages[1].expect (line 7): set expect, send or both"
+    ],
+    "invalid-grpc-metadata.yml": [
+        "modules.grpc_health.grpc.metadata.grpc-timeout (line 6): "
+        "metadata key 'grpc-timeout' is reserved by gRPC",
+        "modules.grpc_health.grpc.metadata.x team (line 7): "
+        "invalid metadata key 'x team': use letters, digits, '_', '.' and '-'",
+    ],
     "invalid-many.yml": [
         "services[0].timeout (line 8): must be less than interval 10s, got 30s",
         "services[1].name (line 9): duplicate service name 'api' (first on line 5)",
@@ -171,14 +218,11 @@ def test_empty_file_is_a_valid_config() -> None:
     assert config.global_.interval == 30
 
 
-def test_grpc_module_is_accepted_but_a_grpc_service_is_refused() -> None:
-    """blackbox's grpc modules load; using one for a service says the prober is unavailable."""
+def test_grpc_module_and_service_load() -> None:
+    """blackbox's grpc modules load, and a service can use one."""
     text = "modules: {g: {prober: grpc}}\nservices: [{name: s, target: '127.0.0.1:1', module: g}]\n"
-    with pytest.raises(ConfigError) as info:
-        parse_config(text)
-    assert [str(i) for i in info.value.issues] == [
-        "services[0].module (line 2): prober 'grpc' is not available in this version of outage-exporter"
-    ]
+    (service,) = parse_config(text).services
+    assert service.module.prober == "grpc"
 
 
 def test_yaml_anchors_and_merge_keys_are_read() -> None:

@@ -81,9 +81,9 @@ async def test_timeout_is_not_retried() -> None:
 
 async def test_unknown_prober_fails_cleanly() -> None:
     """A prober with no implementation is a failed result, not an exception."""
-    result = await run_probe("127.0.0.1:1", Module(prober="grpc"), 1.0)
+    result = await run_probe("127.0.0.1:1", Module(prober="ftp"), 1.0)
     assert (result.success, result.reason) == (False, FailureReason.OTHER)
-    assert result.message == "prober 'grpc' is not available"
+    assert result.message == "prober 'ftp' is not available"
 
 
 async def test_attempt_metrics_show_flakiness(flaky: tuple[str, list[int]]) -> None:

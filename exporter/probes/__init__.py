@@ -5,7 +5,7 @@ Adding a kind is one module, one entry in PROBERS, one test file.
 
 from __future__ import annotations
 
-from exporter.probes import dns, http, icmp, push, tcp
+from exporter.probes import dns, flow, grpc, http, icmp, push, statuspage, tcp, websocket
 from exporter.probes.base import Prober, ProbeRequest, ProberKind
 
 PROBERS: dict[str, ProberKind] = {
@@ -14,6 +14,10 @@ PROBERS: dict[str, ProberKind] = {
     "dns": dns.KIND,
     "icmp": icmp.KIND,
     "push": push.KIND,
+    "grpc": grpc.KIND,
+    "flow": flow.KIND,
+    "statuspage": statuspage.KIND,
+    "websocket": websocket.KIND,
 }
 
 __all__ = ["PROBERS", "ProbeRequest", "Prober", "ProberKind"]

@@ -123,7 +123,7 @@ async def _open(settings: DNSProbe, address: Address, host: str, port: int, trac
     where = f"{address.ip}:{port}" if address.version == 4 else f"[{address.ip}]:{port}"
     context: ssl.SSLContext | None = None
     if settings.dns_over_tls:
-        context = net.make_ssl_context(settings.tls_config)
+        context = net.shared_ssl_context(settings.tls_config)
     with trace.phase("connect"):
         try:
             if settings.transport_protocol == "udp" and not settings.dns_over_tls:

@@ -50,6 +50,8 @@ USER_AGENT = f"outage-exporter/{__version__}"
 # A response head bigger than this is hostile or broken; blackbox (Go) allows about 1 MiB.
 MAX_HEAD_BYTES = 64 * 1024
 READ_SIZE = 64 * 1024
+# Go's client (and so blackbox) gives up after this many 1xx responses to one request.
+MAX_INFORMATIONAL = 5
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 # Go drops these on a redirect to another domain; we do the same for the ones we add too.
 SENSITIVE_HEADERS = frozenset({"authorization", "www-authenticate", "cookie", "cookie2"})
@@ -97,7 +99,7 @@ KIND = ProberKind(probe=probe_http, phase_metric="probe_http_duration_seconds", 
 
 
 @dataclass(frozen=True, slots=True)
-class _URL:
+class URL:
     """A parsed http(s) URL, split the way the request needs it."""
 
     scheme: str
@@ -136,7 +138,7 @@ def redact(target: str) -> str:
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
-def parse_url(text: str) -> _URL:
+def parse_url(text: str) -> URL:
     try:
         parts = urlsplit(text.strip())
         port = parts.port
@@ -159,7 +161,7 @@ def parse_url(text: str) -> _URL:
         authority = idna if parts.port is None else f"{idna}:{parts.port}"
     path = quote(parts.path or "/", safe=_PATH_SAFE)
     target = path + ("?" + quote(parts.query, safe=_PATH_SAFE + "?") if parts.query else "")
-    return _URL(
+    return URL(
         scheme=scheme,
         host=host,
         port=port or (443 if scheme == "https" else 80),
@@ -180,7 +182,7 @@ def _same_site(host: str, first: str) -> bool:
 class Response:
     """What one round trip returned; the body only for the response the probe judges."""
 
-    url: _URL
+    url: URL
     status: int
     version: str
     headers: tuple[tuple[str, str], ...]
@@ -266,7 +268,7 @@ class HTTPClient:
                 host_header = None
         return response
 
-    def _follow(self, url: _URL, location: str) -> _URL:
+    def _follow(self, url: URL, location: str) -> URL:
         # Rebuild the base without user info: it must never leak into the next URL.
         base = f"{url.scheme}://{url.authority}{url.target}"
         try:
@@ -291,7 +293,7 @@ class HTTPClient:
                 ) from None
         return self.settings.body.encode("utf-8")
 
-    def _authorization(self, first: _URL) -> str | None:
+    def _authorization(self, first: URL) -> str | None:
         """The Authorization value the settings (or the URL's user info) ask for."""
         settings = self.settings
         if settings.basic_auth is not None:
@@ -316,11 +318,11 @@ class HTTPClient:
 
     def _headers(
         self,
-        url: _URL,
+        url: URL,
         method: str,
         host_header: str,
         authorization: str | None,
-        first: _URL,
+        first: URL,
         body: bytes,
     ) -> list[tuple[bytes, bytes]]:
         settings = self.settings
@@ -352,12 +354,10 @@ class HTTPClient:
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            context = net.make_ssl_context(self.settings.tls_config)
-            context.set_alpn_protocols(["http/1.1"])
-            self._ssl_context = context
+            self._ssl_context = net.shared_ssl_context(self.settings.tls_config, ("http/1.1",))
         return self._ssl_context
 
-    def _check_host(self, url: _URL, first: _URL) -> None:
+    def _check_host(self, url: URL, first: URL) -> None:
         guard = self.guard
         if guard is not None and not guard.allows_host(url.host):
             what = "target host" if url is first else "redirect to"
@@ -365,12 +365,12 @@ class HTTPClient:
 
     async def _exchange(
         self,
-        url: _URL,
+        url: URL,
         method: str,
         body: bytes,
         host_header: str,
         authorization: str | None,
-        first: _URL,
+        first: URL,
     ) -> Response:
         """One request on a fresh connection, with every phase timed."""
         self._check_host(url, first)
@@ -491,7 +491,7 @@ class _Exchange:
         self.limit = limit
         self.keep_body = keep_body
 
-    async def round_trip(self, url: _URL, payload: bytes, wants_body: WantsBody) -> Response:
+    async def round_trip(self, url: URL, payload: bytes, wants_body: WantsBody) -> Response:
         trace = self.trace
         # blackbox's processing runs from having a connection to the first response byte.
         with trace.phase("processing"):
@@ -549,6 +549,7 @@ class _Exchange:
             return h11.EndOfMessage()
 
     async def _head(self) -> h11.Response:
+        interim = 0
         while True:
             event = await self._next_event(READ_SIZE, "in the response head")
             if isinstance(event, h11.Response):
@@ -556,6 +557,13 @@ class _Exchange:
             if not isinstance(event, h11.InformationalResponse):
                 raise ProbeFailure(
                     FailureReason.PROTOCOL, f"unexpected {type(event).__name__} before the response"
+                )
+            interim += 1
+            if interim > MAX_INFORMATIONAL:
+                # Without a cap a server sending 1xx forever would hold the probe to its timeout.
+                raise ProbeFailure(
+                    FailureReason.PROTOCOL,
+                    f"more than {MAX_INFORMATIONAL} informational (1xx) responses before the response",
                 )
 
     async def _body(self, headers: Sequence[tuple[str, str]]) -> Body:
@@ -647,7 +655,7 @@ class _Decoder:
 
 
 def _record_head(
-    trace: Trace, url: _URL, status: int, version: str, headers: Sequence[tuple[str, str]]
+    trace: Trace, url: URL, status: int, version: str, headers: Sequence[tuple[str, str]]
 ) -> None:
     trace.set("probe_http_status_code", status)
     try:
@@ -738,7 +746,7 @@ class CookieJar:
     def __init__(self) -> None:
         self._cookies: dict[tuple[str, str, str], _Cookie] = {}
 
-    def store(self, url: _URL, headers: Sequence[tuple[str, str]], now: float) -> None:
+    def store(self, url: URL, headers: Sequence[tuple[str, str]], now: float) -> None:
         for name, value in headers:
             if name != "set-cookie":
                 continue
@@ -766,14 +774,13 @@ class CookieJar:
                 )
 
     def get(self, name: str) -> str | None:
-        """The value of the cookie ``name`` most recently stored, whatever its domain and path."""
-        found = None
+        """The value of the cookie ``name``, whatever its domain and path (the first one stored)."""
         for cookie in self._cookies.values():
             if cookie.name == name:
-                found = cookie.value
-        return found
+                return cookie.value
+        return None
 
-    def header(self, url: _URL) -> str:
+    def header(self, url: URL) -> str:
         found = []
         for cookie in self._cookies.values():
             if cookie.host_only and url.host != cookie.domain:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import socket
 import ssl
 from collections.abc import Sequence
@@ -188,6 +189,42 @@ def make_ssl_context(config: TLSConfig) -> ssl.SSLContext:
         context.minimum_version = _TLS_VERSIONS[config.min_version]
     if config.max_version:
         context.maximum_version = _TLS_VERSIONS[config.max_version]
+    return context
+
+
+# Building a context loads the system's CA store: tens of milliseconds of CPU on the event loop,
+# which at a few TLS probes a second would stall every other service. Contexts are shared instead,
+# keyed by everything that shapes them, the files' identity on disk included so that a renewed
+# certificate is read again.
+_SHARED_CONTEXTS: dict[tuple[object, ...], ssl.SSLContext] = {}
+_MAX_SHARED_CONTEXTS = 64
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def shared_ssl_context(config: TLSConfig, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """A context for ``config`` offering ``alpn``, shared by every probe that asks the same.
+
+    Callers must not change it; ask for the ALPN protocols here instead of setting them.
+    """
+    files = tuple(
+        _file_identity(p) if p else None for p in (config.ca_file, config.cert_file, config.key_file)
+    )
+    key = (config, alpn, files)
+    context = _SHARED_CONTEXTS.get(key)
+    if context is None:
+        context = make_ssl_context(config)
+        if alpn:
+            context.set_alpn_protocols(list(alpn))
+        if len(_SHARED_CONTEXTS) >= _MAX_SHARED_CONTEXTS:
+            _SHARED_CONTEXTS.clear()
+        _SHARED_CONTEXTS[key] = context
     return context
 
 

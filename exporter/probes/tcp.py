@@ -168,7 +168,7 @@ async def _dialogue(request: ProbeRequest) -> None:
     if request.guard is not None and not request.guard.allows_host(host):
         raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
     # Build the TLS context before connecting so an unreadable ca_file fails without traffic.
-    context = net.make_ssl_context(settings.tls_config) if _needs_tls(settings) else None
+    context = net.shared_ssl_context(settings.tls_config) if _needs_tls(settings) else None
     server_name = settings.tls_config.server_name or host
     addresses = await net.resolve(
         host, settings.preferred_ip_protocol, settings.ip_protocol_fallback, trace, request.guard

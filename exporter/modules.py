@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -12,6 +13,13 @@ from exporter.types import ByteSize, Duration, Regex, Secret, StatusRange
 
 IPProtocol = Literal["ip4", "ip6", "ip"]
 TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+# The names exporter-toolkit and blackbox use for TLS versions.
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
 
 # Options are named and defaulted as blackbox_exporter names and defaults them.
 # A check yields (key, message) pairs; the loader turns them into located errors.

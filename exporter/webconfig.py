@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter.errors import WebConfigError
+from exporter.modules import TLS_VERSIONS, TLSVersion
 from exporter.types import Secret
 from exporter.yamlread import Reader, compose, is_invalid
 
@@ -27,12 +28,6 @@ ClientAuth = Literal[
     "VerifyClientCertIfGiven",
     "RequireAndVerifyClientCert",
 ]
-_TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
 
 
 @dataclass(frozen=True)
@@ -41,8 +36,8 @@ class TLSServerConfig:
     key_file: str = ""
     client_auth_type: ClientAuth = "NoClientCert"
     client_ca_file: str = ""
-    min_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS12"
-    max_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] | None = None
+    min_version: TLSVersion = "TLS12"
+    max_version: TLSVersion | None = None
     cipher_suites: tuple[str, ...] = ()
     prefer_server_cipher_suites: bool = True
     curve_preferences: tuple[str, ...] = ()
@@ -86,9 +81,9 @@ class WebConfig:
                 context.load_verify_locations(tls.client_ca_file)
         except (OSError, ssl.SSLError) as err:
             raise WebConfigError(f"tls_server_config: cannot load certificates: {err}") from None
-        context.minimum_version = _TLS_VERSIONS[tls.min_version]
+        context.minimum_version = TLS_VERSIONS[tls.min_version]
         if tls.max_version:
-            context.maximum_version = _TLS_VERSIONS[tls.max_version]
+            context.maximum_version = TLS_VERSIONS[tls.max_version]
         if tls.client_auth_type == "RequireAndVerifyClientCert":
             context.verify_mode = ssl.CERT_REQUIRED
         elif tls.client_auth_type in (

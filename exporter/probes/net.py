@@ -16,7 +16,7 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from exporter.modules import TLSConfig
+from exporter.modules import TLS_VERSIONS, TLSConfig
 from exporter.result import FailureReason, Trace
 
 
@@ -163,14 +163,6 @@ async def connect(
     raise ProbeFailure(FailureReason.CONNECT, f"cannot connect to {where}: {reason}")
 
 
-_TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
-
-
 def make_ssl_context(config: TLSConfig) -> ssl.SSLContext:
     """An SSL context for blackbox's ``tls_config``; unreadable files become ProbeFailure."""
     try:
@@ -186,9 +178,9 @@ def make_ssl_context(config: TLSConfig) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if config.min_version:
-        context.minimum_version = _TLS_VERSIONS[config.min_version]
+        context.minimum_version = TLS_VERSIONS[config.min_version]
     if config.max_version:
-        context.maximum_version = _TLS_VERSIONS[config.max_version]
+        context.maximum_version = TLS_VERSIONS[config.max_version]
     return context
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import platform
 from collections.abc import Iterable, Iterator, Mapping
@@ -14,7 +15,7 @@ from exporter import __version__
 from exporter.config import Service
 from exporter.probes import PROBERS
 from exporter.result import FailureReason, ProbeResult
-from exporter.store import Histogram, ResultStore
+from exporter.store import Histogram, ResultStore, ServiceState
 from exporter.types import redact_url
 
 HELP: dict[str, str] = {
@@ -110,35 +111,33 @@ class Exposition:
 
     def __init__(self) -> None:
         self._families: dict[str, list[str]] = {}
+        self._kinds: dict[str, str] = {}
 
     def family(self, family: str, kind: str) -> list[str]:
-        """The lines of a family, started with its HELP and TYPE the first time."""
+        """The sample lines of a family, in the order families were first used."""
         lines = self._families.get(family)
         if lines is None:
-            shown = family + "_total" if kind == "counter" else family
-            lines = self._families[family] = [
-                f"# HELP {shown} {metric_help(family)}",
-                f"# TYPE {shown} {kind}",
-            ]
+            lines = self._families[family] = []
+            self._kinds[family] = kind
         return lines
 
-    def add(self, family: str, kind: str, labels: str, value: float, suffix: str = "") -> None:
-        name = family + suffix
-        text = format_value(value)
-        self.family(family, kind).append(f"{name}{{{labels}}} {text}" if labels else f"{name} {text}")
-
-    def histogram(self, family: str, labels: str, hist: Histogram) -> None:
-        lines = self.family(family, "histogram")
-        prefix = f"{family}_bucket{{{labels}," if labels else f"{family}_bucket{{"
-        running = 0
-        for le, count in zip(_le_labels(hist.bounds), hist.counts, strict=True):
-            running += count
-            lines.append(f"{prefix}{le}}} {running}")
-        self.add(family, "histogram", labels, hist.total, "_sum")
-        lines.append(f"{family}_count{{{labels}}} {hist.count}" if labels else f"{family}_count {hist.count}")
-
     def render(self) -> bytes:
-        return ("\n".join(line for lines in self._families.values() for line in lines) + "\n").encode()
+        parts = []
+        for family, lines in self._families.items():
+            parts.append(_header(family, self._kinds[family]))
+            parts.extend(lines)
+        return ("\n".join(parts) + "\n").encode()
+
+    def extend(self, blocks: list[tuple[str, str, str]]) -> None:
+        """Add another exposition's blocks, keeping each family's lines together."""
+        for name, kind, text in blocks:
+            self.family(name, kind).append(text)
+
+
+@functools.cache
+def _header(family: str, kind: str) -> str:
+    shown = family + "_total" if kind == "counter" else family
+    return f"# HELP {shown} {metric_help(family)}\n# TYPE {shown} {kind}"
 
 
 @functools.cache
@@ -146,24 +145,34 @@ def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
     return (*(f'le="{format_value(b)}"' for b in bounds), 'le="+Inf"')
 
 
-def add_result(out: Exposition, result: ProbeResult, prober: str, labels: str) -> None:
-    """The values of one probe result, as blackbox_exporter names them."""
-    out.add("probe_success", "gauge", labels, 1.0 if result.success else 0.0)
-    out.add("probe_duration_seconds", "gauge", labels, result.duration)
+def result_blocks(result: ProbeResult, prober: str, labels: str) -> list[tuple[str, str, str]]:
+    """The values of one probe result, as blackbox_exporter names them, as exposition blocks."""
+    sep = "," if labels else ""
+    success = "1.0" if result.success else "0.0"
+    blocks = [
+        ("probe_success", "gauge", f"probe_success{{{labels}}} {success}"),
+        ("probe_duration_seconds", "gauge", f"probe_duration_seconds{{{labels}}} {result.duration!r}"),
+    ]
     kind = PROBERS.get(prober)
     if kind is not None and kind.phase_metric:
-        for phase in dict.fromkeys((*kind.phases, *result.phases)):
-            phase_labels = _join(labels, f'phase="{escape(phase)}"')
-            out.add(kind.phase_metric, "gauge", phase_labels, result.phases.get(phase, 0.0))
+        metric = kind.phase_metric
+        phases = result.phases
+        lines = "\n".join(
+            f'{metric}{{{labels}{sep}phase="{escape(phase)}"}} {float(phases.get(phase, 0.0))!r}'
+            for phase in dict.fromkeys((*kind.phases, *phases))
+        )
+        blocks.append((metric, "gauge", lines))
     for sample in result.samples:
-        sample_labels = _join(labels, label_text(dict(sample.labels))) if sample.labels else labels
-        out.add(sample.name, "gauge", sample_labels, sample.value)
+        sample_labels = f"{labels}{sep}{label_text(dict(sample.labels))}" if sample.labels else labels
+        line = f"{sample.name}{{{sample_labels}}} {format_value(sample.value)}"
+        blocks.append((sample.name, "gauge", line))
+    return blocks
 
 
 def render_result(result: ProbeResult, prober: str) -> bytes:
     """One result in blackbox's /probe output: no service labels."""
     out = Exposition()
-    add_result(out, result, prober, "")
+    out.extend(result_blocks(result, prober, ""))
     return out.render()
 
 
@@ -171,63 +180,135 @@ _REASON_LABELS = tuple((reason, f'reason="{reason.value}"') for reason in Failur
 
 
 class ServiceCollector:
-    """Reads the store at scrape time and writes every probe metric of every service."""
+    """Reads the store at scrape time and writes every probe metric of every service.
+
+    Each service's lines are kept until its next result, so a scrape only formats services
+    that were probed since the last one (and several Prometheus servers scraping the same
+    exporter cost little more than one).
+    """
+
+    # Services rendered between two yields to the event loop, so a large scrape never holds
+    # up probing for long.
+    CHUNK = 250
 
     def __init__(self, store: ResultStore, location: str) -> None:
         self.store = store
         self.location = location
+        self._cache: dict[str, tuple[int, Service, str, list[tuple[str, str, str]]]] = {}
 
-    def render(self) -> bytes:
+    async def render(self) -> bytes:
         out = Exposition()
-        # The fixed families are looked up once; per-service work is then plain appends.
-        runs = out.family("probe_runs", "counter")
-        failures = out.family("probe_failures", "counter")
-        last_run = out.family("probe_last_run_timestamp_seconds", "gauge")
-        last_success = out.family("probe_last_success_timestamp_seconds", "gauge")
-        for state in self.store:
-            service = state.service
-            base = {"service": service.name, "group": service.group, "location": self.location}
-            labels = label_text(base)
-            _add_info(out, service, base, labels)
-            if state.last is not None:
-                add_result(out, state.last, service.module.prober, labels)
-                end = state.last.started_at + state.last.duration
-                last_run.append(f"probe_last_run_timestamp_seconds{{{labels}}} {end!r}")
-            if state.last_success is not None:
-                last_success.append(
-                    f"probe_last_success_timestamp_seconds{{{labels}}} {state.last_success!r}"
+        cache: dict[str, tuple[int, Service, str, list[tuple[str, str, str]]]] = {}
+        for index, state in enumerate(self.store):
+            if index % self.CHUNK == self.CHUNK - 1:
+                await asyncio.sleep(0)
+            name = state.service.name
+            cached = self._cache.get(name)
+            if (
+                cached is not None
+                and cached[0] == state.runs
+                and cached[1] is state.service
+                and cached[2] == self.location
+            ):
+                blocks = cached[3]
+            else:
+                blocks = self._service_blocks(state)
+            cache[name] = (state.runs, state.service, self.location, blocks)
+            out.extend(blocks)
+        self._cache = cache
+        return out.render() if cache else b""
+
+    def _service_blocks(self, state: ServiceState) -> list[tuple[str, str, str]]:
+        # Written out line by line: this runs for every service that was probed since the last
+        # scrape, so it avoids the general-purpose helpers' per-sample overhead.
+        service = state.service
+        base = {"service": service.name, "group": service.group, "location": self.location}
+        labels = label_text(base)
+        blocks: list[tuple[str, str, str]] = []
+        gauge = blocks.append
+        info = {
+            **service.labels,
+            **base,
+            "target": redact_url(service.target),
+            "prober": service.module.prober,
+            "module": service.module_name,
+        }
+        gauge(("probe_service_info", "gauge", f"probe_service_info{{{label_text(info)}}} 1.0"))
+        gauge(("probe_interval_seconds", "gauge", f"probe_interval_seconds{{{labels}}} {service.interval!r}"))
+        objectives = service.objectives
+        if objectives.availability is not None:
+            ratio = float(objectives.availability)
+            gauge(
+                (
+                    "probe_objective_availability_ratio",
+                    "gauge",
+                    f"probe_objective_availability_ratio{{{labels}}} {ratio!r}",
                 )
-            runs.append(f"probe_runs_total{{{labels}}} {state.runs}")
-            counts = state.failures
-            for reason, reason_label in _REASON_LABELS:
-                failures.append(f"probe_failures_total{{{labels},{reason_label}}} {counts[reason]}")
-            out.histogram("probe_latency_seconds", labels, state.latency)
-            if service.module.retries:
-                out.add("probe_attempts", "counter", labels, state.attempts, "_total")
-                attempt_failures = out.family("probe_attempt_failures", "counter")
-                for reason, reason_label in _REASON_LABELS:
-                    count = state.attempt_failures[reason]
-                    attempt_failures.append(
-                        f"probe_attempt_failures_total{{{labels},{reason_label}}} {count}"
-                    )
-        return out.render() if self.store else b""
-
-
-def _add_info(out: Exposition, service: Service, base: Mapping[str, str], labels: str) -> None:
-    info = {
-        **service.labels,
-        **base,
-        "target": redact_url(service.target),
-        "prober": service.module.prober,
-        "module": service.module_name,
-    }
-    out.add("probe_service_info", "gauge", label_text(info), 1.0)
-    out.add("probe_interval_seconds", "gauge", labels, service.interval)
-    objectives = service.objectives
-    if objectives.availability is not None:
-        out.add("probe_objective_availability_ratio", "gauge", labels, objectives.availability)
-    if objectives.latency is not None:
-        out.add("probe_objective_latency_seconds", "gauge", labels, float(objectives.latency))
+            )
+        if objectives.latency is not None:
+            latency = float(objectives.latency)
+            gauge(
+                (
+                    "probe_objective_latency_seconds",
+                    "gauge",
+                    f"probe_objective_latency_seconds{{{labels}}} {latency!r}",
+                )
+            )
+        last = state.last
+        if last is not None:
+            blocks.extend(result_blocks(last, service.module.prober, labels))
+            end = last.started_at + last.duration
+            gauge(
+                (
+                    "probe_last_run_timestamp_seconds",
+                    "gauge",
+                    f"probe_last_run_timestamp_seconds{{{labels}}} {end!r}",
+                )
+            )
+        if state.last_success is not None:
+            when = state.last_success
+            gauge(
+                (
+                    "probe_last_success_timestamp_seconds",
+                    "gauge",
+                    f"probe_last_success_timestamp_seconds{{{labels}}} {when!r}",
+                )
+            )
+        gauge(("probe_runs", "counter", f"probe_runs_total{{{labels}}} {state.runs}"))
+        counts = state.failures
+        gauge(
+            (
+                "probe_failures",
+                "counter",
+                "\n".join(
+                    f"probe_failures_total{{{labels},{reason_label}}} {counts[reason]}"
+                    for reason, reason_label in _REASON_LABELS
+                ),
+            )
+        )
+        hist = state.latency
+        running = 0
+        lines = []
+        for le, count in zip(_le_labels(hist.bounds), hist.counts, strict=True):
+            running += count
+            lines.append(f"probe_latency_seconds_bucket{{{labels},{le}}} {running}")
+        lines.append(f"probe_latency_seconds_sum{{{labels}}} {hist.total!r}")
+        lines.append(f"probe_latency_seconds_count{{{labels}}} {hist.count}")
+        gauge(("probe_latency_seconds", "histogram", "\n".join(lines)))
+        if service.module.retries:
+            gauge(("probe_attempts", "counter", f"probe_attempts_total{{{labels}}} {state.attempts}"))
+            attempts = state.attempt_failures
+            gauge(
+                (
+                    "probe_attempt_failures",
+                    "counter",
+                    "\n".join(
+                        f"probe_attempt_failures_total{{{labels},{reason_label}}} {attempts[reason]}"
+                        for reason, reason_label in _REASON_LABELS
+                    ),
+                )
+            )
+        return blocks
 
 
 class SelfStatus(Protocol):

@@ -1,0 +1,83 @@
+"""Tests for the collector: exposition format, escaping, and per-service reuse between scrapes."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collector import ServiceCollector, render_result
+from exporter.config import parse_config
+from exporter.result import FailureReason, Trace
+from exporter.store import ResultStore
+from tests.metrics_util import labelsets, parse, value
+
+CONFIG = """
+services:
+  - {name: api, group: 'odd "group"\\\\x', target: 'http://127.0.0.1:1/', prober: http,
+     labels: {team: core}, objectives: {latency: 300ms}}
+  - {name: db, target: '127.0.0.1:5432', prober: tcp}
+"""
+
+
+def store_with(text: str = CONFIG) -> ResultStore:
+    store = ResultStore()
+    store.sync(parse_config(text).services)
+    return store
+
+
+async def test_output_parses_and_escapes_labels() -> None:
+    """Every family parses with Prometheus' parser, and label values with quotes survive."""
+    store = store_with()
+    trace = Trace()
+    trace.add_phase("connect", 0.25)
+    trace.set("probe_tls_version_info", 1, (("version", "TLS 1.3"),))
+    store.record("api", trace.succeed())
+    text = (await ServiceCollector(store, "eu").render()).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["probe_runs"].type == "counter"
+    assert families["probe_latency_seconds"].type == "histogram"
+    series = parse(text)
+    # YAML's single quotes keep both backslashes.
+    labels = {"service": "api", "group": 'odd "group"\\\\x', "location": "eu"}
+    assert value(series, "probe_http_duration_seconds", phase="connect", **labels) == 0.25
+    assert value(series, "probe_tls_version_info", version="TLS 1.3", **labels) == 1
+    assert value(series, "probe_latency_seconds_bucket", le="0.3", **labels) == 1
+    assert value(series, "probe_runs_total", service="db") == 0
+    assert [lb["service"] for lb in labelsets(series, "probe_service_info")] == ["api", "db"]
+
+
+async def test_unchanged_services_are_reused_and_changes_show() -> None:
+    """A second scrape reuses unchanged services; new results, configs and locations are rendered."""
+    store = store_with()
+    collector = ServiceCollector(store, "eu")
+    first = await collector.render()
+    assert await collector.render() == first
+    store.record("db", Trace().fail(FailureReason.CONNECT, "refused"))
+    series = parse((await collector.render()).decode())
+    assert value(series, "probe_failures_total", service="db", reason="connect") == 1
+    assert value(series, "probe_success", service="db") == 0
+    store.sync(parse_config(CONFIG.replace("team: core", "team: edge")).services)
+    collector.location = "us"
+    series = parse((await collector.render()).decode())
+    info = {lb["service"]: lb for lb in labelsets(series, "probe_service_info")}
+    assert info["api"]["team"] == "edge"
+    assert {lb["location"] for lb in labelsets(series, "probe_runs_total")} == {"us"}
+
+
+async def test_empty_store_renders_nothing() -> None:
+    """No services means no probe series at all."""
+    assert await ServiceCollector(ResultStore(), "eu").render() == b""
+
+
+def test_probe_output_has_no_labels() -> None:
+    """blackbox-style output carries only the probe's own labels."""
+    trace = Trace()
+    trace.set("probe_http_status_code", 200)
+    series = parse(render_result(trace.succeed(), "http").decode())
+    assert labelsets(series, "probe_http_status_code") == [{}]
+    assert {lb["phase"] for lb in labelsets(series, "probe_http_duration_seconds")} == {
+        "resolve",
+        "connect",
+        "tls",
+        "processing",
+        "transfer",
+    }

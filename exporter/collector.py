@@ -148,10 +148,12 @@ def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
 def result_blocks(result: ProbeResult, prober: str, labels: str) -> list[tuple[str, str, str]]:
     """The values of one probe result, as blackbox_exporter names them, as exposition blocks."""
     sep = "," if labels else ""
+    # blackbox's /probe output has no label set at all on these: "probe_success 1".
+    braced = f"{{{labels}}}" if labels else ""
     success = "1.0" if result.success else "0.0"
     blocks = [
-        ("probe_success", "gauge", f"probe_success{{{labels}}} {success}"),
-        ("probe_duration_seconds", "gauge", f"probe_duration_seconds{{{labels}}} {result.duration!r}"),
+        ("probe_success", "gauge", f"probe_success{braced} {success}"),
+        ("probe_duration_seconds", "gauge", f"probe_duration_seconds{braced} {result.duration!r}"),
     ]
     kind = PROBERS.get(prober)
     if kind is not None and kind.phase_metric:
@@ -164,7 +166,8 @@ def result_blocks(result: ProbeResult, prober: str, labels: str) -> list[tuple[s
         blocks.append((metric, "gauge", lines))
     for sample in result.samples:
         sample_labels = f"{labels}{sep}{label_text(dict(sample.labels))}" if sample.labels else labels
-        line = f"{sample.name}{{{sample_labels}}} {format_value(sample.value)}"
+        series = f"{sample.name}{{{sample_labels}}}" if sample_labels else sample.name
+        line = f"{series} {format_value(sample.value)}"
         blocks.append((sample.name, "gauge", line))
     return blocks
 

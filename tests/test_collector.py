@@ -72,7 +72,9 @@ def test_probe_output_has_no_labels() -> None:
     """blackbox-style output carries only the probe's own labels."""
     trace = Trace()
     trace.set("probe_http_status_code", 200)
-    series = parse(render_result(trace.succeed(), "http").decode())
+    text = render_result(trace.succeed(), "http").decode()
+    assert "probe_success 1.0\n" in text and "{}" not in text
+    series = parse(text)
     assert labelsets(series, "probe_http_status_code") == [{}]
     assert {lb["phase"] for lb in labelsets(series, "probe_http_duration_seconds")} == {
         "resolve",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -212,6 +213,13 @@ def serve(argv: list[str]) -> int:
 
     async def on_startup(app: web.Application) -> None:
         exporter = app[EXPORTER]
+        # The config and its services live as long as the process: moving them out of the
+        # collector's sight keeps full collections short at thousands of services.
+        gc.collect()
+        gc.freeze()
+        # Every probe leaves a result that lives until the next one, so the young generations
+        # fill quickly; collecting them less often keeps pauses from landing on the schedule.
+        gc.set_threshold(50_000, 20, 100)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(exporter.reload()))
         log.info(

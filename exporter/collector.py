@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import platform
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client.metrics_core import Metric
@@ -122,11 +122,12 @@ class Exposition:
         return lines
 
     def render(self) -> bytes:
-        parts = []
+        return b"".join(self.chunks())
+
+    def chunks(self) -> Iterator[bytes]:
+        """The exposition one family at a time, so a large one can be sent without one big join."""
         for family, lines in self._families.items():
-            parts.append(_header(family, self._kinds[family]))
-            parts.extend(lines)
-        return ("\n".join(parts) + "\n").encode()
+            yield (_header(family, self._kinds[family]) + "\n" + "\n".join(lines) + "\n").encode()
 
     def extend(self, blocks: list[tuple[str, str, str]]) -> None:
         """Add another exposition's blocks, keeping each family's lines together."""
@@ -200,6 +201,10 @@ class ServiceCollector:
         self._cache: dict[str, tuple[int, Service, str, list[tuple[str, str, str]]]] = {}
 
     async def render(self) -> bytes:
+        return b"".join([chunk async for chunk in self.stream()])
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The probe series, family by family, yielding to the event loop as it goes."""
         out = Exposition()
         cache: dict[str, tuple[int, Service, str, list[tuple[str, str, str]]]] = {}
         for index, state in enumerate(self.store):
@@ -219,7 +224,9 @@ class ServiceCollector:
             cache[name] = (state.runs, state.service, self.location, blocks)
             out.extend(blocks)
         self._cache = cache
-        return out.render() if cache else b""
+        for chunk in out.chunks():
+            yield chunk
+            await asyncio.sleep(0)
 
     def _service_blocks(self, state: ServiceState) -> list[tuple[str, str, str]]:
         # Written out line by line: this runs for every service that was probed since the last

@@ -56,6 +56,9 @@ class Scheduler:
         self._limit = asyncio.Semaphore(max_concurrency)
         self._max_concurrency = max_concurrency
         self._tasks: dict[str, tuple[Service, asyncio.Task[None]]] = {}
+        # Tasks of removed or changed services, cancelled but maybe still closing a connection;
+        # stop() waits for them too, so nothing of ours outlives it.
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def services(self) -> list[Service]:
@@ -74,6 +77,8 @@ class Scheduler:
             if wanted.get(name) != old:
                 task.cancel()
                 del self._tasks[name]
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
         for name, service in wanted.items():
             if name not in self._tasks:
                 task = asyncio.create_task(self._run_forever(service), name=f"probe {name}")
@@ -81,7 +86,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Cancel every service task and wait for them to finish."""
-        tasks = [task for _, task in self._tasks.values()]
+        tasks = [task for _, task in self._tasks.values()] + list(self._retiring)
         self._tasks.clear()
         for task in tasks:
             task.cancel()

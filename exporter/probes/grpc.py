@@ -158,9 +158,8 @@ async def _check(request: ProbeRequest) -> None:
 
 
 def _ssl_context(settings: GRPCProbe) -> ssl.SSLContext:
-    context = net.make_ssl_context(settings.tls_config)
-    context.set_alpn_protocols(["h2"])
-    return context
+    # Shared between probes: building a context costs tens of milliseconds of CPU each time.
+    return net.shared_ssl_context(settings.tls_config, ("h2",))
 
 
 def grpc_timeout(seconds: float) -> str:

@@ -257,14 +257,17 @@ def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]
 
 
 def _construct(node: yaml.ScalarNode) -> Any:
-    return yaml.SafeLoader.construct_object(_CONSTRUCTOR, node)
+    """A scalar's Python value by YAML's own rules (ints, floats, booleans, dates)."""
+    try:
+        return _CONSTRUCTOR.construct_object(node)
+    finally:
+        # The constructor remembers every node it built; left alone it would keep every
+        # config ever loaded alive, which grew a reloading exporter by megabytes a minute.
+        _CONSTRUCTOR.constructed_objects.clear()
+        _CONSTRUCTOR.recursive_objects.clear()
 
 
-class _Constructor(yaml.constructor.SafeConstructor):
-    pass
-
-
-_CONSTRUCTOR = _Constructor()
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
 
 
 def describe(node: yaml.Node) -> str:

@@ -258,3 +258,34 @@ def test_http2_only_module_is_refused() -> None:
         "modules.h2.http.valid_http_versions (line 1): probes speak HTTP/1.1 and HTTP/1.0 only,"
         " so this module would always fail; add HTTP/1.1"
     ]
+
+
+def test_loading_keeps_no_reference_to_the_yaml_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing holds a loaded file's YAML nodes after the load, so reloads do not grow memory."""
+    import gc
+    import weakref
+
+    from exporter import config as config_module
+    from exporter import yamlread
+
+    nodes: list[weakref.ref[object]] = []
+
+    def compose(text: str, file: str | None) -> tuple[object, list[object]]:
+        root, issues = yamlread.compose(text, file)
+        pending = [root]
+        while pending:
+            node = pending.pop()
+            nodes.append(weakref.ref(node))
+            if isinstance(node.value, list):
+                for item in node.value:
+                    pending.extend(item if isinstance(item, tuple) else (item,))
+        return root, issues
+
+    monkeypatch.setattr(config_module, "compose", compose)
+    monkeypatch.setenv("OUTAGE_EXPORTER_TEST_PASSWORD", "x")
+    config = load_config(DATA / "valid-full.yml")
+    gc.collect()
+    assert config.services
+    alive = [ref() for ref in nodes if ref() is not None]
+    assert len(nodes) > 50
+    assert alive == []

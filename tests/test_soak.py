@@ -86,7 +86,9 @@ async def test_reloads_under_load_lose_no_series_and_leak_no_tasks(
     path = tmp_path / "config.yml"
     write_config(path, names, targets)
     app = make_app(load_config(path), config_file=str(path))
-    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+    # A short shutdown timeout bounds the close: aiohttp waits up to a minute for open
+    # connections by default, which a loaded machine can turn into a test timeout.
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", shutdown_timeout=5.0))
     await client.start_server()
     exporter = app[EXPORTER]
     scheduler = exporter.scheduler

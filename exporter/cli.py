@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from exporter import __version__
-from exporter.config import Config, load_config, parse_config
+from exporter.config import Config, load_config, parse_config, share_equal_parts
 from exporter.errors import ConfigError, WebConfigError
 from exporter.logs import LEVELS, AccessLogger, setup_logging
 from exporter.modules import KNOWN_PROBERS, Module
@@ -186,7 +186,7 @@ def serve(argv: list[str]) -> int:
         )
         return 2
     try:
-        config = load_config(args.config_file)
+        config = share_equal_parts(load_config(args.config_file))
     except ConfigError as err:
         for issue in err.issues:
             log.error("invalid config: %s", issue)

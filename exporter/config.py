@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import difflib
 import math
+import pickle
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 import yaml
 
@@ -283,6 +287,45 @@ def load_config(path: str | Path) -> Config:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ConfigError([ConfigIssue("", None, f"cannot read {name}: {reason}", name)], name) from None
     return parse_config(text, name)
+
+
+T = TypeVar("T")
+
+
+def share_equal_parts(config: Config) -> Config:
+    """The same config with equal modules, objectives, labels and buckets held once.
+
+    Services written with the same inline settings each get their own copy from the parser;
+    sharing them makes 10,000 services a fraction of the memory and quick to unpickle.
+    """
+    seen: dict[object, Any] = {}
+
+    def shared(key: object, value: T) -> T:
+        return typing.cast(T, seen.setdefault(key, value))
+
+    services = tuple(
+        dataclasses.replace(
+            service,
+            module=shared(pickle.dumps(service.module), service.module),
+            objectives=shared(service.objectives, service.objectives),
+            labels=shared(("labels", *sorted(service.labels.items())), service.labels),
+            latency_buckets=shared(service.latency_buckets, service.latency_buckets),
+        )
+        for service in config.services
+    )
+    return dataclasses.replace(config, services=services)
+
+
+def _rebuild_mapping(items: dict[object, object]) -> Mapping[object, object]:
+    return MappingProxyType(items)
+
+
+def _reduce_mapping(mapping: Mapping[object, object]) -> tuple[object, tuple[dict[object, object]]]:
+    return _rebuild_mapping, (dict(mapping),)
+
+
+# Configs keep their mappings read-only; they pickle as plain dicts wrapped again on loading.
+copyreg.pickle(MappingProxyType, _reduce_mapping)  # type: ignore[arg-type]
 
 
 def _section_nodes(root: yaml.Node | None) -> dict[str, yaml.Node]:

@@ -43,11 +43,16 @@ class ServiceFiles:
         return sorted(found)
 
     def refresh(self, config: Config, force: bool = False) -> bool:
-        """Re-read changed files; True if the set of discovered services may have changed."""
+        """Re-read changed files; True if the set of discovered services may have changed.
+
+        ``force`` re-parses unchanged files too (their modules may have changed). The new state
+        replaces the old in one assignment, so readers on the event loop never see it half done
+        while this runs in a thread.
+        """
         changed = False
         paths = self.paths(config)
-        for gone in set(self.files) - set(paths):
-            del self.files[gone]
+        files = {path: state for path, state in self.files.items() if path in paths}
+        for gone in set(self.files) - set(files):
             log.info("service file %s is gone; its services are removed", gone)
             changed = True
         for path in paths:
@@ -57,7 +62,7 @@ class ServiceFiles:
                 log.error("cannot read service file %s: %s", path, err.strerror)
                 continue
             digest = hashlib.sha256(data).digest()
-            previous = self.files.get(path)
+            previous = files.get(path)
             if previous is not None and previous.digest == digest and not force:
                 continue
             changed = True
@@ -65,11 +70,12 @@ class ServiceFiles:
                 services = parse_service_file(data.decode("utf-8", errors="replace"), path, config)
             except ConfigError as err:
                 kept = previous.services if previous is not None else ()
-                self.files[path] = FileState(digest, kept, valid=False, issues=err.issues)
+                files[path] = FileState(digest, kept, valid=False, issues=err.issues)
                 for issue in err.issues:
                     log.error("invalid service file, keeping its last good services: %s: %s", path, issue)
                 continue
-            self.files[path] = FileState(digest, services)
+            files[path] = FileState(digest, services)
+        self.files = files
         return changed
 
     def merge(self, static: tuple[Service, ...]) -> list[Service]:

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 
 from exporter.allowlist import Allowlist
 from exporter.collector import SelfCollector, ServiceCollector
-from exporter.config import Config, Service, load_config
+from exporter.config import Config, Service
+from exporter.configload import ISOLATE_ABOVE_BYTES, load_config_async
 from exporter.discovery import ServiceFiles
 from exporter.errors import ConfigError
 from exporter.heartbeats import HeartbeatBoard
@@ -61,6 +62,8 @@ class Exporter:
         self.started = False
         self._config_digest = file_digest(config_file) if config_file else None
         self._reload_lock = asyncio.Lock()
+        # Config files this big are parsed in a child process on reload (see exporter.configload).
+        self.isolate_above = ISOLATE_ABOVE_BYTES
         self.service_collector = ServiceCollector(self.store, self.location)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SelfCollector(self))
@@ -90,9 +93,10 @@ class Exporter:
         """A service this exporter knows, from the config file or a discovered file."""
         return next((s for s in self.services if s.name == name), None)
 
-    def _settle(self) -> None:
+    def _settle(self, refresh: bool = True) -> None:
         """Work out this exporter's services: static and discovered, this shard's share only."""
-        self.discovery.refresh(self.config)
+        if refresh:
+            self.discovery.refresh(self.config)
         merged = self.discovery.merge(self.config.services)
         self.services = [s for s in merged if self.shard.owns(s.name)]
         self.heartbeats.forget_except({s.name for s in self.services if s.module.prober == "push"})
@@ -109,13 +113,17 @@ class Exporter:
         self.started = False
         await self.scheduler.stop()
 
-    def apply(self, config: Config) -> None:
-        """Switch to a new config; services that did not change keep probing undisturbed."""
+    def apply(self, config: Config, discovered: bool = False) -> None:
+        """Switch to a new config; services that did not change keep probing undisturbed.
+
+        ``discovered``: the service files were already re-read against ``config``.
+        """
         self.config = config
         self.allowlist = Allowlist(config.probe_allowlist)
         self.service_collector.location = self.location
-        self.discovery.files.clear()
-        self._settle()
+        if not discovered:
+            self.discovery.refresh(config, force=True)
+        self._settle(refresh=False)
         self.reload_successful = True
         self.reload_success_time = self.clock.wall()
 
@@ -126,7 +134,7 @@ class Exporter:
         async with self._reload_lock:
             digest = file_digest(self.config_file)
             try:
-                config = await asyncio.to_thread(load_config, self.config_file)
+                config = await load_config_async(self.config_file, self.isolate_above)
             except ConfigError as err:
                 self.reload_successful = False
                 self._config_digest = digest
@@ -134,7 +142,9 @@ class Exporter:
                     log.error("config reload failed, keeping the running config: %s", issue)
                 return err
             self._config_digest = digest
-            self.apply(config)
+            # The modules may have changed, so every discovered file is parsed again.
+            await asyncio.to_thread(self.discovery.refresh, config, True)
+            self.apply(config, discovered=True)
             log.info("config reloaded from %s: %d services here", self.config_file, len(self.services))
             return None
 
@@ -148,4 +158,4 @@ class Exporter:
             elif self.config.service_files:
                 async with self._reload_lock:
                     if await asyncio.to_thread(self.discovery.refresh, self.config):
-                        self._settle()
+                        self._settle(refresh=False)

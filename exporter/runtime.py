@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.allowlist import Allowlist
 from exporter.collector import SelfCollector, ServiceCollector
-from exporter.config import Config, Service
+from exporter.config import Config, Service, keep_unchanged
 from exporter.configload import ISOLATE_ABOVE_BYTES, load_config_async
 from exporter.discovery import ServiceFiles
 from exporter.errors import ConfigError
@@ -142,6 +142,7 @@ class Exporter:
                     log.error("config reload failed, keeping the running config: %s", issue)
                 return err
             self._config_digest = digest
+            config = keep_unchanged(config, self.config)
             # The modules may have changed, so every discovered file is parsed again.
             await asyncio.to_thread(self.discovery.refresh, config, True)
             self.apply(config, discovered=True)

@@ -126,3 +126,43 @@ async def test_reload_parses_discovered_files_against_the_new_modules(tmp_path: 
     path.write_text(CONFIG.replace("X-Probe: one", "X-Probe: two") + 'service_files: ["more.yml"]\n')
     assert await exporter.reload() is None
     assert exporter.service("found").module.http.headers == {"X-Probe": "two"}  # type: ignore[union-attr]
+
+
+def test_fingerprints_change_with_any_setting(tmp_path: Path) -> None:
+    """Equal services get equal fingerprints; a changed header, label or timeout changes one."""
+    path = tmp_path / "config.yml"
+    path.write_text(CONFIG)
+    before = share_equal_parts(load_config(path)).fingerprints
+    assert before["b"] != before["c"]  # same settings, different name and target
+    for old, new, changed in [
+        ("X-Probe: one", "X-Probe: two", "a"),
+        ("team: edge", "team: core", "d"),
+        (
+            '"http://127.0.0.1:3/", prober: http, http: {',
+            '"http://127.0.0.1:3/", timeout: 2s, prober: http, http: {',
+            "c",
+        ),
+    ]:
+        path.write_text(CONFIG.replace(old, new))
+        after = share_equal_parts(load_config(path)).fingerprints
+        assert [name for name in before if before[name] != after[name]] == [changed]
+
+
+async def test_reload_keeps_the_objects_of_unchanged_services(tmp_path: Path) -> None:
+    """After a reload, unchanged services are the same objects the scheduler already runs."""
+    path = tmp_path / "config.yml"
+    path.write_text(CONFIG)
+    exporter = Exporter(share_equal_parts(load_config(path)), config_file=str(path))
+    exporter.isolate_above = 0
+    exporter.start()
+    try:
+        before = {s.name: s for s in exporter.services}
+        path.write_text(CONFIG.replace("X-Probe: one", "X-Probe: two"))
+        assert await exporter.reload() is None
+        after = {s.name: s for s in exporter.services}
+        assert [name for name in after if after[name] is not before[name]] == ["a"]
+        assert after["a"].module.http.headers == {"X-Probe": "two"}
+        running = {s.name: s for s in exporter.scheduler.services}
+        assert all(running[name] is after[name] for name in after)
+    finally:
+        await exporter.stop()

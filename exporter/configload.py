@@ -69,7 +69,8 @@ async def _load_in_child(path: str) -> Config:
     except OSError as err:
         raise _ChildFailed(f"cannot start it: {err.strerror or err}") from None
     try:
-        out, err_text = await asyncio.wait_for(child.communicate(), CHILD_TIMEOUT)
+        async with asyncio.timeout(CHILD_TIMEOUT):
+            out, err_text = await child.communicate()
     except TimeoutError:
         raise _ChildFailed(f"no answer within {CHILD_TIMEOUT:.0f}s") from None
     finally:

@@ -27,6 +27,8 @@ class Runner(Protocol):
     ) -> Awaitable[ProbeResult]: ...
 
 
+# How long stop() waits for probe tasks to wind up after cancelling them.
+STOP_GRACE = 10.0
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -84,22 +86,37 @@ class Scheduler:
                 task = asyncio.create_task(self._run_forever(service), name=f"probe {name}")
                 self._tasks[name] = (service, task)
 
-    async def stop(self) -> None:
-        """Cancel every service task and wait for them to finish."""
-        tasks = [task for _, task in self._tasks.values()] + list(self._retiring)
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Cancel every service task and wait, at most ``grace`` seconds, for them to finish.
+
+        A task that swallowed its cancellation (a library catching CancelledError at the wrong
+        moment) is cancelled again, so one such task cannot hold up the exporter's exit.
+        """
+        loop = asyncio.get_running_loop()
+        pending = {task for _, task in self._tasks.values()} | self._retiring
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        deadline = loop.time() + grace
+        while pending:
+            for task in pending:
+                task.cancel()
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("%d probe tasks did not stop within %gs; leaving them", len(pending), grace)
+                return
+            _, pending = await asyncio.wait(pending, timeout=min(left, 0.5))
 
     async def _run_forever(self, service: Service) -> None:
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         offset = phase_offset(service.name, service.interval)
         due = _next_slot(loop.time(), offset, service.interval)
         while True:
             await asyncio.sleep(max(due - loop.time(), 0.0))
             result = await self._run_once(service, due)
             self.store.record(service.name, result)
+            if task is not None and task.cancelling():
+                # The probe lost our cancellation on its way out; end as if it had arrived.
+                raise asyncio.CancelledError
             # A run that overshot its slots (waiting for the cap) skips them rather than bunching up.
             due = _next_slot(max(loop.time(), due + service.interval * 0.5), offset, service.interval)
 

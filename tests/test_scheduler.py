@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import pytest
+
 from exporter.config import Service, parse_config
 from exporter.modules import Module
 from exporter.result import Clock, ProbeResult, Trace
@@ -117,3 +119,64 @@ async def test_apply_keeps_unchanged_services_and_restarts_changed_ones() -> Non
     finally:
         await scheduler.stop()
     assert all(task.done() for _, task in tasks.values())
+
+
+class SwallowingRunner:
+    """A probe that loses its first cancellation, as Python 3.11's wait_for can at the wrong moment."""
+
+    def __init__(self) -> None:
+        self.swallowed = 0
+        self.started = 0
+
+    async def __call__(
+        self, target: str, module: Module, timeout: float, *, clock: Clock, heartbeats: object
+    ) -> ProbeResult:
+        self.started += 1
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.swallowed += 1
+        return Trace(clock).succeed()
+
+
+async def test_stop_finishes_when_a_probe_swallows_its_cancellation() -> None:
+    """Every task ends even if each probe ignores the first cancel; stop() cancels again."""
+    store = ResultStore()
+    runner = SwallowingRunner()
+    scheduler = Scheduler(store, max_concurrency=100, runner=runner)
+    scheduler.apply(services(20, interval="10ms", timeout="5ms"), 100)
+    await wait_for(lambda: runner.started == 20, what="every probe running")
+    tasks = [task for _, task in scheduler._tasks.values()]
+    await scheduler.stop()
+    assert runner.swallowed == 20
+    assert all(task.done() for task in tasks)
+    state = store.get("s0")
+    assert state is not None and state.runs == 1  # the swallowed run finished and was recorded
+
+
+async def test_stop_gives_up_on_tasks_that_never_end(caplog: pytest.LogCaptureFixture) -> None:
+    """A task that refuses every cancellation is left after the grace period, with a warning."""
+    refusing = True
+
+    async def stubborn(
+        target: str, module: Module, timeout: float, *, clock: Clock, heartbeats: object
+    ) -> ProbeResult:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if not refusing:
+                    raise
+
+    scheduler = Scheduler(ResultStore(), max_concurrency=10, runner=stubborn)
+    scheduler.apply(services(2, interval="10ms", timeout="5ms"), 10)
+    await wait_for(lambda: scheduler.probes_in_flight == 2, what="both probes running")
+    tasks = [task for _, task in scheduler._tasks.values()]
+    await scheduler.stop(grace=0.2)
+    assert "2 probe tasks did not stop within 0.2s; leaving them" in caplog.text
+    assert not any(task.done() for task in tasks)
+    refusing = False  # now let them go, so the test leaves nothing behind
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(task.cancelled() for task in tasks)

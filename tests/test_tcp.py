@@ -22,7 +22,7 @@ from exporter.probes.net import ProbeFailure
 from exporter.probes.tcp import expand, split_host_port
 from exporter.result import FailureReason, ProbeResult
 from exporter.types import HostPattern, Regex
-from tests.conftest import ProbeRunner
+from tests.conftest import ProbeRunner, wait_for
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -135,6 +135,12 @@ async def read_line(reader: asyncio.StreamReader, peer: Peer) -> bytes:
     return line
 
 
+async def heard(listener: Listener, lines: list[bytes]) -> None:
+    """Wait until the listener has read exactly ``lines``: it may still be reading them."""
+    await wait_for(lambda: listener.peer.lines == lines, what=f"the server to hear {lines}")
+    assert listener.peer.lines == lines
+
+
 async def until_closed(reader: asyncio.StreamReader, peer: Peer) -> None:
     while line := await reader.readline():
         peer.lines.append(line)
@@ -188,7 +194,7 @@ async def test_ssh_banner_module(tcp_server: ServerFactory, run_probe: ProbeRunn
     module = parse_config(BLACKBOX_YML).modules["ssh_banner"]
     result = await run_probe(f"localhost:{listener.port}", module)
     assert result.success, result.message
-    assert listener.peer.lines == [b"SSH-2.0-blackbox-ssh-check\n"]
+    await heard(listener, [b"SSH-2.0-blackbox-ssh-check\n"])
     assert result.value("probe_failed_due_to_regex") == 0
 
 
@@ -207,11 +213,10 @@ async def test_irc_banner_module(tcp_server: ServerFactory, run_probe: ProbeRunn
     module = parse_config(BLACKBOX_YML).modules["irc_banner"]
     result = await run_probe(f"127.0.0.1:{listener.port}", module)
     assert result.success, result.message
-    assert listener.peer.lines == [
-        b"NICK prober\n",
-        b"USER prober prober prober :prober\n",
-        b"PONG c0ffee42\n",
-    ]
+    await heard(
+        listener,
+        [b"NICK prober\n", b"USER prober prober prober :prober\n", b"PONG c0ffee42\n"],
+    )
 
 
 async def test_named_capture_feeds_later_sends(tcp_server: ServerFactory, run_probe: ProbeRunner) -> None:
@@ -228,7 +233,7 @@ async def test_named_capture_feeds_later_sends(tcp_server: ServerFactory, run_pr
     )
     result = await run_probe(f"127.0.0.1:{listener.port}", module)
     assert result.success, result.message
-    assert listener.peer.lines == [b"JOIN ab12 n7 $5\n", b"AGAIN ab12\n"]
+    await heard(listener, [b"JOIN ab12 n7 $5\n", b"AGAIN ab12\n"])
 
 
 async def test_expect_reads_lines_until_one_matches(
@@ -415,7 +420,7 @@ async def test_starttls_mid_dialogue(
     )
     result = await run_probe(f"localhost:{listener.port}", module)
     assert result.success, result.message
-    assert listener.peer.lines == [b"STARTTLS\n", b"QUIT\n"]
+    await heard(listener, [b"STARTTLS\n", b"QUIT\n"])
     assert result.value("probe_ssl_earliest_cert_expiry") == leaf_expiry(server_cert)
     assert result.value("probe_failed_due_to_regex") == 0
 

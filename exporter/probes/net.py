@@ -297,5 +297,8 @@ def record_tls(trace: Trace, ssl_object: ssl.SSLObject | None) -> None:
 async def close(writer: asyncio.StreamWriter) -> None:
     """Close a connection without waiting long on a peer that does not answer."""
     writer.close()
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives
+    # as the connection finishes closing, and the cancelled probe task would run on.
     with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
-        await asyncio.wait_for(writer.wait_closed(), 1.0)
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()

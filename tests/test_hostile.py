@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import tracemalloc
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -457,6 +458,47 @@ async def test_hostile_probes_leak_no_file_descriptors(zoo: dict[str, int]) -> N
         )
         assert [r.reason for r in results] == [c.reason for c in CASES]
     assert open_fds() == before
+
+
+def cyclic_garbage_of_ours() -> list[str]:
+    """Objects of the exporter's freed only by the garbage collector (reference cycles)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found = []
+        for obj in gc.garbage:
+            if isinstance(obj, types.FrameType) and "/exporter/" in obj.f_code.co_filename:
+                found.append(f"frame of {obj.f_code.co_name}")
+            elif type(obj).__module__.startswith("exporter."):
+                found.append(type(obj).__name__)
+        return found
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+async def test_failed_probes_leave_no_reference_cycles(zoo: dict[str, int]) -> None:
+    """Every hostile probe, failing for its own reason, is freed by reference counting alone.
+
+    At thousands of failing services a cycle per failure adds up to collector pauses long
+    enough to delay the schedule.
+    """
+    await asyncio.gather(*(run_probe(c.target.format(port=zoo[c.server]), c.module, TIMEOUT) for c in CASES))
+    gc.collect()
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    try:
+        port = refused.getsockname()[1]
+        results = await asyncio.gather(
+            *(run_probe(c.target.format(port=zoo[c.server]), c.module, TIMEOUT) for c in CASES),
+            run_probe(f"http://127.0.0.1:{port}/", http(), TIMEOUT),
+            run_probe(f"127.0.0.1:{port}", tcp(), TIMEOUT),
+        )
+    finally:
+        refused.close()
+    assert [r.reason for r in results] == [c.reason for c in CASES] + [FailureReason.CONNECT] * 2
+    del results
+    assert cyclic_garbage_of_ours() == []
 
 
 SCHEDULE = """

@@ -283,7 +283,7 @@ async def probe_dns(request: ProbeRequest) -> ProbeResult:
     try:
         message = await _query(request)
     except ProbeFailure as failure:
-        return trace.fail(failure.reason, failure.message)
+        return failure.result(trace)
     except Exception as err:  # a bug here must not take the scheduler down
         log.exception("dns probe of %s raised", request.target)
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

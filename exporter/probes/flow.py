@@ -53,7 +53,7 @@ async def probe_flow(request: ProbeRequest) -> ProbeResult:
     try:
         await _Journey(request).run()
     except ProbeFailure as failure:
-        return trace.fail(failure.reason, failure.message)
+        return failure.result(trace)
     except Exception as err:  # a bug here must still produce a result, not a crash
         log.exception("flow probe of %s raised", http.redact(request.target))
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

@@ -107,7 +107,7 @@ async def probe_grpc(request: ProbeRequest) -> ProbeResult:
     try:
         await _check(request)
     except ProbeFailure as failure:
-        return trace.fail(failure.reason, failure.message)
+        return failure.result(trace)
     except Exception as err:  # a bug here must still produce a result, not a crash
         log.exception("grpc probe of %s raised", request.target)
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

@@ -88,7 +88,7 @@ async def probe_http(request: ProbeRequest) -> ProbeResult:
     try:
         client.judge(await client.fetch(request.target))
     except ProbeFailure as failure:
-        return trace.fail(failure.reason, failure.message)
+        return failure.result(trace)
     except Exception as err:  # a bug here must still produce a result, not a crash
         log.exception("http probe of %s raised", redact(request.target))
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

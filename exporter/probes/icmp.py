@@ -370,7 +370,7 @@ def make_prober(factory: SocketFactory = open_socket, kinds: Sequence[SocketKind
         try:
             reply = await _ping(request, factory, kinds)
         except ProbeFailure as failure:
-            return trace.fail(failure.reason, failure.message)
+            return failure.result(trace)
         except Exception as err:  # a bug here must not take the scheduler down
             log.exception("icmp probe of %s raised", request.target)
             return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

@@ -65,7 +65,7 @@ async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
         text = response.body.text if response.body is not None else None
         _record(trace, parse_summary(text or ""), settings)
     except ProbeFailure as failure:
-        return trace.fail(failure.reason, failure.message)
+        return failure.result(trace)
     except Exception as err:  # a bug here must still produce a result, not a crash
         log.exception("statuspage probe of %s raised", http.redact(request.target))
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

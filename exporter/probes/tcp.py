@@ -207,7 +207,7 @@ async def probe_tcp(request: ProbeRequest) -> ProbeResult:
     try:
         await _dialogue(request)
     except ProbeFailure as failure:
-        return trace.fail(failure.reason, failure.message)
+        return failure.result(trace)
     except Exception as err:  # a bug here must not take the scheduler down
         log.exception("tcp probe of %s raised", request.target)
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

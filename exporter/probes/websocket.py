@@ -58,7 +58,7 @@ async def probe_websocket(request: ProbeRequest) -> ProbeResult:
     try:
         await _run(request)
     except ProbeFailure as failure:
-        return trace.fail(failure.reason, failure.message)
+        return failure.result(trace)
     except Exception as err:  # a bug here must still produce a result, not a crash
         log.exception("websocket probe of %s raised", http.redact(_as_http(request.target)))
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

@@ -403,6 +403,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         report["lag_p50_seconds"] = histogram_quantile(0.5, delta)
         report["lag_p99_seconds"] = histogram_quantile(0.99, delta)
         report["lag_scheduled_runs"] = delta[-1][1] if delta else 0
+        total = delta[-1][1] if delta else 0
+        # The share of runs that started within each bucket bound: how the tail is spread.
+        report["lag_share_within"] = {str(le): (c / total if total else 0.0) for le, c in delta}
         report["probes_per_second"] = (last.runs - first.runs) / window if window > 0 else float("nan")
         failed = {r: last.failures.get(r, 0) - first.failures.get(r, 0) for r in last.failures}
         report["failures_by_reason"] = {r: n for r, n in failed.items() if n > 0}
@@ -439,6 +442,13 @@ def markdown(report: dict[str, Any]) -> str:
             "schedule lag p50 / p99 (after warm-up)",
             f"{report.get('lag_p50_seconds', float('nan')) * 1000:.1f} ms / "
             f"{report.get('lag_p99_seconds', float('nan')) * 1000:.1f} ms",
+        ),
+        (
+            "runs started within 25 / 50 / 100 / 250 ms of their slot",
+            " / ".join(
+                f"{report.get('lag_share_within', {}).get(bound, float('nan')) * 100:.2f} %"
+                for bound in ("0.025", "0.05", "0.1", "0.25")
+            ),
         ),
         (
             "/metrics scrape median / max",

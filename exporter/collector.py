@@ -124,15 +124,46 @@ class Exposition:
     def render(self) -> bytes:
         return b"".join(self.chunks())
 
-    def chunks(self) -> Iterator[bytes]:
-        """The exposition one family at a time, so a large one can be sent without one big join."""
+    def chunks(self, size: int = 1000) -> Iterator[bytes]:
+        """The exposition in pieces of at most ``size`` blocks, a family's header before its first.
+
+        At 10,000 services one family (the latency buckets) is megabytes; joining and encoding it
+        in one go would hold the event loop for tens of milliseconds.
+        """
         for family, lines in self._families.items():
-            yield (_header(family, self._kinds[family]) + "\n" + "\n".join(lines) + "\n").encode()
+            head = _header(family, self._kinds[family]) + "\n"
+            for start in range(0, len(lines), size):
+                yield (head + "\n".join(lines[start : start + size]) + "\n").encode()
+                head = ""
 
     def extend(self, blocks: list[tuple[str, str, str]]) -> None:
         """Add another exposition's blocks, keeping each family's lines together."""
         for name, kind, text in blocks:
             self.family(name, kind).append(text)
+
+    def extend_packed(self, packed: dict[str, str]) -> None:
+        """Add one service's blocks as ``pack`` keeps them."""
+        for name, text in packed.items():
+            self.family(name, _FAMILY_KINDS[name]).append(text)
+
+
+# The kind of every family packed so far; a family name always has the same kind.
+_FAMILY_KINDS: dict[str, str] = {}
+
+
+def pack(blocks: list[tuple[str, str, str]]) -> dict[str, str]:
+    """One service's blocks as family -> text, in first-use order.
+
+    A dict of strings is not tracked by the garbage collector, where a list of tuples is: kept
+    for 10,000 services from one scrape to the next, the tuples made every scrape feed
+    collections that pause the event loop.
+    """
+    packed: dict[str, str] = {}
+    for name, kind, text in blocks:
+        _FAMILY_KINDS.setdefault(name, kind)
+        before = packed.get(name)
+        packed[name] = text if before is None else before + "\n" + text
+    return packed
 
 
 @functools.cache
@@ -193,12 +224,12 @@ class ServiceCollector:
 
     # Services rendered between two yields to the event loop, so a large scrape never holds
     # up probing for long.
-    CHUNK = 250
+    CHUNK = 100
 
     def __init__(self, store: ResultStore, location: str) -> None:
         self.store = store
         self.location = location
-        self._cache: dict[str, tuple[int, Service, str, list[tuple[str, str, str]]]] = {}
+        self._cache: dict[str, tuple[int, Service, str, dict[str, str]]] = {}
 
     async def render(self) -> bytes:
         return b"".join([chunk async for chunk in self.stream()])
@@ -206,7 +237,7 @@ class ServiceCollector:
     async def stream(self) -> AsyncIterator[bytes]:
         """The probe series, family by family, yielding to the event loop as it goes."""
         out = Exposition()
-        cache: dict[str, tuple[int, Service, str, list[tuple[str, str, str]]]] = {}
+        cache: dict[str, tuple[int, Service, str, dict[str, str]]] = {}
         for index, state in enumerate(self.store):
             if index % self.CHUNK == self.CHUNK - 1:
                 await asyncio.sleep(0)
@@ -220,9 +251,9 @@ class ServiceCollector:
             ):
                 blocks = cached[3]
             else:
-                blocks = self._service_blocks(state)
+                blocks = pack(self._service_blocks(state))
             cache[name] = (state.runs, state.service, self.location, blocks)
-            out.extend(blocks)
+            out.extend_packed(blocks)
         self._cache = cache
         for chunk in out.chunks():
             yield chunk

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import ServiceCollector, render_result
+from exporter.collector import Exposition, ServiceCollector, pack, render_result
 from exporter.config import parse_config
 from exporter.result import FailureReason, Trace
 from exporter.store import ResultStore
@@ -83,3 +83,31 @@ def test_probe_output_has_no_labels() -> None:
         "processing",
         "transfer",
     }
+
+
+async def test_large_families_are_sent_in_pieces_that_join_to_the_same_text() -> None:
+    """Split into small pieces, the exposition is byte for byte what one piece per family gives."""
+    lines = [f"  - {{name: s{i}, target: '127.0.0.1:{i + 1}', prober: tcp}}" for i in range(7)]
+    store = store_with("services:\n" + "\n".join(lines))
+    for i in range(7):
+        store.record(f"s{i}", Trace().succeed() if i % 2 else Trace().fail(FailureReason.CONNECT, "no"))
+    collector = ServiceCollector(store, "eu")
+    await collector.render()  # fills the per-service cache the exposition is built from
+    out = Exposition()
+    for state in store:
+        out.extend_packed(pack(collector._service_blocks(state)))
+    whole = list(out.chunks(size=10**6))
+    pieces = list(out.chunks(size=3))
+    assert len(pieces) > len(whole)
+    assert b"".join(pieces) == b"".join(whole) == await collector.render()
+    families = {f.name: f for f in text_string_to_metric_families(b"".join(pieces).decode())}
+    assert len(families["probe_runs"].samples) == 7
+    assert sum(s.value for s in families["probe_failures"].samples if s.labels["reason"] == "connect") == 4
+    assert b"".join(pieces).count(b"# TYPE probe_runs_total counter") == 1
+
+
+def test_pack_keeps_family_order_and_merges_repeated_families() -> None:
+    """Packing keeps families in first-use order and joins a family's lines written apart."""
+    packed = pack([("a", "gauge", "a 1"), ("b", "counter", "b_total 2"), ("a", "gauge", "a 3")])
+    assert list(packed) == ["a", "b"]
+    assert packed == {"a": "a 1\na 3", "b": "b_total 2"}

@@ -12,16 +12,14 @@ either the ``Config`` or the ``ConfigError`` that lists the file's problems.
 from __future__ import annotations
 
 import asyncio
-import copyreg
 import logging
 import os
 import pickle
 import sys
 from pathlib import Path
-from typing import Any
 
 from exporter.config import Config, load_config, share_equal_parts
-from exporter.errors import ConfigError, ConfigIssue
+from exporter.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +87,6 @@ async def _load_in_child(path: str) -> Config:
     if not isinstance(answer, Config):
         raise _ChildFailed(f"unexpected answer of type {type(answer).__name__}")
     return answer
-
-
-def _reduce_config_error(error: ConfigError) -> tuple[Any, tuple[list[ConfigIssue], str | None]]:
-    return ConfigError, (error.issues, error.file)
-
-
-copyreg.pickle(ConfigError, _reduce_config_error)
 
 
 def main(argv: list[str]) -> int:

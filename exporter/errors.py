@@ -41,6 +41,10 @@ class ConfigError(ExporterError):
         self.file = file
         super().__init__("\n".join(str(i) for i in issues))
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[ConfigIssue], str | None]]:
+        # Pickled by the child process that parses big files (exporter.configload).
+        return ConfigError, (self.issues, self.file)
+
 
 class WebConfigError(ExporterError):
     """The web config file (TLS and basic auth) is invalid."""

@@ -124,10 +124,9 @@ class Process:
                 self.popen.wait()
 
 
-def start_exporter(config_path: Path, location: str, tmp_path: Path) -> Process:
-    """Start ``python -m exporter`` on a free loopback port and wait until it is ready."""
-    port = free_port()
-    args = [
+def exporter_argv(config_path: Path, port: int, *flags: str) -> list[str]:
+    """The command line of ``python -m exporter`` serving ``config_path`` on 127.0.0.1:``port``."""
+    return [
         sys.executable,
         "-m",
         "exporter",
@@ -135,9 +134,14 @@ def start_exporter(config_path: Path, location: str, tmp_path: Path) -> Process:
         str(config_path),
         "--web.listen-address",
         f"127.0.0.1:{port}",
-        "--location",
-        location,
+        *flags,
     ]
+
+
+def start_exporter(config_path: Path, location: str, tmp_path: Path) -> Process:
+    """Start ``python -m exporter`` on a free loopback port and wait until it is ready."""
+    port = free_port()
+    args = exporter_argv(config_path, port, "--location", location)
     process = Process(f"exporter-{location}-{port}", args, f"http://127.0.0.1:{port}", tmp_path)
     try:
         process.wait_ready()

@@ -19,6 +19,7 @@ import pytest
 from exporter.cli import main, parse_listen
 from tests.conftest import TargetState
 from tests.metrics_util import labelsets, parse, value
+from tests.stack import exporter_argv, free_port
 
 DATA = Path(__file__).parent / "testdata"
 
@@ -101,12 +102,6 @@ def test_probe_command_unknown_module() -> None:
     assert result.stderr.strip() == "unknown module 'nope' (modules: http_2xx, tcp_connect)"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def fetch(url: str, method: str = "GET") -> tuple[int, str]:
     request = urllib.request.Request(url, method=method)
     try:
@@ -151,19 +146,7 @@ def test_server_reloads_on_sighup_and_stops_on_sigterm(tmp_path: Path, target_po
     config.write_text(CONFIG.format(location="here", name="first", port=target_port))
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config.file",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--log.format",
-            "json",
-            "--location",
-            "flag-loc",
-        ],
+        exporter_argv(config, port, "--log.format", "json", "--location", "flag-loc"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +15,8 @@ import trustme
 
 from exporter.errors import WebConfigError
 from exporter.webconfig import BasicAuth, load_web_config
-from tests.test_cli import free_port, wait_until
+from tests.stack import exporter_argv, free_port
+from tests.test_cli import wait_until
 
 ENDPOINTS = ["/", "/metrics", "/config", "/-/healthy", "/-/ready", "/probe?service=x"]
 
@@ -58,17 +58,7 @@ def test_tls_and_basic_auth_protect_every_endpoint(
     config.write_text("services: []\n")
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config.file",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--web.config.file",
-            str(web_config),
-        ],
+        exporter_argv(config, port, "--web.config.file", str(web_config)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -314,7 +314,7 @@ def share_equal_parts(config: Config) -> Config:
     fingerprints: dict[str, bytes] = {}
     for service in config.services:
         module_bytes = pickle.dumps(service.module)
-        labels = tuple(sorted(service.labels.items()))
+        labels = tuple(service.labels.items())  # in written order, which the output keeps
         services.append(
             dataclasses.replace(
                 service,

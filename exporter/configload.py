@@ -70,7 +70,7 @@ async def _load_in_child(path: str) -> Config:
         async with asyncio.timeout(CHILD_TIMEOUT):
             out, err_text = await child.communicate()
     except TimeoutError:
-        raise _ChildFailed(f"no answer within {CHILD_TIMEOUT:.0f}s") from None
+        raise _ChildFailed(f"no answer within {CHILD_TIMEOUT:g}s") from None
     finally:
         if child.returncode is None:
             child.kill()

@@ -34,6 +34,12 @@ class ServiceFiles:
     def __init__(self) -> None:
         self.files: dict[str, FileState] = {}
 
+    def copy(self) -> ServiceFiles:
+        """Another reader starting from what this one last read."""
+        other = ServiceFiles()
+        other.files = dict(self.files)
+        return other
+
     def paths(self, config: Config) -> list[str]:
         base = Path(config.source).parent if config.source else Path.cwd()
         found: set[str] = set()

@@ -141,10 +141,13 @@ class Exporter:
                 for issue in err.issues:
                     log.error("config reload failed, keeping the running config: %s", issue)
                 return err
-            self._config_digest = digest
             config = keep_unchanged(config, self.config)
-            # The modules may have changed, so every discovered file is parsed again.
-            await asyncio.to_thread(self.discovery.refresh, config, True)
+            # The modules may have changed, so every discovered file is parsed again, into a
+            # copy: a reload cancelled meanwhile leaves the running state as it was.
+            discovery = self.discovery.copy()
+            await asyncio.to_thread(discovery.refresh, config, True)
+            self.discovery = discovery
+            self._config_digest = digest
             self.apply(config, discovered=True)
             log.info("config reloaded from %s: %d services here", self.config_file, len(self.services))
             return None

@@ -113,10 +113,11 @@ class Scheduler:
         while True:
             await asyncio.sleep(max(due - loop.time(), 0.0))
             result = await self._run_once(service, due)
-            self.store.record(service.name, result)
             if task is not None and task.cancelling():
-                # The probe lost our cancellation on its way out; end as if it had arrived.
+                # The probe lost our cancellation on its way out; end as if it had arrived, and
+                # keep its result out of the store: the service may have changed meanwhile.
                 raise asyncio.CancelledError
+            self.store.record(service.name, result)
             # A run that overshot its slots (waiting for the cap) skips them rather than bunching up.
             due = _next_slot(max(loop.time(), due + service.interval * 0.5), offset, service.interval)
 

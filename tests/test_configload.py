@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from exporter import configload
-from exporter.config import load_config, share_equal_parts
+from exporter.config import keep_unchanged, load_config, share_equal_parts
 from exporter.configload import load_config_async
 from exporter.errors import ConfigError
 from exporter.runtime import Exporter
@@ -166,3 +166,16 @@ async def test_reload_keeps_the_objects_of_unchanged_services(tmp_path: Path) ->
         assert all(running[name] is after[name] for name in after)
     finally:
         await exporter.stop()
+
+
+async def test_label_order_is_kept_and_a_reorder_is_a_change(tmp_path: Path) -> None:
+    """Labels keep the order they are written in; a reload that only reorders them applies it."""
+    path = tmp_path / "config.yml"
+    service = "services:\n  - {{name: a, target: '127.0.0.1:1', prober: tcp, labels: {{{}}}}}\n"
+    path.write_text(service.format("y: '1', x: '2'"))
+    first = share_equal_parts(load_config(path))
+    assert list(first.services[0].labels) == ["y", "x"]
+    path.write_text(service.format("x: '2', y: '1'"))
+    second = keep_unchanged(share_equal_parts(load_config(path)), first)
+    assert list(second.services[0].labels) == ["x", "y"]
+    assert second.services[0] is not first.services[0]

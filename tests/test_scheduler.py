@@ -151,7 +151,7 @@ async def test_stop_finishes_when_a_probe_swallows_its_cancellation() -> None:
     assert runner.swallowed == 20
     assert all(task.done() for task in tasks)
     state = store.get("s0")
-    assert state is not None and state.runs == 1  # the swallowed run finished and was recorded
+    assert state is not None and state.runs == 0  # the run that outlived its cancel is not recorded
 
 
 async def test_stop_gives_up_on_tasks_that_never_end(caplog: pytest.LogCaptureFixture) -> None:

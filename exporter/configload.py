@@ -6,19 +6,24 @@ process it costs the loop only the unpickling of the result. Small files are par
 thread: for them a child's start-up costs more than it saves.
 
 The child is ``python -m exporter.configload PATH``: it writes one pickled object to stdout,
-either the ``Config`` or the ``ConfigError`` that lists the file's problems.
+either the ``Config`` or the ``ConfigError`` that lists the file's problems. With
+``--service-files`` it reads discovered files and the running config's modules, pickled, from
+stdin, and answers with what ``discovery.parse_files`` gives for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import pickle
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from exporter.config import Config, load_config, share_equal_parts
+from exporter.discovery import ParsedFile, parse_files
 from exporter.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,33 @@ class _ChildFailed(Exception):
 
 
 async def _load_in_child(path: str) -> Config:
+    answer = await _ask_child([path])
+    if isinstance(answer, ConfigError):
+        raise answer
+    if not isinstance(answer, Config):
+        raise _ChildFailed(f"unexpected answer of type {type(answer).__name__}")
+    return answer
+
+
+async def parse_files_async(
+    changed: Sequence[tuple[str, bytes, str]], config: Config, isolate_above: int = ISOLATE_ABOVE_BYTES
+) -> list[ParsedFile]:
+    """``discovery.parse_files`` without holding up the event loop: big batches go to a child."""
+    if sum(len(text) for _, _, text in changed) >= isolate_above:
+        # The child needs the modules and defaults, not the services of the main file.
+        request = pickle.dumps((list(changed), dataclasses.replace(config, services=())))
+        try:
+            answer = await _ask_child(["--service-files"], request)
+            if isinstance(answer, list) and len(answer) == len(changed):
+                return answer
+            raise _ChildFailed(f"unexpected answer of type {type(answer).__name__}")
+        except _ChildFailed as err:
+            log.warning("parsing service files in a child process failed (%s); parsing them here", err)
+    return await asyncio.to_thread(parse_files, changed, config)
+
+
+async def _ask_child(args: list[str], request: bytes | None = None) -> object:
+    """Run ``python -m exporter.configload ARGS`` with ``request`` on stdin; unpickle its answer."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     try:
@@ -58,8 +90,8 @@ async def _load_in_child(path: str) -> Config:
             PYTHON,
             "-m",
             "exporter.configload",
-            path,
-            stdin=asyncio.subprocess.DEVNULL,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL if request is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
@@ -68,9 +100,11 @@ async def _load_in_child(path: str) -> Config:
         raise _ChildFailed(f"cannot start it: {err.strerror or err}") from None
     try:
         async with asyncio.timeout(CHILD_TIMEOUT):
-            out, err_text = await child.communicate()
+            out, err_text = await child.communicate(request)
     except TimeoutError:
         raise _ChildFailed(f"no answer within {CHILD_TIMEOUT:g}s") from None
+    except (BrokenPipeError, ConnectionResetError):
+        raise _ChildFailed("it closed its input early") from None
     finally:
         if child.returncode is None:
             child.kill()
@@ -79,24 +113,24 @@ async def _load_in_child(path: str) -> Config:
         last = err_text.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise _ChildFailed(f"exit code {child.returncode}: {last[0]}")
     try:
-        answer = pickle.loads(out)
-    except Exception as err:  # a truncated or foreign stream: the file is parsed here instead
+        return pickle.loads(out)
+    except Exception as err:  # a truncated or foreign stream: the work is done here instead
         raise _ChildFailed(f"unreadable answer: {err}") from None
-    if isinstance(answer, ConfigError):
-        raise answer
-    if not isinstance(answer, Config):
-        raise _ChildFailed(f"unexpected answer of type {type(answer).__name__}")
-    return answer
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m exporter.configload CONFIG_FILE", file=sys.stderr)
+    answer: object
+    if argv == ["--service-files"]:
+        changed, config = pickle.loads(sys.stdin.buffer.read())
+        answer = parse_files(changed, config)
+    elif len(argv) == 1 and not argv[0].startswith("--"):
+        try:
+            answer = share_equal_parts(load_config(argv[0]))
+        except ConfigError as err:
+            answer = err
+    else:
+        print("usage: python -m exporter.configload CONFIG_FILE | --service-files", file=sys.stderr)
         return 2
-    try:
-        answer: Config | ConfigError = share_equal_parts(load_config(argv[0]))
-    except ConfigError as err:
-        answer = err
     sys.stdout.buffer.write(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
     return 0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.config import Config, Service, parse_service_file
+from exporter.config import Config, Service, parse_service_file, share_equal_parts
 from exporter.errors import ConfigError, ConfigIssue
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,39 @@ class FileState:
     services: tuple[Service, ...] = ()
     valid: bool = True
     issues: list[ConfigIssue] = field(default_factory=list)
+    # Each service's fingerprint, by name, when the file was parsed with them (see settle).
+    fingerprints: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Scan:
+    """The files that match now: those gone since the last read and those to parse."""
+
+    paths: list[str]
+    gone: list[str]
+    # (path, digest, text) of each new or changed file
+    changed: list[tuple[str, bytes, str]] = field(default_factory=list)
+
+
+# A parsed file: its services with their fingerprints, or every problem it has.
+ParsedFile = tuple[tuple[Service, ...], Mapping[str, bytes]] | ConfigError
+
+
+def parse_files(changed: Sequence[tuple[str, bytes, str]], config: Config) -> list[ParsedFile]:
+    """Parse scanned files against ``config``'s modules; equal settings are held once.
+
+    Pure work with no state, so it can run in a thread or in a child process.
+    """
+    parsed: list[ParsedFile] = []
+    for path, _, text in changed:
+        try:
+            services = parse_service_file(text, path, config)
+        except ConfigError as err:
+            parsed.append(err)
+            continue
+        shared = share_equal_parts(dataclasses.replace(config, services=services))
+        parsed.append((shared.services, shared.fingerprints))
+    return parsed
 
 
 class ServiceFiles:
@@ -48,19 +83,13 @@ class ServiceFiles:
             found.update(p for p in glob.glob(full) if Path(p).is_file())
         return sorted(found)
 
-    def refresh(self, config: Config, force: bool = False) -> bool:
-        """Re-read changed files; True if the set of discovered services may have changed.
+    def scan(self, config: Config, force: bool = False) -> Scan:
+        """Read the files that match; which are gone and which need parsing (new or changed).
 
-        ``force`` re-parses unchanged files too (their modules may have changed). The new state
-        replaces the old in one assignment, so readers on the event loop never see it half done
-        while this runs in a thread.
+        ``force`` parses unchanged files too (their modules may have changed).
         """
-        changed = False
         paths = self.paths(config)
-        files = {path: state for path, state in self.files.items() if path in paths}
-        for gone in set(self.files) - set(files):
-            log.info("service file %s is gone; its services are removed", gone)
-            changed = True
+        scan = Scan(paths=paths, gone=sorted(set(self.files) - set(paths)))
         for path in paths:
             try:
                 data = Path(path).read_bytes()
@@ -68,21 +97,45 @@ class ServiceFiles:
                 log.error("cannot read service file %s: %s", path, err.strerror)
                 continue
             digest = hashlib.sha256(data).digest()
+            previous = self.files.get(path)
+            if previous is None or previous.digest != digest or force:
+                scan.changed.append((path, digest, data.decode("utf-8", errors="replace")))
+        return scan
+
+    def settle(self, scan: Scan, parsed: Sequence[ParsedFile]) -> bool:
+        """Take in what parsing the scanned files gave; True if the services may have changed.
+
+        An unchanged service keeps the object it had (found by fingerprint), so comparing the
+        old and new service sets stays cheap. The new state replaces the old in one assignment.
+        """
+        files = {path: state for path, state in self.files.items() if path in scan.paths}
+        for gone in scan.gone:
+            log.info("service file %s is gone; its services are removed", gone)
+        for (path, digest, _), result in zip(scan.changed, parsed, strict=True):
             previous = files.get(path)
-            if previous is not None and previous.digest == digest and not force:
-                continue
-            changed = True
-            try:
-                services = parse_service_file(data.decode("utf-8", errors="replace"), path, config)
-            except ConfigError as err:
+            if isinstance(result, ConfigError):
                 kept = previous.services if previous is not None else ()
-                files[path] = FileState(digest, kept, valid=False, issues=err.issues)
-                for issue in err.issues:
+                files[path] = FileState(digest, kept, valid=False, issues=result.issues)
+                for issue in result.issues:
                     log.error("invalid service file, keeping its last good services: %s: %s", path, issue)
                 continue
-            files[path] = FileState(digest, services)
+            services, prints = result
+            if previous is not None and previous.fingerprints and prints:
+                before = {s.name: s for s in previous.services}
+                services = tuple(
+                    before[s.name]
+                    if s.name in before and previous.fingerprints.get(s.name) == prints.get(s.name)
+                    else s
+                    for s in services
+                )
+            files[path] = FileState(digest, services, fingerprints=prints)
         self.files = files
-        return changed
+        return bool(scan.gone or scan.changed)
+
+    def refresh(self, config: Config, force: bool = False) -> bool:
+        """Re-read and parse changed files here; True if the services may have changed."""
+        scan = self.scan(config, force)
+        return self.settle(scan, parse_files(scan.changed, config))
 
     def merge(self, static: tuple[Service, ...]) -> list[Service]:
         """Static services first, then each file's, skipping (and reporting) duplicate names."""

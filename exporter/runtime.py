@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from exporter.allowlist import Allowlist
 from exporter.collector import SelfCollector, ServiceCollector
 from exporter.config import Config, Service, keep_unchanged
-from exporter.configload import ISOLATE_ABOVE_BYTES, load_config_async
+from exporter.configload import ISOLATE_ABOVE_BYTES, load_config_async, parse_files_async
 from exporter.discovery import ServiceFiles
 from exporter.errors import ConfigError
 from exporter.heartbeats import HeartbeatBoard
@@ -142,15 +142,25 @@ class Exporter:
                     log.error("config reload failed, keeping the running config: %s", issue)
                 return err
             config = keep_unchanged(config, self.config)
-            # The modules may have changed, so every discovered file is parsed again, into a
-            # copy: a reload cancelled meanwhile leaves the running state as it was.
-            discovery = self.discovery.copy()
-            await asyncio.to_thread(discovery.refresh, config, True)
-            self.discovery = discovery
+            # The modules may have changed, so every discovered file is parsed again.
+            self.discovery, _ = await self._rediscover(config, force=True)
             self._config_digest = digest
             self.apply(config, discovered=True)
             log.info("config reloaded from %s: %d services here", self.config_file, len(self.services))
             return None
+
+    async def _rediscover(self, config: Config, force: bool = False) -> tuple[ServiceFiles, bool]:
+        """Read the discovered files off the event loop, into a copy of the current state.
+
+        The caller swaps the copy in; a reload cancelled meanwhile leaves the running state as it
+        was. Big batches are parsed in a child process, like big config files.
+        """
+        discovery = self.discovery.copy()
+        scan = await asyncio.to_thread(discovery.scan, config, force)
+        if not scan.changed:
+            return discovery, discovery.settle(scan, [])
+        parsed = await parse_files_async(scan.changed, config, self.isolate_above)
+        return discovery, discovery.settle(scan, parsed)
 
     async def watch(self, interval: float) -> None:
         """Reload when the config file's content changes; re-read discovered files as they change."""
@@ -161,5 +171,6 @@ class Exporter:
                 await self.reload()
             elif self.config.service_files:
                 async with self._reload_lock:
-                    if await asyncio.to_thread(self.discovery.refresh, self.config):
+                    self.discovery, changed = await self._rediscover(self.config)
+                    if changed:
                         self._settle(refresh=False)

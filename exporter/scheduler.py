@@ -76,7 +76,9 @@ class Scheduler:
         self.store.sync(wanted.values())
         for name in list(self._tasks):
             old, task = self._tasks[name]
-            if wanted.get(name) != old:
+            new = wanted.get(name)
+            # Identity first: after a reload, unchanged services are the very same objects.
+            if new is not old and new != old:
                 task.cancel()
                 del self._tasks[name]
                 self._retiring.add(task)

@@ -73,7 +73,7 @@ class ResultStore:
             state = self._states.get(service.name)
             if state is None:
                 state = ServiceState(service)
-            elif state.service != service:
+            elif state.service is not service and state.service != service:
                 if state.latency.bounds != service.latency_buckets:
                     state.latency = Histogram(service.latency_buckets)
                 if (state.service.group, state.service.target) != (service.group, service.target):

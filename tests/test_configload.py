@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from exporter import configload
-from exporter.config import keep_unchanged, load_config, share_equal_parts
-from exporter.configload import load_config_async
+from exporter.config import Config, keep_unchanged, load_config, share_equal_parts
+from exporter.configload import load_config_async, parse_files_async
+from exporter.discovery import Scan, ServiceFiles, parse_files
 from exporter.errors import ConfigError
 from exporter.runtime import Exporter
 
@@ -179,3 +180,80 @@ async def test_label_order_is_kept_and_a_reorder_is_a_change(tmp_path: Path) -> 
     second = keep_unchanged(share_equal_parts(load_config(path)), first)
     assert list(second.services[0].labels) == ["x", "y"]
     assert second.services[0] is not first.services[0]
+
+
+FILES = {
+    "one.yml": "- {name: f1, target: 'http://127.0.0.1:5/', module: web}\n"
+    "- {name: f2, target: '127.0.0.1:6', prober: tcp, labels: {team: edge}}\n",
+    "two.yml": "services:\n  - {name: f3, target: '127.0.0.1:7', prober: tcp}\n",
+    "bad.yml": "- {name: f4, target: '127.0.0.1:8', module: nope}\n",
+}
+
+
+def scanned(tmp_path: Path) -> tuple[ServiceFiles, Scan, Config]:
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    # .yaml, so that the glob finds only the service files.
+    path = tmp_path / "main.yaml"
+    path.write_text(CONFIG + 'service_files: ["*.yml"]\n')
+    config = load_config(path)
+    files = ServiceFiles()
+    return files, files.scan(config), config
+
+
+async def test_service_files_parsed_in_a_child_match_parsing_here(tmp_path: Path) -> None:
+    """Discovered files parsed in a child give the same services, fingerprints and errors."""
+    _, scan, config = scanned(tmp_path)
+    assert [Path(path).name for path, _, _ in scan.changed] == ["bad.yml", "one.yml", "two.yml"]
+    from_child = await parse_files_async(scan.changed, config, isolate_above=0)
+    here = parse_files(scan.changed, config)
+    assert isinstance(from_child[0], ConfigError) and isinstance(here[0], ConfigError)
+    assert from_child[0].issues == here[0].issues
+    assert [str(i) for i in from_child[0].issues] == [
+        "[0].module (line 1): unknown module 'nope' (modules: web)"
+    ]
+    assert from_child[1:] == here[1:]
+    services, prints = from_child[1]  # type: ignore[misc]
+    assert [s.name for s in services] == ["f1", "f2"]
+    assert services[0].module == config.modules["web"]
+    assert set(prints) == {"f1", "f2"}
+
+
+async def test_failed_child_parses_service_files_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child that dies without an answer leaves the parsing to this process, with a warning."""
+    _, scan, config = scanned(tmp_path)
+    monkeypatch.setattr(configload, "PYTHON", "/bin/false")
+    from_child = await parse_files_async(scan.changed, config, isolate_above=0)
+    here = parse_files(scan.changed, config)
+    assert from_child[1:] == here[1:] and len(from_child[1]) == 2
+    assert isinstance(from_child[0], ConfigError) and isinstance(here[0], ConfigError)
+    assert from_child[0].issues == here[0].issues
+    assert "parsing service files in a child process failed (exit code 1" in caplog.text
+
+
+async def test_exporter_discovers_through_the_child_and_keeps_unchanged_objects(tmp_path: Path) -> None:
+    """Reloads and file changes go through the child; unchanged discovered services keep their objects."""
+    scanned(tmp_path)
+    path = tmp_path / "main.yaml"
+    exporter = Exporter(share_equal_parts(load_config(path)), config_file=str(path))
+    exporter.isolate_above = 0
+    assert sorted(s.name for s in exporter.services) == ["a", "b", "c", "d", "f1", "f2", "f3"]
+    assert exporter.invalid_service_files == 1
+    path.write_text(path.read_text().replace("X-Probe: one", "X-Probe: two"))
+    assert await exporter.reload() is None
+    before = {s.name: s for s in exporter.services}
+    assert before["f1"].module.http.headers == {"X-Probe": "two"}
+    # Same modules again: a forced re-read of every file keeps every discovered object.
+    assert await exporter.reload() is None
+    assert all(exporter.service(name) is before[name] for name in ("f1", "f2", "f3"))
+    (tmp_path / "two.yml").write_text("services:\n  - {name: f3, target: '127.0.0.1:9', prober: tcp}\n")
+    (tmp_path / "bad.yml").unlink()
+    discovery, changed = await exporter._rediscover(exporter.config)
+    assert changed
+    exporter.discovery = discovery
+    exporter._settle(refresh=False)
+    assert exporter.service("f3").target == "127.0.0.1:9"  # type: ignore[union-attr]
+    assert exporter.service("f1") is before["f1"]
+    assert exporter.invalid_service_files == 0

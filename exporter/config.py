@@ -324,10 +324,9 @@ def share_equal_parts(config: Config) -> Config:
                 latency_buckets=shared(service.latency_buckets, service.latency_buckets),
             )
         )
-        rest = (service.name, service.group, service.target, service.module_name, service.interval)
-        digest = hashlib.blake2b(module_bytes, digest_size=16)
-        digest.update(pickle.dumps(rest))
-        digest.update(pickle.dumps((service.timeout, labels, service.objectives, service.latency_buckets)))
+        settings = (service.name, service.group, service.target, service.module_name, service.interval)
+        rest = pickle.dumps((*settings, service.timeout, labels, service.objectives, service.latency_buckets))
+        digest = hashlib.blake2b(module_bytes + rest, digest_size=16)
         fingerprints[service.name] = digest.digest()
     return dataclasses.replace(config, services=tuple(services), fingerprints=MappingProxyType(fingerprints))
 
@@ -338,16 +337,27 @@ def keep_unchanged(config: Config, previous: Config) -> Config:
     Comparing 10,000 services field by field takes the event loop a good part of a second; after
     this, unchanged services are the very objects the scheduler and the store already hold.
     """
-    if not config.fingerprints or not previous.fingerprints:
-        return config
-    before = {service.name: service for service in previous.services}
-    services = []
-    for service in config.services:
-        fingerprint = config.fingerprints.get(service.name)
+    services = reuse_unchanged(config.services, config.fingerprints, previous.services, previous.fingerprints)
+    return config if services is config.services else dataclasses.replace(config, services=services)
+
+
+def reuse_unchanged(
+    services: tuple[Service, ...],
+    fingerprints: Mapping[str, bytes],
+    old_services: tuple[Service, ...],
+    old_fingerprints: Mapping[str, bytes],
+) -> tuple[Service, ...]:
+    """``services`` with each one whose fingerprint matches its old one's replaced by the old object."""
+    if not fingerprints or not old_fingerprints:
+        return services
+    before = {service.name: service for service in old_services}
+    kept = []
+    for service in services:
+        fingerprint = fingerprints.get(service.name)
         old = before.get(service.name)
-        unchanged = fingerprint is not None and previous.fingerprints.get(service.name) == fingerprint
-        services.append(old if unchanged and old is not None else service)
-    return dataclasses.replace(config, services=tuple(services))
+        unchanged = fingerprint is not None and old_fingerprints.get(service.name) == fingerprint
+        kept.append(old if unchanged and old is not None else service)
+    return tuple(kept)
 
 
 def _rebuild_mapping(items: dict[object, object]) -> Mapping[object, object]:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.config import Config, Service, parse_service_file, share_equal_parts
+from exporter.config import Config, Service, parse_service_file, reuse_unchanged, share_equal_parts
 from exporter.errors import ConfigError, ConfigIssue
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,8 @@ class ServiceFiles:
                     log.error("invalid service file, keeping its last good services: %s: %s", path, issue)
                 continue
             services, prints = result
-            if previous is not None and previous.fingerprints and prints:
-                before = {s.name: s for s in previous.services}
-                services = tuple(
-                    before[s.name]
-                    if s.name in before and previous.fingerprints.get(s.name) == prints.get(s.name)
-                    else s
-                    for s in services
-                )
+            if previous is not None:
+                services = reuse_unchanged(services, prints, previous.services, previous.fingerprints)
             files[path] = FileState(digest, services, fingerprints=prints)
         self.files = files
         return bool(scan.gone or scan.changed)

@@ -136,13 +136,8 @@ class Exposition:
                 yield (head + "\n".join(lines[start : start + size]) + "\n").encode()
                 head = ""
 
-    def extend(self, blocks: list[tuple[str, str, str]]) -> None:
-        """Add another exposition's blocks, keeping each family's lines together."""
-        for name, kind, text in blocks:
-            self.family(name, kind).append(text)
-
-    def extend_packed(self, packed: dict[str, str]) -> None:
-        """Add one service's blocks as ``pack`` keeps them."""
+    def extend(self, packed: dict[str, str]) -> None:
+        """Add one service's (or one result's) blocks, as ``pack`` keeps them."""
         for name, text in packed.items():
             self.family(name, _FAMILY_KINDS[name]).append(text)
 
@@ -207,7 +202,7 @@ def result_blocks(result: ProbeResult, prober: str, labels: str) -> list[tuple[s
 def render_result(result: ProbeResult, prober: str) -> bytes:
     """One result in blackbox's /probe output: no service labels."""
     out = Exposition()
-    out.extend(result_blocks(result, prober, ""))
+    out.extend(pack(result_blocks(result, prober, "")))
     return out.render()
 
 
@@ -253,7 +248,7 @@ class ServiceCollector:
             else:
                 blocks = pack(self._service_blocks(state))
             cache[name] = (state.runs, state.service, self.location, blocks)
-            out.extend_packed(blocks)
+            out.extend(blocks)
         self._cache = cache
         for chunk in out.chunks():
             yield chunk
@@ -267,6 +262,10 @@ class ServiceCollector:
         labels = label_text(base)
         blocks: list[tuple[str, str, str]] = []
         gauge = blocks.append
+
+        def single(family: str, value: float) -> None:
+            gauge((family, "gauge", f"{family}{{{labels}}} {value!r}"))
+
         info = {
             **service.labels,
             **base,
@@ -275,46 +274,18 @@ class ServiceCollector:
             "module": service.module_name,
         }
         gauge(("probe_service_info", "gauge", f"probe_service_info{{{label_text(info)}}} 1.0"))
-        gauge(("probe_interval_seconds", "gauge", f"probe_interval_seconds{{{labels}}} {service.interval!r}"))
+        single("probe_interval_seconds", service.interval)
         objectives = service.objectives
         if objectives.availability is not None:
-            ratio = float(objectives.availability)
-            gauge(
-                (
-                    "probe_objective_availability_ratio",
-                    "gauge",
-                    f"probe_objective_availability_ratio{{{labels}}} {ratio!r}",
-                )
-            )
+            single("probe_objective_availability_ratio", float(objectives.availability))
         if objectives.latency is not None:
-            latency = float(objectives.latency)
-            gauge(
-                (
-                    "probe_objective_latency_seconds",
-                    "gauge",
-                    f"probe_objective_latency_seconds{{{labels}}} {latency!r}",
-                )
-            )
+            single("probe_objective_latency_seconds", float(objectives.latency))
         last = state.last
         if last is not None:
             blocks.extend(result_blocks(last, service.module.prober, labels))
-            end = last.started_at + last.duration
-            gauge(
-                (
-                    "probe_last_run_timestamp_seconds",
-                    "gauge",
-                    f"probe_last_run_timestamp_seconds{{{labels}}} {end!r}",
-                )
-            )
+            single("probe_last_run_timestamp_seconds", last.started_at + last.duration)
         if state.last_success is not None:
-            when = state.last_success
-            gauge(
-                (
-                    "probe_last_success_timestamp_seconds",
-                    "gauge",
-                    f"probe_last_success_timestamp_seconds{{{labels}}} {when!r}",
-                )
-            )
+            single("probe_last_success_timestamp_seconds", state.last_success)
         gauge(("probe_runs", "counter", f"probe_runs_total{{{labels}}} {state.runs}"))
         counts = state.failures
         gauge(

@@ -95,7 +95,7 @@ async def test_large_families_are_sent_in_pieces_that_join_to_the_same_text() ->
     await collector.render()  # fills the per-service cache the exposition is built from
     out = Exposition()
     for state in store:
-        out.extend_packed(pack(collector._service_blocks(state)))
+        out.extend(pack(collector._service_blocks(state)))
     whole = list(out.chunks(size=10**6))
     pieces = list(out.chunks(size=3))
     assert len(pieces) > len(whole)

@@ -113,16 +113,14 @@ class Exporter:
         self.started = False
         await self.scheduler.stop()
 
-    def apply(self, config: Config, discovered: bool = False) -> None:
-        """Switch to a new config; services that did not change keep probing undisturbed.
+    def apply(self, config: Config) -> None:
+        """Switch to a new config whose service files were already re-read (see reload).
 
-        ``discovered``: the service files were already re-read against ``config``.
+        Services that did not change keep probing undisturbed.
         """
         self.config = config
         self.allowlist = Allowlist(config.probe_allowlist)
         self.service_collector.location = self.location
-        if not discovered:
-            self.discovery.refresh(config, force=True)
         self._settle(refresh=False)
         self.reload_successful = True
         self.reload_success_time = self.clock.wall()
@@ -145,7 +143,7 @@ class Exporter:
             # The modules may have changed, so every discovered file is parsed again.
             self.discovery, _ = await self._rediscover(config, force=True)
             self._config_digest = digest
-            self.apply(config, discovered=True)
+            self.apply(config)
             log.info("config reloaded from %s: %d services here", self.config_file, len(self.services))
             return None
 
@@ -157,9 +155,7 @@ class Exporter:
         """
         discovery = self.discovery.copy()
         scan = await asyncio.to_thread(discovery.scan, config, force)
-        if not scan.changed:
-            return discovery, discovery.settle(scan, [])
-        parsed = await parse_files_async(scan.changed, config, self.isolate_above)
+        parsed = await parse_files_async(scan.changed, config, self.isolate_above) if scan.changed else []
         return discovery, discovery.settle(scan, parsed)
 
     async def watch(self, interval: float) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import re2  # type: ignore[import-untyped]
 
 _DURATION_RE = re.compile(
     r"^(?:(?P<y>\d+)y)?(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?"
@@ -66,110 +70,123 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-# Go's RE2 accepts a few spellings Python's re does not; blackbox configs use them.
-_POSIX_CLASSES = {
-    "alnum": "0-9A-Za-z",
-    "alpha": "A-Za-z",
-    "ascii": "\\x00-\\x7F",
-    "blank": "\\t ",
-    "cntrl": "\\x00-\\x1F\\x7F",
-    "digit": "0-9",
-    "graph": "!-~",
-    "lower": "a-z",
-    "print": " -~",
-    "punct": "!-/:-@\\[-`{-~",
-    "space": "\\t\\n\\v\\f\\r ",
-    "upper": "A-Z",
-    "word": "0-9A-Za-z_",
-    "xdigit": "0-9A-Fa-f",
-}
+# Go's regexp, and so blackbox, speaks RE2; the C++ RE2 shares its syntax and its promise that
+# matching is linear in the input, so no pattern and no body can stall the exporter.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the config loader reports errors; RE2 must not print them too
+# Go refuses \\C (any byte) although the C++ RE2 accepts it.
+_GO_REFUSES = re.compile(r"(?<!\\)(?:\\\\)*\\C")
+
+# A match on more input than this runs in a thread: RE2 releases the GIL while it matches.
+REGEX_INLINE_LIMIT = 64 * 1024
 
 
-def translate_go_regex(pattern: str) -> str:
-    """Rewrite RE2 syntax that Python lacks into its Python equivalent."""
-    out: list[str] = []
-    i = 0
-    n = len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < n:
-            nxt = pattern[i + 1]
-            if nxt == "z":
-                out.append("\\Z")
-            elif nxt == "Q":
-                end = pattern.find("\\E", i + 2)
-                literal = pattern[i + 2 :] if end < 0 else pattern[i + 2 : end]
-                out.append(re.escape(literal))
-                i = n if end < 0 else end + 2
-                continue
-            else:
-                out.append(pattern[i : i + 2])
-            i += 2
-            continue
-        if ch == "[" and pattern.startswith("[:", i):
-            end = pattern.find(":]", i + 2)
-            name = pattern[i + 2 : end] if end > 0 else ""
-            negated = name.startswith("^")
-            if name.lstrip("^") in _POSIX_CLASSES:
-                body = _POSIX_CLASSES[name.lstrip("^")]
-                # Inside a bracket expression the class contributes its ranges.
-                out.append(f"[^{body}]" if negated and not _inside_class(out) else body)
-                i = end + 2
-                continue
-        if ch == "(" and pattern.startswith("(?<", i) and not pattern.startswith(("(?<=", "(?<!"), i):
-            out.append("(?P<")
-            i += 3
-            continue
-        if ch in "^$" and i + 1 < n and pattern[i + 1] in "*+?{" and not _inside_class(out):
-            out.append(f"(?:{ch})")
-            i += 1
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
+class RegexMatch(Protocol):
+    """The part of a match object the probes use (Python's re and RE2 agree on it)."""
+
+    def group(self, group: int | str = 0, /) -> Any: ...
+
+    def groups(self) -> tuple[Any, ...]: ...
+
+    def groupdict(self) -> dict[str, Any]: ...
+
+    @property
+    def re(self) -> Any: ...
 
 
-def _inside_class(prefix: list[str]) -> bool:
-    text = "".join(prefix)
-    depth = False
-    i = 0
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text[i] == "[" and not depth:
-            depth = True
-        elif text[i] == "]" and depth:
-            depth = False
-        i += 1
-    return depth
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Regex:
-    """A regular expression in blackbox's (RE2) syntax, compiled once."""
+    """A regular expression in blackbox's (RE2) syntax, compiled once; matching is linear."""
 
     source: str
-    pattern: re.Pattern[str]
+    pattern: Any  # re2._Regexp, which ships no type information
 
     @classmethod
     def from_yaml(cls, value: Any) -> Regex:
         if not isinstance(value, str):
             raise ValueError(f"must be a regular expression string, got {value!r}")
+        if _GO_REFUSES.search(value):
+            raise ValueError(f"invalid regular expression {_shorten(value)}: invalid escape sequence: `\\C`")
         try:
-            return cls(value, re.compile(translate_go_regex(value)))
-        except re.error as err:
-            raise ValueError(f"invalid regular expression {value!r}: {err}") from None
-        except (OverflowError, RecursionError) as err:
-            # Python's parser gives up on huge repeat counts and deeply nested groups this way.
-            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-            raise ValueError(f"invalid regular expression {value[:40]!r}...: {reason}") from None
+            return cls(value, re2.compile(value, _RE2_OPTIONS))
+        except re2.error as err:
+            raise ValueError(f"invalid regular expression {_shorten(value)}: {_re2_reason(err)}") from None
 
-    def search(self, text: str) -> re.Match[str] | None:
-        return self.pattern.search(text)
+    def search(self, text: str | bytes) -> RegexMatch | None:
+        """The first match in ``text`` (a body is searched as the bytes that arrived, as Go does).
+
+        Text that kept undecodable bytes as surrogates is searched as those bytes; its groups
+        then come back as bytes (``match_text`` turns them into text again).
+        """
+        try:
+            return self.pattern.search(text)  # type: ignore[no-any-return]
+        except UnicodeEncodeError:
+            assert isinstance(text, str)
+            return self.pattern.search(text.encode("utf-8", "surrogateescape"))  # type: ignore[no-any-return]
+
+    async def search_off_loop(self, text: str | bytes) -> RegexMatch | None:
+        """``search``, in a thread when ``text`` is big enough to hold the event loop for long."""
+        if len(text) <= REGEX_INLINE_LIMIT:
+            return self.search(text)
+        return await asyncio.to_thread(self.pattern.search, text)
+
+    @property
+    def groupindex(self) -> Mapping[str, int]:
+        return self.pattern.groupindex  # type: ignore[no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Regex) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Compiled RE2 programs do not pickle; configs cross process boundaries as source text.
+        return (Regex.from_yaml, (self.source,))
 
     def __str__(self) -> str:
         return self.source
+
+
+def match_text(value: str | bytes | None) -> str:
+    """A group's value as text, keeping undecodable bytes as surrogates."""
+    if value is None:
+        return ""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _shorten(value: str) -> str:
+    return repr(value) if len(value) <= 60 else f"{value[:40]!r}..."
+
+
+def _re2_reason(err: Exception) -> str:
+    reason = err.args[0] if err.args else str(err)
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    # RE2 says "what: where"; quote the offending part as Go's regexp does, and say why for
+    # the Perl and Python habits RE2 leaves out to stay linear.
+    what, sep, where = str(reason).partition(": ")
+    if not sep:
+        return what
+    hint = next((text for prefix, text in _RE2_HINTS if where.startswith(prefix)), "")
+    if where[:1] == "{" and "repetition" in what:
+        hint = "RE2 repeats at most 1000 times"
+    return f"{what}: `{where}`" + (f" ({hint})" if hint else "")
+
+
+_RE2_HINTS = (
+    ("(?=", "RE2 has no lookaround assertions"),
+    ("(?!", "RE2 has no lookaround assertions"),
+    ("(?<=", "RE2 has no lookaround assertions"),
+    ("(?<!", "RE2 has no lookaround assertions"),
+    ("(?>", "RE2 has no atomic groups"),
+    ("++", "RE2 has no possessive quantifiers"),
+    ("*+", "RE2 has no possessive quantifiers"),
+    ("?+", "RE2 has no possessive quantifiers"),
+    ("}+", "RE2 has no possessive quantifiers"),
+    ("\\Z", "write \\z for the end of the text"),
+    *((f"\\{digit}", "RE2 has no backreferences") for digit in "123456789"),
+)
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

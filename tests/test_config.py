@@ -29,9 +29,32 @@ INVALID = {
     "invalid-unknown-module.yml": [
         "services[0].module (line 7): unknown module 'http_3xx' (modules: http_2xx)"
     ],
+    "invalid-regex-any-byte.yml": [
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'a\\\\Cb': invalid escape sequence: `\\C`",
+    ],
+    "invalid-regex-atomic.yml": [
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression '(?>ab|a)c': invalid perl operator: `(?>` (RE2 has no atomic groups)",
+    ],
+    "invalid-regex-backreference.yml": [
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression '(a)\\\\1': invalid escape sequence: `\\1` (RE2 has no backreferences)",
+    ],
+    "invalid-regex-end-anchor.yml": [
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'ok\\\\Z': invalid escape sequence: `\\Z` (write \\z for the end of the text)",
+    ],
+    "invalid-regex-lookahead.yml": [
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'ok(?=!)': invalid perl operator: `(?=` (RE2 has no lookaround assertions)",
+    ],
+    "invalid-regex-lookbehind.yml": [
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression '(?<!not )ok': invalid perl operator: `(?<!` (RE2 has no lookaround assertions)",
+    ],
+    "invalid-regex-possessive.yml": [
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'a++b': bad repetition operator: `++` (RE2 has no possessive quantifiers)",
+    ],
+    "invalid-regex-repeat.yml": [
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'a{1001}': invalid repetition size: `{1001}` (RE2 repeats at most 1000 times)",
+    ],
     "invalid-regex.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 6): invalid regular "
-        "expression 'status: (ok': missing ), unterminated subpattern at position 8"
+        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 6): invalid regular expression 'status: (ok': missing ): `status: (ok`",
     ],
     "invalid-label-name.yml": [
         "services[0].labels.team-name (line 6): invalid label name 'team-name': "
@@ -128,7 +151,7 @@ INVALID = {
         "services[1].name (line 9): duplicate service name 'api' (first on line 5)",
         "services[1].module (line 11): unknown module 'missing' (modules: none defined)",
         "services[2].tcp.query_response[0].expect (line 17): invalid regular expression "
-        "'(unclosed': missing ), unterminated subpattern at position 0",
+        "'(unclosed': missing ): `(unclosed`",
     ],
 }
 

@@ -14,7 +14,7 @@ from exporter.probes import http
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, Labels, ProbeResult, Trace
-from exporter.types import Secret
+from exporter.types import Secret, match_text
 
 # Semantics:
 # - Steps run in order, each on fresh connections, with the http prober's client and checks; the
@@ -99,7 +99,7 @@ class _Journey:
         needs_body = bool(step.expect_json) or any(e.json or e.regexp for e in step.extract.values())
         client = http.HTTPClient(self._http_settings(step), trace, self.request.guard, self.jar, needs_body)
         response = await client.fetch(url)
-        client.judge(response)
+        await client.judge(response)
         text = response.body.text if response.body is not None else None
         document: object = _MISSING
         if step.expect_json or any(e.json for e in step.extract.values()):
@@ -159,7 +159,7 @@ class _Journey:
                 raise ProbeFailure(
                     FailureReason.BODY, f"extract {name}: regexp {extract.regexp.source!r} did not match"
                 )
-            return (match.group(1) if match.re.groups else match.group(0)) or ""
+            return match_text(match.group(1) if match.re.groups else match.group(0))
         if extract.header:
             values = response.values(extract.header)
             if not values:

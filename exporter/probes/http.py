@@ -8,7 +8,7 @@ import email.utils
 import logging
 import ssl
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from http.cookies import CookieError, SimpleCookie
@@ -86,7 +86,7 @@ async def probe_http(request: ProbeRequest) -> ProbeResult:
     record_defaults(trace)
     client = HTTPClient(request.module.http, trace, request.guard)
     try:
-        client.judge(await client.fetch(request.target))
+        await client.judge(await client.fetch(request.target))
     except ProbeFailure as failure:
         return failure.result(trace)
     except Exception as err:  # a bug here must still produce a result, not a crash
@@ -203,8 +203,12 @@ class Response:
 class Body:
     """A response body as far as it was read; ``error`` says why reading stopped early."""
 
-    text: str | None
+    data: bytes | None
     error: ProbeFailure | None
+
+    @property
+    def text(self) -> str | None:
+        return None if self.data is None else self.data.decode("utf-8", "replace")
 
 
 class HTTPClient:
@@ -433,7 +437,7 @@ class HTTPClient:
             for name, value in self._first_hop.items():
                 self.trace.set(name, value)
 
-    def judge(self, response: Response) -> None:
+    async def judge(self, response: Response) -> None:
         """Apply blackbox's checks to the final response, in blackbox's order."""
         settings = self.settings
         trace = self.trace
@@ -454,8 +458,8 @@ class HTTPClient:
         body = response.body
         if body is not None and body.error is not None:
             raise body.error
-        if body is not None and body.text is not None:
-            problem = _body_problem(body.text, settings)
+        if body is not None and body.data is not None:
+            problem = await _body_problem(body.data, settings)
             if problem is not None:
                 trace.set("probe_failed_due_to_regex", 1)
                 raise ProbeFailure(FailureReason.BODY, problem)
@@ -587,14 +591,18 @@ class _Exchange:
                         FailureReason.BODY, f"body is larger than body_size_limit ({limit} bytes)"
                     )
                 chunk = bytes(event.data)
-                if decoder is not None:
-                    chunk = decoder.feed(chunk, limit - decoded)
-                decoded = self._add(kept, decoded, chunk)
+                if decoder is None:
+                    decoded = self._add(kept, decoded, chunk)
+                    continue
+                for piece in decoder.feed(chunk, limit - decoded):
+                    decoded = self._add(kept, decoded, piece)
+                    # A bomb inflates 64 KiB into megabytes: let other probes run between pieces.
+                    await asyncio.sleep(0)
             if decoder is not None:
-                decoded = self._add(kept, decoded, decoder.finish())
+                decoder.finish()
         except ProbeFailure as failure:
             return Body(None, failure)
-        return Body(kept.decode("utf-8", "replace") if self.keep_body else None, None)
+        return Body(bytes(kept) if self.keep_body else None, None)
 
     def _add(self, kept: bytearray, decoded: int, chunk: bytes) -> int:
         decoded += len(chunk)
@@ -613,14 +621,23 @@ _DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
 
 
 class _Decoder:
-    """Inflates a gzip or deflate body without producing more than the room it is given."""
+    """Inflates a gzip or deflate body in bounded pieces, never more than the room it is given.
+
+    A gzip body may hold several members one after another (RFC 1952); each is read, as Go's
+    reader does, and bytes after the last member that do not start another are an error.
+    """
+
+    # The most one call inflates before the event loop gets a turn.
+    PIECE = 256 * 1024
 
     def __init__(self, encoding: str) -> None:
         self.encoding = "deflate" if encoding == "deflate" else "gzip"
         self._inflater: zlib._Decompress | None = None
         self._pending = b""
+        self._ended = False  # deflate: its single stream is over, the rest is ignored as Go does
+        self._members = 0  # gzip members read to their end
 
-    def _start(self, data: bytes) -> None:
+    def _start(self, data: bytes) -> zlib._Decompress:
         if self.encoding == "gzip":
             wbits = 16 + zlib.MAX_WBITS
         elif len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
@@ -629,29 +646,50 @@ class _Decoder:
         else:
             wbits = -zlib.MAX_WBITS
         self._inflater = zlib.decompressobj(wbits)
+        return self._inflater
 
-    def feed(self, data: bytes, room: int) -> bytes:
-        if self._inflater is None:
+    def feed(self, data: bytes, room: int) -> Iterator[bytes]:
+        """Inflate ``data``, yielding pieces; stops once one byte past ``room`` has come out."""
+        inflater = self._inflater
+        if inflater is None:
             self._pending += data
             if self.encoding == "deflate" and len(self._pending) < 2:
-                return b""
+                return
             data, self._pending = self._pending, b""
-            self._start(data)
-        assert self._inflater is not None
-        try:
-            # One byte past the room is enough to know the body is too big; a bomb stops here.
-            return self._inflater.decompress(data, max(room, 0) + 1)
-        except zlib.error as err:
-            raise ProbeFailure(FailureReason.BODY, f"cannot decompress {self.encoding} body: {err}") from None
+            inflater = self._start(data)
+        while data and not self._ended:
+            if inflater.eof:
+                if self.encoding == "deflate":
+                    self._ended = True
+                    return
+                # Another gzip member follows the one that just ended.
+                inflater = self._start(data)
+            try:
+                out = inflater.decompress(data, min(max(room, 0) + 1, self.PIECE))
+            except zlib.error as err:
+                after = " after the end of the gzip stream" if self._members else ""
+                raise ProbeFailure(
+                    FailureReason.BODY, f"cannot decompress {self.encoding} body{after}: {err}"
+                ) from None
+            data = inflater.unconsumed_tail or inflater.unused_data
+            if inflater.eof and self.encoding == "gzip":
+                self._members += 1
+            if out:
+                room -= len(out)
+                yield out
+            if room < 0:
+                return
 
-    def finish(self) -> bytes:
+    def finish(self) -> None:
         if self._inflater is None and not self._pending:
-            return b""  # an empty body (HEAD, 204, 304) has nothing to inflate
-        out = self.feed(b"", 0) if self._inflater is None else b""
-        assert self._inflater is not None
+            return  # an empty body (HEAD, 204, 304) has nothing to inflate
+        if self._inflater is None:
+            for _ in self.feed(b"", 0):
+                pass
+            if self._inflater is None:
+                raise ProbeFailure(FailureReason.BODY, f"{self.encoding} body is truncated")
         if not self._inflater.eof:
             raise ProbeFailure(FailureReason.BODY, f"{self.encoding} body is truncated")
-        return out
 
 
 def _record_head(
@@ -703,12 +741,13 @@ def _header_problem(response: Response, settings: HTTPProbe) -> str | None:
     return None
 
 
-def _body_problem(text: str, settings: HTTPProbe) -> str | None:
+async def _body_problem(data: bytes, settings: HTTPProbe) -> str | None:
+    # Go matches the bytes that arrived; so does RE2, without decoding a 10 MiB body first.
     for regex in settings.fail_if_body_matches_regexp:
-        if regex.search(text):
+        if await regex.search_off_loop(data):
             return f"body matched fail_if_body_matches_regexp {regex.source!r}"
     for regex in settings.fail_if_body_not_matches_regexp:
-        if not regex.search(text):
+        if not await regex.search_off_loop(data):
             return f"body did not match fail_if_body_not_matches_regexp {regex.source!r}"
     return None
 

@@ -61,7 +61,7 @@ async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
     try:
         client = http.HTTPClient(_http_settings(settings), trace, request.guard, keep_body=True)
         response = await client.fetch(summary_url(request.target))
-        client.judge(response)
+        await client.judge(response)
         text = response.body.text if response.body is not None else None
         _record(trace, parse_summary(text or ""), settings)
     except ProbeFailure as failure:

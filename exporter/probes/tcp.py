@@ -12,7 +12,7 @@ from exporter.probes import net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
-from exporter.types import Regex
+from exporter.types import Regex, RegexMatch, match_text
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _bad_target(target: str, default_port: int | None) -> ProbeFailure:
 _TEMPLATE_RE = re.compile(r"\$(?:(\$)|\{(\w+)\}|(\w+))")
 
 
-def expand(template: str, match: re.Match[str]) -> str:
+def expand(template: str, match: RegexMatch) -> str:
     """Fill ``$1``, ``${1}``, ``$name`` and ``${name}`` from ``match`` as Go's Regexp.Expand does.
 
     ``$$`` is a literal dollar; a group that does not exist or did not take part in the match
@@ -81,9 +81,9 @@ def expand(template: str, match: re.Match[str]) -> str:
             if len(name) > 1 and name[0] == "0":
                 return ""
             number = int(name)
-            return (match.group(number) or "") if number <= groups else ""
+            return match_text(match.group(number)) if number <= groups else ""
         if name in match.re.groupindex:
-            return match.group(name) or ""
+            return match_text(match.group(name))
         return ""
 
     return _TEMPLATE_RE.sub(fill, template)
@@ -121,7 +121,7 @@ def _overlong() -> ProbeFailure:
     )
 
 
-async def _expect(lines: _LineReader, regex: Regex, step: int, trace: Trace) -> re.Match[str]:
+async def _expect(lines: _LineReader, regex: Regex, step: int, trace: Trace) -> RegexMatch:
     while (line := await lines.next_line()) is not None:
         match = regex.search(line)
         if match is not None:
@@ -178,7 +178,7 @@ async def _dialogue(request: ProbeRequest) -> None:
         if settings.tls and context is not None:
             await net.start_tls(writer, context, server_name, trace)
         lines = _LineReader(reader)
-        last_match: re.Match[str] | None = None
+        last_match: RegexMatch | None = None
         for step_number, step in enumerate(settings.query_response, 1):
             expect = step.expect
             # An empty expect means "expect nothing", as in blackbox.

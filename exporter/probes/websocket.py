@@ -7,7 +7,6 @@ import base64
 import hashlib
 import logging
 import os
-import re
 import ssl
 
 import h11
@@ -18,7 +17,7 @@ from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.probes.tcp import expand
 from exporter.result import FailureReason, ProbeResult, Trace
-from exporter.types import Regex
+from exporter.types import Regex, RegexMatch
 
 # Semantics:
 # - Targets are ws:// or wss:// URLs (http:// and https:// mean the same; no scheme means ws://).
@@ -314,7 +313,7 @@ def _protocol(message: str) -> ProbeFailure:
 
 
 async def _dialogue(frames: _Frames, settings: WebSocketProbe, trace: Trace) -> None:
-    last_match: re.Match[str] | None = None
+    last_match: RegexMatch | None = None
     for turn, message in enumerate(settings.messages, 1):
         if message.expect is not None:
             last_match = await _expect(frames, message.expect, turn, trace)
@@ -327,7 +326,7 @@ async def _dialogue(frames: _Frames, settings: WebSocketProbe, trace: Trace) -> 
                 raise _protocol(f"message {turn}: {failure.message}") from None
 
 
-async def _expect(frames: _Frames, regex: Regex, turn: int, trace: Trace) -> re.Match[str]:
+async def _expect(frames: _Frames, regex: Regex, turn: int, trace: Trace) -> RegexMatch:
     last: str | None = None
     try:
         while True:

@@ -202,14 +202,16 @@ def serve(argv: list[str]) -> int:
     _use_uvloop()
     from exporter.web import EXPORTER, make_app
 
+    auth = auth_middleware(web_config)
     app = make_app(
         config,
         config_file=args.config_file,
         location=args.location,
         shard=shard,
         watch_interval=watch_interval,
-        middlewares=(auth_middleware(web_config),),
+        middlewares=(auth,),
     )
+    app.on_cleanup.append(auth.close)
 
     async def on_startup(app: web.Application) -> None:
         exporter = app[EXPORTER]

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
+import hmac
+import os
+import secrets
 import ssl
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -14,7 +22,7 @@ from typing import Literal
 
 import bcrypt
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from exporter.errors import WebConfigError
 from exporter.modules import TLS_VERSIONS, TLSVersion
@@ -112,13 +120,39 @@ def load_web_config(path: str) -> WebConfig:
 
 
 class BasicAuth:
-    """Checks basic auth against bcrypt hashes, remembering recent successes to spare the CPU."""
+    """Checks basic auth against bcrypt hashes without ever making the event loop wait.
 
-    def __init__(self, users: Mapping[str, Secret]) -> None:
+    bcrypt is slow on purpose (a cost-12 check takes a quarter of a second), so each check runs
+    on one low-priority thread (bcrypt releases the GIL): a flood of wrong passwords costs at
+    most that one thread, and the loop that times probes keeps its core. Checks already made
+    are remembered, right or wrong, as exporter-toolkit does, so a scraper with the right
+    password pays once and a client repeating a wrong one costs nothing. When more than
+    ``max_waiting`` checks are queued, further ones are refused at once (``None``) instead of
+    piling up. An unknown user costs the same as a known one, so timing tells no user names.
+    """
+
+    def __init__(self, users: Mapping[str, Secret], max_waiting: int = 32, remember: int = 1024) -> None:
         self._users = {user: hashed.reveal().encode() for user, hashed in users.items()}
-        self._verified: dict[bytes, bool] = {}
+        self._key = secrets.token_bytes(32)  # remembered entries hold no password, only its HMAC
+        self._known: OrderedDict[bytes, bool] = OrderedDict()
+        self._remember = remember
+        self._max_waiting = max_waiting
+        self._waiting = 0
+        self._dummy: bytes | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
-    def check(self, header: str | None) -> bool:
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, "bcrypt", initializer=_lower_priority)
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def check(self, header: str | None) -> bool | None:
+        """True for a right user and password, False for a wrong one, None when too busy to say."""
         if not header or not header.lower().startswith("basic "):
             return False
         try:
@@ -126,42 +160,84 @@ class BasicAuth:
         except (binascii.Error, UnicodeDecodeError):
             return False
         user, sep, password = decoded.partition(":")
+        key = hmac.new(self._key, f"{user}\0{sep}{password}".encode(), hashlib.sha256).digest()
+        known = self._known.get(key)
+        if known is not None:
+            self._known.move_to_end(key)
+            return known
+        if self._waiting >= self._max_waiting:
+            return None
         hashed = self._users.get(user)
-        if not sep or hashed is None:
-            # Spend the same time as a real check so user names cannot be probed by timing.
-            bcrypt.checkpw(b"x", _DUMMY_HASH)
-            return False
-        key = hashlib.sha256(hashed + b"\0" + password.encode()).digest()
-        if key in self._verified:
-            return True
-        ok = bcrypt.checkpw(password.encode(), hashed)
-        if ok:
-            if len(self._verified) > 1024:
-                self._verified.clear()
-            self._verified[key] = True
+        self._waiting += 1
+        try:
+            if not sep or hashed is None:
+                # Spend what a real check costs so user names cannot be probed by timing.
+                await asyncio.get_running_loop().run_in_executor(self._pool(), self._dummy_check)
+                ok = False
+            else:
+                ok = await asyncio.get_running_loop().run_in_executor(
+                    self._pool(), bcrypt.checkpw, password.encode(), hashed
+                )
+        finally:
+            self._waiting -= 1
+        self._known[key] = ok
+        if len(self._known) > self._remember:
+            self._known.popitem(last=False)
         return ok
 
+    def _dummy_check(self) -> None:
+        if self._dummy is None:
+            # As costly as the dearest real hash; made on the bcrypt thread, not at start.
+            self._dummy = bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=self._cost()))
+        bcrypt.checkpw(b"y", self._dummy)
 
-_DUMMY_HASH = bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=10))
+    def _cost(self) -> int:
+        costs = [int(h[4:6]) for h in self._users.values() if h[4:6].isdigit()]
+        return min(max(costs), 31) if costs else 10
 
 
-def auth_middleware(config: WebConfig) -> Middleware:
+def _lower_priority() -> None:
+    """Let the probing loop win the CPU over password checks (Linux niceness is per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+class AuthMiddleware:
     """Requires basic auth on every endpoint when users are configured, and adds configured headers."""
-    auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
-    headers = dict(config.http_server_config.headers)
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if auth is not None and not auth.check(request.headers.get("Authorization")):
+    __middleware_version__ = 1  # aiohttp's mark of a (request, handler) middleware
+
+    def __init__(self, config: WebConfig) -> None:
+        self.auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
+        self.headers = dict(config.http_server_config.headers)
+
+    async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        auth = self.auth
+        verdict = True if auth is None else await auth.check(request.headers.get("Authorization"))
+        if verdict is None:
             response: web.StreamResponse = web.Response(
+                status=429,
+                text="Too many password checks waiting; try again shortly\n",
+                headers={"Retry-After": "1"},
+            )
+        elif not verdict:
+            response = web.Response(
                 status=401,
                 text="Unauthorized\n",
                 headers={"WWW-Authenticate": 'Basic realm="outage-exporter"'},
             )
         else:
             response = await handler(request)
-        for name, value in headers.items():
+        for name, value in self.headers.items():
             response.headers[name] = value
         return response
 
-    return middleware
+    async def close(self, _app: web.Application | None = None) -> None:
+        """Stop the password-check thread; usable as an aiohttp cleanup callback."""
+        if self.auth is not None:
+            self.auth.close()
+
+
+def auth_middleware(config: WebConfig) -> AuthMiddleware:
+    """The middleware for ``config``; add its ``close`` to the app's cleanup."""
+    return AuthMiddleware(config)

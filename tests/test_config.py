@@ -13,6 +13,8 @@ from exporter.types import Duration
 DATA = Path(__file__).parent / "testdata"
 BLACKBOX_YML = Path("/etc/prometheus/blackbox.yml")
 
+BODY_REGEX = "modules.body_check.http.fail_if_body_not_matches_regexp[0]"
+
 INVALID = {
     "invalid-unknown-key.yml": ["services[0].tiemout (line 7): unknown key (did you mean 'timeout'?)"],
     "invalid-wrong-type.yml": ["global.max_concurrency (line 2): must be an integer, got string 'lots'"],
@@ -30,31 +32,38 @@ INVALID = {
         "services[0].module (line 7): unknown module 'http_3xx' (modules: http_2xx)"
     ],
     "invalid-regex-any-byte.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'a\\\\Cb': invalid escape sequence: `\\C`",
+        f"{BODY_REGEX} (line 7): invalid regular expression 'a\\\\Cb': invalid escape sequence: `\\C`",
     ],
     "invalid-regex-atomic.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression '(?>ab|a)c': invalid perl operator: `(?>` (RE2 has no atomic groups)",
+        f"{BODY_REGEX} (line 7): invalid regular expression "
+        "'(?>ab|a)c': invalid perl operator: `(?>` (RE2 has no atomic groups)",
     ],
     "invalid-regex-backreference.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression '(a)\\\\1': invalid escape sequence: `\\1` (RE2 has no backreferences)",
+        f"{BODY_REGEX} (line 7): invalid regular expression "
+        "'(a)\\\\1': invalid escape sequence: `\\1` (RE2 has no backreferences)",
     ],
     "invalid-regex-end-anchor.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'ok\\\\Z': invalid escape sequence: `\\Z` (write \\z for the end of the text)",
+        f"{BODY_REGEX} (line 7): invalid regular expression "
+        "'ok\\\\Z': invalid escape sequence: `\\Z` (write \\z for the end of the text)",
     ],
     "invalid-regex-lookahead.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'ok(?=!)': invalid perl operator: `(?=` (RE2 has no lookaround assertions)",
+        f"{BODY_REGEX} (line 7): invalid regular expression "
+        "'ok(?=!)': invalid perl operator: `(?=` (RE2 has no lookaround assertions)",
     ],
     "invalid-regex-lookbehind.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression '(?<!not )ok': invalid perl operator: `(?<!` (RE2 has no lookaround assertions)",
+        f"{BODY_REGEX} (line 7): invalid regular expression "
+        "'(?<!not )ok': invalid perl operator: `(?<!` (RE2 has no lookaround assertions)",
     ],
     "invalid-regex-possessive.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'a++b': bad repetition operator: `++` (RE2 has no possessive quantifiers)",
+        f"{BODY_REGEX} (line 7): invalid regular expression "
+        "'a++b': bad repetition operator: `++` (RE2 has no possessive quantifiers)",
     ],
     "invalid-regex-repeat.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 7): invalid regular expression 'a{1001}': invalid repetition size: `{1001}` (RE2 repeats at most 1000 times)",
+        f"{BODY_REGEX} (line 7): invalid regular expression "
+        "'a{1001}': invalid repetition size: `{1001}` (RE2 repeats at most 1000 times)",
     ],
     "invalid-regex.yml": [
-        "modules.body_check.http.fail_if_body_not_matches_regexp[0] (line 6): invalid regular expression 'status: (ok': missing ): `status: (ok`",
+        f"{BODY_REGEX} (line 6): invalid regular expression 'status: (ok': missing ): `status: (ok`",
     ],
     "invalid-label-name.yml": [
         "services[0].labels.team-name (line 6): invalid label name 'team-name': "

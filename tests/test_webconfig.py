@@ -97,14 +97,14 @@ def test_invalid_web_config_names_the_problem(tmp_path: Path) -> None:
     assert "hunter2" not in text
 
 
-def test_basic_auth_rejects_malformed_headers() -> None:
+async def test_basic_auth_rejects_malformed_headers() -> None:
     """Garbage Authorization headers are refused, never an exception."""
     from exporter.types import Secret
 
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
     auth = BasicAuth({"u": Secret(hashed)})
     good = "Basic " + base64.b64encode(b"u:pw").decode()
-    assert auth.check(good) and auth.check(good)
+    assert await auth.check(good) and await auth.check(good)
     for header in (
         None,
         "",
@@ -113,4 +113,5 @@ def test_basic_auth_rejects_malformed_headers() -> None:
         "Basic " + base64.b64encode(b"nocolon").decode(),
         "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
     ):
-        assert not auth.check(header)
+        assert await auth.check(header) is False
+    auth.close()

@@ -25,6 +25,10 @@ HELP: dict[str, str] = {
     "probe_runs": "Probes completed.",
     "probe_failures": "Failed probes by reason.",
     "probe_attempts": "Attempts made, retries included (services with retries only).",
+    "probe_loop_stalled": (
+        "Probes that ran while the exporter's own event loop stalled (shown once non-zero); "
+        "their durations are left out of probe_latency_seconds."
+    ),
     "probe_attempt_failures": "Failed attempts by reason, retries included; shows flakiness retries hide.",
     "probe_last_success_timestamp_seconds": "When a probe last succeeded, as a unix time.",
     "probe_last_run_timestamp_seconds": "When a probe last finished, as a unix time.",
@@ -307,6 +311,14 @@ class ServiceCollector:
         lines.append(f"probe_latency_seconds_sum{{{labels}}} {hist.total!r}")
         lines.append(f"probe_latency_seconds_count{{{labels}}} {hist.count}")
         gauge(("probe_latency_seconds", "histogram", "\n".join(lines)))
+        if state.stalled_runs:
+            gauge(
+                (
+                    "probe_loop_stalled",
+                    "counter",
+                    f"probe_loop_stalled_total{{{labels}}} {state.stalled_runs}",
+                )
+            )
         if service.module.retries:
             gauge(("probe_attempts", "counter", f"probe_attempts_total{{{labels}}} {state.attempts}"))
             attempts = state.attempt_failures
@@ -337,6 +349,12 @@ class SelfStatus(Protocol):
 
     @property
     def schedule_lag(self) -> Histogram: ...
+
+    @property
+    def loop_lag(self) -> Histogram: ...
+
+    @property
+    def reruns_after_stall(self) -> int: ...
 
     @property
     def invalid_service_files(self) -> int: ...
@@ -375,12 +393,15 @@ class SelfCollector(Collector):
         families.add("outage_exporter_service_files_invalid", "gauge", {}, self.status.invalid_service_files)
         for reason, count in self.status.push_rejected.items():
             families.add("outage_exporter_push_rejected", "counter", {"reason": reason}, count, "_total")
-        lag = self.status.schedule_lag
-        for bound, count in lag.cumulative():
-            le = {"le": format_value(bound)}
-            families.add("outage_exporter_schedule_lag_seconds", "histogram", le, count, "_bucket")
-        families.add("outage_exporter_schedule_lag_seconds", "histogram", {}, lag.total, "_sum")
-        families.add("outage_exporter_schedule_lag_seconds", "histogram", {}, lag.count, "_count")
+        families.add_histogram("outage_exporter_schedule_lag_seconds", self.status.schedule_lag)
+        families.add_histogram("outage_exporter_event_loop_lag_seconds", self.status.loop_lag)
+        families.add(
+            "outage_exporter_probes_rerun_after_stall",
+            "counter",
+            {},
+            self.status.reruns_after_stall,
+            "_total",
+        )
         return families
 
 
@@ -396,6 +417,12 @@ class _Families:
             family = self._families[name] = Metric(name, metric_help(name), kind)
         family.add_sample(name + suffix, dict(labels), value)
 
+    def add_histogram(self, name: str, histogram: Histogram) -> None:
+        for bound, count in histogram.cumulative():
+            self.add(name, "histogram", {"le": format_value(bound)}, count, "_bucket")
+        self.add(name, "histogram", {}, histogram.total, "_sum")
+        self.add(name, "histogram", {}, histogram.count, "_count")
+
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._families.values())
 
@@ -407,6 +434,12 @@ HELP.update(
         "outage_exporter_config_last_reload_success_timestamp_seconds": "When the config was last loaded.",
         "outage_exporter_probes_in_flight": "Probes running now.",
         "outage_exporter_schedule_lag_seconds": "How late scheduled probes started.",
+        "outage_exporter_event_loop_lag_seconds": (
+            "How late a 100 ms timer fired on the exporter's event loop: time the loop lost to other work."
+        ),
+        "outage_exporter_probes_rerun_after_stall": (
+            "Probes that timed out while the event loop stalled and were run again at once."
+        ),
         "outage_exporter_push_rejected": "Pushes refused: unknown service, missing or wrong token.",
         "outage_exporter_services": "Services this exporter probes (its shard's share).",
         "outage_exporter_service_files_invalid": "Discovered service files that failed to load.",

@@ -70,6 +70,9 @@ class ProbeResult:
     samples: tuple[Sample, ...] = ()
     # Reasons of attempts that failed before this, the final one, when retries are on.
     failed_attempts: tuple[FailureReason, ...] = ()
+    # The longest stall of the exporter's own event loop while this probe ran, 0 if none worth
+    # naming: the duration may hold up to that much of the exporter's time, not the target's.
+    stalled: float = 0.0
 
     @property
     def attempts(self) -> int:

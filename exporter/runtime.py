@@ -16,6 +16,7 @@ from exporter.configload import ISOLATE_ABOVE_BYTES, load_config_async, parse_fi
 from exporter.discovery import ServiceFiles
 from exporter.errors import ConfigError
 from exporter.heartbeats import HeartbeatBoard
+from exporter.loopwatch import LoopWatch
 from exporter.result import SYSTEM_CLOCK, Clock
 from exporter.scheduler import Scheduler
 from exporter.sharding import Shard
@@ -51,8 +52,14 @@ class Exporter:
         self.clock = clock
         self.store = ResultStore()
         self.heartbeats = HeartbeatBoard(clock)
+        self.loop_watch = LoopWatch()
+        self._loop_watch_task: asyncio.Task[None] | None = None
         self.scheduler = Scheduler(
-            self.store, config.global_.max_concurrency, clock, heartbeats=self.heartbeats
+            self.store,
+            config.global_.max_concurrency,
+            clock,
+            heartbeats=self.heartbeats,
+            watch=self.loop_watch,
         )
         self.allowlist = Allowlist(config.probe_allowlist)
         self.discovery = ServiceFiles()
@@ -82,6 +89,14 @@ class Exporter:
         return self.scheduler.schedule_lag
 
     @property
+    def loop_lag(self) -> Histogram:
+        return self.loop_watch.lag
+
+    @property
+    def reruns_after_stall(self) -> int:
+        return self.scheduler.reruns_after_stall
+
+    @property
     def push_rejected(self) -> dict[str, int]:
         return self.heartbeats.rejected
 
@@ -107,11 +122,16 @@ class Exporter:
 
     def start(self) -> None:
         self.started = True
+        self._loop_watch_task = asyncio.create_task(self.loop_watch.run(), name="event loop watch")
         self.scheduler.apply(self.services, self.config.global_.max_concurrency)
 
     async def stop(self) -> None:
         self.started = False
         await self.scheduler.stop()
+        if self._loop_watch_task is not None:
+            self._loop_watch_task.cancel()
+            await asyncio.gather(self._loop_watch_task, return_exceptions=True)
+            self._loop_watch_task = None
 
     def apply(self, config: Config) -> None:
         """Switch to a new config whose service files were already re-read (see reload).

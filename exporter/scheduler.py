@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import math
@@ -11,8 +12,9 @@ from typing import Protocol
 
 from exporter.config import Service
 from exporter.heartbeats import HeartbeatBoard
+from exporter.loopwatch import LoopWatch
 from exporter.modules import Module
-from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
+from exporter.result import SYSTEM_CLOCK, Clock, FailureReason, ProbeResult
 from exporter.runner import run_probe
 from exporter.store import Histogram, ResultStore
 
@@ -30,6 +32,9 @@ class Runner(Protocol):
 # How long stop() waits for probe tasks to wind up after cancelling them.
 STOP_GRACE = 10.0
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A probe that timed out while our loop was stalled for this share of its timeout is run again
+# at once: the timeout may be ours, and a false "down" pages someone.
+RERUN_STALLED_SHARE = 0.1
 
 
 def phase_offset(name: str, interval: float) -> float:
@@ -48,8 +53,11 @@ class Scheduler:
         clock: Clock = SYSTEM_CLOCK,
         runner: Runner = run_probe,
         heartbeats: HeartbeatBoard | None = None,
+        watch: LoopWatch | None = None,
     ) -> None:
         self.store = store
+        self.watch = watch
+        self.reruns_after_stall = 0
         self.heartbeats = heartbeats or HeartbeatBoard(clock)
         self.clock = clock
         self.runner = runner
@@ -129,15 +137,39 @@ class Scheduler:
             self.schedule_lag.observe(max(loop.time() - due, 0.0))
             self.probes_in_flight += 1
             try:
-                return await self.runner(
-                    service.target,
-                    service.module,
-                    service.timeout,
-                    clock=self.clock,
-                    heartbeats=self.heartbeats,
+                result = await self._timed_run(service)
+                stalled_timeout = (
+                    result.reason is FailureReason.TIMEOUT
+                    and result.stalled >= service.timeout * RERUN_STALLED_SHARE
                 )
+                if stalled_timeout:
+                    self.reruns_after_stall += 1
+                    log.warning(
+                        "probe of %s timed out while the event loop stalled for %.2fs; running it again",
+                        service.name,
+                        result.stalled,
+                    )
+                    result = await self._timed_run(service)
+                return result
             finally:
                 self.probes_in_flight -= 1
+
+    async def _timed_run(self, service: Service) -> ProbeResult:
+        """One run, marked with the loop stall it overlapped (see ProbeResult.stalled)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        result = await self.runner(
+            service.target,
+            service.module,
+            service.timeout,
+            clock=self.clock,
+            heartbeats=self.heartbeats,
+        )
+        if self.watch is not None:
+            stalled = self.watch.worst_since(start, loop.time())
+            if stalled:
+                result = dataclasses.replace(result, stalled=stalled)
+        return result
 
 
 def _next_slot(now: float, offset: float, interval: float) -> float:

@@ -54,6 +54,9 @@ class ServiceState:
     attempt_failures: dict[FailureReason, int] = field(
         default_factory=lambda: dict.fromkeys(FailureReason, 0)
     )
+    # Runs that overlapped a stall of the exporter's own loop; their durations stay out of
+    # ``latency``, which is meant to hold the target's time only.
+    stalled_runs: int = 0
     latency: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
@@ -95,9 +98,12 @@ class ResultStore:
             state.attempt_failures[reason] += 1
         if not result.success:
             state.attempt_failures[result.reason or FailureReason.OTHER] += 1
+        if result.stalled:
+            state.stalled_runs += 1
         if result.success:
             state.last_success = result.started_at + result.duration
-            state.latency.observe(result.duration)
+            if not result.stalled:
+                state.latency.observe(result.duration)
         else:
             state.failures[result.reason or FailureReason.OTHER] += 1
 

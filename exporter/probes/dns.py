@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Iterator
 from typing import TypeAlias
 
@@ -15,7 +16,6 @@ import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
-import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 DNS_PORT = 53
 DOT_PORT = 853
 TRUNCATED = "the answer was truncated: TC bit set"
+# RFC 1035's limit for a UDP message when the query carries no EDNS (ours does not).
+MAX_UDP_ANSWER = 512
+# Answers up to this size are parsed on the event loop (well under a millisecond).
+PARSE_INLINE_BYTES = 4096
 
 # dnspython's own signatures name its socket classes from this module.
 _Socket: TypeAlias = dns._asyncbackend.DatagramSocket | dns._asyncbackend.StreamSocket
@@ -159,18 +163,11 @@ async def _exchange(
 ) -> dns.message.Message:
     where = f"{address.ip}:{port}" if address.version == 4 else f"[{address.ip}]:{port}"
     try:
-        # one_rr_per_rrset keeps every record apart, so counts match what the server sent
-        # (and what blackbox counts) even when it repeats a record.
         if isinstance(sock, dns._asyncbackend.DatagramSocket):
-            return await dns.asyncquery.udp(query, address.ip, port=port, sock=sock, one_rr_per_rrset=True)
-        if settings.dns_over_tls:
-            return await dns.asyncquery.tls(query, address.ip, port=port, sock=sock, one_rr_per_rrset=True)
-        return await dns.asyncquery.tcp(query, address.ip, port=port, sock=sock, one_rr_per_rrset=True)
-    except dns.query.BadResponse:
-        raise ProbeFailure(
-            FailureReason.PROTOCOL,
-            f"{where} answered with a message that does not match the query (wrong id or question)",
-        ) from None
+            wire = await _ask_udp(sock, query, where)
+        else:
+            wire = await _ask_stream(sock, query)
+        answer = await _parse(wire)
     except EOFError:
         raise ProbeFailure(
             FailureReason.PROTOCOL, f"{where} closed the connection without a complete answer"
@@ -181,6 +178,54 @@ async def _exchange(
         raise ProbeFailure(FailureReason.CONNECT, f"{where}: {_why(err)}") from None
     except dns.exception.DNSException as err:
         raise ProbeFailure(FailureReason.PROTOCOL, f"{where} sent a malformed answer: {err}") from None
+    if not query.is_response(answer):
+        raise ProbeFailure(
+            FailureReason.PROTOCOL,
+            f"{where} answered with a message that does not match the query (wrong id or question)",
+        )
+    return answer
+
+
+async def _ask_udp(sock: dns._asyncbackend.DatagramSocket, query: dns.message.Message, where: str) -> bytes:
+    await sock.sendto(query.to_wire(), None, None)  # type: ignore[no-untyped-call]
+    wire: bytes
+    wire, _ = await sock.recvfrom(65535, None)  # type: ignore[no-untyped-call]
+    if len(wire) > MAX_UDP_ANSWER:
+        # Our query carries no EDNS, so a conforming server truncates and sets TC; blackbox's
+        # client reads only 512 bytes of such a datagram and fails on the cut-off message.
+        raise ProbeFailure(
+            FailureReason.PROTOCOL,
+            f"{where} sent a {len(wire)}-byte UDP answer; without EDNS an answer may have "
+            f"{MAX_UDP_ANSWER} bytes (a server should truncate and set TC)",
+        )
+    return wire
+
+
+async def _ask_stream(sock: dns._asyncbackend.StreamSocket, query: dns.message.Message) -> bytes:
+    wire = query.to_wire()
+    await sock.sendall(struct.pack("!H", len(wire)) + wire, None)  # type: ignore[no-untyped-call]
+    (length,) = struct.unpack("!H", await _read_exactly(sock, 2))
+    return await _read_exactly(sock, length)
+
+
+async def _read_exactly(sock: dns._asyncbackend.StreamSocket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk: bytes = await sock.recv(count - len(data), None)  # type: ignore[no-untyped-call]
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+async def _parse(wire: bytes) -> dns.message.Message:
+    # one_rr_per_rrset keeps every record apart, so counts match what the server sent (and what
+    # blackbox counts) even when it repeats a record. A big answer (a TCP one may hold thousands
+    # of records, a quarter of a second of parsing) is parsed in a thread, where the event loop
+    # gets the interpreter back every few milliseconds.
+    if len(wire) <= PARSE_INLINE_BYTES:
+        return dns.message.from_wire(wire, one_rr_per_rrset=True)
+    return await asyncio.to_thread(dns.message.from_wire, wire, one_rr_per_rrset=True)
 
 
 def _stream_writer(sock: _Socket) -> asyncio.StreamWriter | None:

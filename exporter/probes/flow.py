@@ -10,11 +10,11 @@ from types import MappingProxyType
 from urllib.parse import urljoin
 
 from exporter.modules import VARIABLE_REF_RE, Extract, FlowStep, HTTPProbe, JSONCondition, json_path_parts
-from exporter.probes import http
+from exporter.probes import http, net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, Labels, ProbeResult, Trace
-from exporter.types import Secret, match_text
+from exporter.types import Secret
 
 # Semantics:
 # - Steps run in order, each on fresh connections, with the http prober's client and checks; the
@@ -100,10 +100,10 @@ class _Journey:
         client = http.HTTPClient(self._http_settings(step), trace, self.request.guard, self.jar, needs_body)
         response = await client.fetch(url)
         await client.judge(response)
-        text = response.body.text if response.body is not None else None
+        data = (response.body.data if response.body is not None else None) or b""
         document: object = _MISSING
         if step.expect_json or any(e.json for e in step.extract.values()):
-            document = _parse_json(text or "")
+            document = await net.off_loop_if_big(len(data), _parse_json, data)
         for condition in step.expect_json:
             problem = _condition_problem(condition, document)
             if problem is not None:
@@ -111,7 +111,7 @@ class _Journey:
                     trace.set("probe_failed_due_to_regex", 1)
                 raise ProbeFailure(FailureReason.BODY, str(problem))
         for name, extract in step.extract.items():
-            self.variables[name] = self._extract(name, extract, document, text or "", response)
+            self.variables[name] = await self._extract(name, extract, document, data, response)
 
     def _http_settings(self, step: FlowStep) -> HTTPProbe:
         flow = self.settings
@@ -144,8 +144,8 @@ class _Journey:
         # The loader made sure every reference names a variable an earlier step extracts.
         return VARIABLE_REF_RE.sub(lambda m: self.variables.get(m.group(1), m.group(0)), text)
 
-    def _extract(
-        self, name: str, extract: Extract, document: object, text: str, response: http.Response
+    async def _extract(
+        self, name: str, extract: Extract, document: object, data: bytes, response: http.Response
     ) -> str:
         # Messages name the variable and its source, never the value: it may be a credential.
         if extract.json:
@@ -154,12 +154,14 @@ class _Journey:
                 raise ProbeFailure(FailureReason.BODY, f"extract {name}: {extract.json} is missing")
             return value if isinstance(value, str) else _json_text(value)
         if extract.regexp is not None:
-            match = extract.regexp.search(text)
+            match = await extract.regexp.search_off_loop(data)
             if match is None:
                 raise ProbeFailure(
                     FailureReason.BODY, f"extract {name}: regexp {extract.regexp.source!r} did not match"
                 )
-            return match_text(match.group(1) if match.re.groups else match.group(0))
+            value = match.group(1) if match.re.groups else match.group(0)
+            # The value goes into later URLs and headers: undecodable bytes become U+FFFD.
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
         if extract.header:
             values = response.values(extract.header)
             if not values:
@@ -219,7 +221,7 @@ class _Journey:
 _MISSING: object = object()
 
 
-def _parse_json(text: str) -> object:
+def _parse_json(text: str | bytes) -> object:
     try:
         return json.loads(text)
     except ValueError as err:

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from urllib.parse import urlsplit, urlunsplit
 
 from exporter.modules import HTTPProbe, StatuspageProbe
-from exporter.probes import http
+from exporter.probes import http, net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
@@ -62,8 +62,8 @@ async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
         client = http.HTTPClient(_http_settings(settings), trace, request.guard, keep_body=True)
         response = await client.fetch(summary_url(request.target))
         await client.judge(response)
-        text = response.body.text if response.body is not None else None
-        _record(trace, parse_summary(text or ""), settings)
+        data = (response.body.data if response.body is not None else None) or b""
+        _record(trace, await net.off_loop_if_big(len(data), parse_summary, data), settings)
     except ProbeFailure as failure:
         return failure.result(trace)
     except Exception as err:  # a bug here must still produce a result, not a crash
@@ -123,7 +123,7 @@ def _list(document: Mapping[str, object], key: str) -> list[object]:
     return value
 
 
-def parse_summary(text: str) -> Summary:
+def parse_summary(text: str | bytes) -> Summary:
     """Read a summary.json; raise ProbeFailure (body) when it is not one."""
     try:
         document = json.loads(text)

@@ -343,7 +343,15 @@ def record_tls(trace: Trace, ssl_object: ssl.SSLObject | None) -> None:
 
 
 async def close(writer: asyncio.StreamWriter) -> None:
-    """Close a connection without waiting long on a peer that does not answer."""
+    """Close a connection without waiting long on a peer that does not answer.
+
+    A probe being cancelled (its timeout ran out) drops the connection at once: a polite TLS
+    close to a silent peer would hold the probe up to a second past its timeout.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        writer.transport.abort()
+        return
     writer.close()
     # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives
     # as the connection finishes closing, and the cancelled probe task would run on.

@@ -9,6 +9,7 @@ import time
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 from exporter.types import redact_url
@@ -70,6 +71,27 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(LEVELS[level])
     # aiohttp's access log is noisy at scrape rate; keep it for debug.
     logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
+        server.addFilter(MalformedRequestFilter())
+
+
+class MalformedRequestFilter(logging.Filter):
+    """A client's malformed request (an 8 KiB request line, a broken header) is its problem.
+
+    aiohttp answers it 400 and logs it as an error with a traceback; here it becomes one debug
+    line without one, so a scanner cannot fill the log or page anyone reading it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if isinstance(err, HttpProcessingError):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.msg, record.args = "malformed request answered %d: %s", (err.code, err.message[:200])
+            record.exc_info = None
+            record.exc_text = None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
 
 
 # Query parameters that carry a credential (a push token) are logged as xxxxx.

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -280,7 +281,9 @@ def test_expensive_answers_through_probe_endpoint(tmp_path: Path, attackers: dic
                 thread.join(timeout=15)
         after = scrape(process)
     assert_kept_schedule(before, after, health)
-    assert {"letters 200 failed", "nested 200 failed", "spaces 200 ok", "bomb 200 ok"} <= set(outcomes), set(outcomes)
+    assert {"letters 200 failed", "nested 200 failed", "spaces 200 ok", "bomb 200 ok"} <= set(outcomes), set(
+        outcomes
+    )
 
 
 def test_wrong_password_flood_does_not_stall(tmp_path: Path, attackers: dict[str, int]) -> None:
@@ -342,3 +345,23 @@ def test_unknown_user_costs_a_real_check(tmp_path: Path) -> None:
         assert auth._dummy is not None and auth._dummy.startswith(b"$2b$06$")
     finally:
         auth.close()
+
+
+def test_malformed_requests_get_400_and_no_error_log(tmp_path: Path, attackers: dict[str, int]) -> None:
+    """An oversized request line or header, or bytes that are not HTTP, get 400 and no traceback."""
+    config = attack_config(attackers)
+    config["services"] = config["services"][:1]
+    with exporter(tmp_path, config) as process:
+        process.wait_ready()
+        host, port = process.url.removeprefix("http://").split(":")
+        for request in (
+            b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+            b"\x00\x01\x02 not http\r\n\r\n",
+        ):
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(request)
+                assert sock.recv(64).startswith(b"HTTP/1.0 400 "), request[:20]
+        assert get(f"{process.url}/-/healthy")[0] == 200
+        logs = process.logs()
+    assert "Traceback" not in logs and "level=error" not in logs, logs

@@ -97,6 +97,27 @@ async def endless_gzip(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         await writer.drain()
 
 
+async def gzip_trailing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A complete gzip body followed by bytes that start no other member (Go's reader refuses it)."""
+    import gzip
+
+    await read_head(reader)
+    body = gzip.compress(b"ok") + b"garbage after the end"
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    await writer.drain()
+
+
+async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A TLS record header promising 16 KiB, then one byte every 200 ms: a handshake that never ends."""
+    writer.write(b"\x16\x03\x03\x40\x00")
+    while True:
+        writer.write(b"\x00")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+
+
 async def endless_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Header lines forever."""
     await read_head(reader)
@@ -216,6 +237,8 @@ STREAM_HANDLERS: dict[str, Handler] = {
     "endless_line": endless_line,
     "chatter": chatter,
     "dns_tcp_lies": dns_tcp_lies,
+    "gzip_trailing": gzip_trailing,
+    "drip": drip,
 }
 
 
@@ -379,6 +402,10 @@ CASES = [
     Case("reset_mid_body", "http://127.0.0.1:{port}/", http(), FailureReason.PROTOCOL),
     Case("tls_garbage", "https://127.0.0.1:{port}/", http(tls_config=INSECURE), FailureReason.TLS),
     Case("tls_garbage", "127.0.0.1:{port}", tcp(tls=True, tls_config=INSECURE), FailureReason.TLS),
+    Case("silent", "127.0.0.1:{port}", tcp(tls=True, tls_config=INSECURE), FailureReason.TIMEOUT),
+    Case("drip", "127.0.0.1:{port}", tcp(tls=True, tls_config=INSECURE), FailureReason.TIMEOUT),
+    Case("drip", "https://127.0.0.1:{port}/", http(tls_config=INSECURE), FailureReason.TIMEOUT),
+    Case("gzip_trailing", "http://127.0.0.1:{port}/", http(), FailureReason.BODY),
     Case("redirect_loop", "http://127.0.0.1:{port}/", http(), FailureReason.OTHER),
     Case("informational_flood", "http://127.0.0.1:{port}/", http(), FailureReason.PROTOCOL, MAX_HEAD_BYTES),
     Case(
@@ -434,6 +461,9 @@ async def test_hostile_target_fails_with_its_reason(zoo: dict[str, int], case: C
     else:
         assert not result.success
         assert result.reason == case.reason, result.message
+    # Every probe ends at its timeout, however the peer behaves (a polite TLS close to a silent
+    # peer once added a second); the margin is for a busy machine, not for the probe.
+    assert result.duration <= TIMEOUT + 0.3, f"{result.duration}s on a {TIMEOUT}s timeout"
     if case.limit is not None:
         healthy, baseline = await traced(f"http://127.0.0.1:{zoo['healthy']}/", http())
         assert healthy.success

@@ -124,11 +124,11 @@ class Regex:
             assert isinstance(text, str)
             return self.pattern.search(text.encode("utf-8", "surrogateescape"))  # type: ignore[no-any-return]
 
-    async def search_off_loop(self, text: str | bytes) -> RegexMatch | None:
-        """``search``, in a thread when ``text`` is big enough to hold the event loop for long."""
-        if len(text) <= REGEX_INLINE_LIMIT:
-            return self.search(text)
-        return await asyncio.to_thread(self.pattern.search, text)
+    async def search_body(self, data: bytes) -> RegexMatch | None:
+        """Search a response body as Go does, in a thread when it is big enough to hold the loop."""
+        if len(data) <= REGEX_INLINE_LIMIT:
+            return self.search(go_subject(data))
+        return await asyncio.to_thread(lambda: self.search(go_subject(data)))
 
     @property
     def groupindex(self) -> Mapping[str, int]:
@@ -146,6 +146,21 @@ class Regex:
 
     def __str__(self) -> str:
         return self.source
+
+
+def go_subject(data: bytes) -> bytes:
+    """The text Go's regexp matches in ``data``: each invalid UTF-8 sequence read as U+FFFD.
+
+    RE2 in UTF-8 mode lets ``.`` and ``[^x]`` skip invalid bytes, where Go matches them as
+    U+FFFD; replacing them first makes the verdicts the same.
+    """
+    if data.isascii():
+        return data
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace").encode("utf-8")
+    return data
 
 
 def match_text(value: str | bytes | None) -> str:

@@ -154,7 +154,7 @@ class _Journey:
                 raise ProbeFailure(FailureReason.BODY, f"extract {name}: {extract.json} is missing")
             return value if isinstance(value, str) else _json_text(value)
         if extract.regexp is not None:
-            match = await extract.regexp.search_off_loop(data)
+            match = await extract.regexp.search_body(data)
             if match is None:
                 raise ProbeFailure(
                     FailureReason.BODY, f"extract {name}: regexp {extract.regexp.source!r} did not match"

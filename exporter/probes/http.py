@@ -744,10 +744,10 @@ def _header_problem(response: Response, settings: HTTPProbe) -> str | None:
 async def _body_problem(data: bytes, settings: HTTPProbe) -> str | None:
     # Go matches the bytes that arrived; so does RE2, without decoding a 10 MiB body first.
     for regex in settings.fail_if_body_matches_regexp:
-        if await regex.search_off_loop(data):
+        if await regex.search_body(data):
             return f"body matched fail_if_body_matches_regexp {regex.source!r}"
     for regex in settings.fail_if_body_not_matches_regexp:
-        if not await regex.search_off_loop(data):
+        if not await regex.search_body(data):
             return f"body did not match fail_if_body_not_matches_regexp {regex.source!r}"
     return None
 

@@ -34,11 +34,13 @@ from tests.stack import Process, exporter_argv, free_port, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 # How long each attack runs while the canary is watched.
 WINDOW = 5.0
-# A loop sample later than this is a stall; the attacks used to cause stalls of seconds.
-STALL_BUCKET = "0.25"
-# Late samples allowed at all: a busy test machine may be late now and then (the garbage
-# collector, another process); an attack that holds the loop makes hundreds.
-LATE_BUCKET = "0.05"
+# A loop sample later than this is a stall; the attacks used to cause stalls of many seconds.
+STALL_BUCKET = "0.5"
+# Late samples allowed at all: a busy test machine may give the exporter no core for a while
+# (seen at a load average of 12 on 2 cores: 3 of 88 samples over 100 ms); an attack that holds
+# the loop makes every sample late.
+LATE_BUCKET = "0.1"
+LATE_SHARE = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +207,7 @@ def assert_kept_schedule(before: Series, after: Series, health: HealthWatch) -> 
     assert samples >= WINDOW * 5, f"the loop watch took only {samples} samples"
     assert lag(STALL_BUCKET) == samples, f"{samples - lag(STALL_BUCKET)} loop samples over {STALL_BUCKET}s"
     late = samples - lag(LATE_BUCKET)
-    assert late <= samples * 0.05, f"{late} of {samples} loop samples over {LATE_BUCKET}s"
+    assert late <= samples * LATE_SHARE, f"{late} of {samples} loop samples over {LATE_BUCKET}s"
     assert not health.missed, health.missed[:5]
     assert health.answered >= WINDOW * 5
 

@@ -56,12 +56,63 @@ class TLSServerConfig:
         verify = self.client_auth_type in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
         if verify and not self.client_ca_file:
             yield "client_ca_file", f"is required for client_auth_type {self.client_auth_type}"
+        for i, name in enumerate(self.cipher_suites):
+            if name not in CIPHER_SUITES:
+                yield f"cipher_suites[{i}]", f"unknown cipher suite {name!r} (Go's names, e.g. {_EXAMPLE_SUITE})"
+        for i, name in enumerate(self.curve_preferences):
+            if name not in CURVES:
+                yield f"curve_preferences[{i}]", f"unknown curve {name!r} (known: {', '.join(CURVES)})"
+        if len(self.curve_preferences) > 1:
+            # Python's ssl module sets one key-exchange group; taking the first would quietly drop
+            # the rest, so the choice is the user's.
+            yield "curve_preferences", "only one curve can be set here; list the one to use"
 
 
 @dataclass(frozen=True)
 class HTTPServerConfig:
-    http2: bool = True
+    # exporter-toolkit turns HTTP/2 on by default; this server speaks HTTP/1.1 only, so the
+    # default is off and asking for it is an error rather than a setting nobody honours.
+    http2: bool = False
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def check(self) -> object:
+        if self.http2:
+            yield "http2", "HTTP/2 is not served here (HTTP/1.1 only): set it to false or leave it out"
+
+
+# Go's cipher suite names, as exporter-toolkit takes them, and OpenSSL's names for them. TLS 1.3
+# suites are accepted but, as in Go, do not restrict TLS 1.3 (OpenSSL chooses among its own).
+CIPHER_SUITES: Mapping[str, str | None] = MappingProxyType(
+    {
+        "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
+        "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+        "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+        "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+        "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+        "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+        "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
+        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+        "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLS_AES_128_GCM_SHA256": None,
+        "TLS_AES_256_GCM_SHA384": None,
+        "TLS_CHACHA20_POLY1305_SHA256": None,
+    }
+)
+_EXAMPLE_SUITE = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+# Go's curve names and OpenSSL's.
+CURVES: Mapping[str, str] = MappingProxyType(
+    {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "secp521r1", "X25519": "X25519"}
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +143,18 @@ class WebConfig:
         context.minimum_version = TLS_VERSIONS[tls.min_version]
         if tls.max_version:
             context.maximum_version = TLS_VERSIONS[tls.max_version]
+        legacy = [CIPHER_SUITES[name] for name in tls.cipher_suites if CIPHER_SUITES.get(name)]
+        try:
+            if legacy:
+                context.set_ciphers(":".join(name for name in legacy if name))
+            if tls.curve_preferences:
+                context.set_ecdh_curve(CURVES[tls.curve_preferences[0]])
+        except (ssl.SSLError, ValueError) as err:
+            raise WebConfigError(f"tls_server_config: cannot use the cipher suites or curve: {err}") from None
+        if tls.prefer_server_cipher_suites:
+            context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        else:
+            context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
         if tls.client_auth_type == "RequireAndVerifyClientCert":
             context.verify_mode = ssl.CERT_REQUIRED
         elif tls.client_auth_type in (

@@ -288,15 +288,22 @@ def _shorten(text: str, limit: int = 80) -> str:
 
 
 def find_node(node: yaml.Node | None, dotted: str) -> yaml.Node | None:
-    """The node at a dotted key path below a mapping (``basic_auth.password``), if present."""
+    """The node at a dotted key path below a mapping (``basic_auth.password``, ``names[2]``), if present."""
     current: yaml.Node | None = node
     for part in dotted.split("."):
+        key, _, index = part.partition("[")
         if not isinstance(current, yaml.MappingNode):
             return None
         current = next(
-            (v for k, v in mapping_items(current) if isinstance(k, yaml.ScalarNode) and k.value == part),
+            (v for k, v in mapping_items(current) if isinstance(k, yaml.ScalarNode) and k.value == key),
             None,
         )
+        if index:
+            position = index.rstrip("]")
+            if not isinstance(current, yaml.SequenceNode) or not position.isdigit():
+                return None
+            items = current.value
+            current = items[int(position)] if int(position) < len(items) else None
     return current
 
 

@@ -115,3 +115,65 @@ async def test_basic_auth_rejects_malformed_headers() -> None:
     ):
         assert await auth.check(header) is False
     auth.close()
+
+
+def test_tls_options_that_cannot_be_honoured_are_refused(tmp_path: Path) -> None:
+    """An unknown cipher suite or curve, two curves, or http2 are errors, never quietly dropped."""
+    path = tmp_path / "web.yml"
+    path.write_text(
+        "tls_server_config:\n"
+        "  cert_file: c.pem\n  key_file: k.pem\n"
+        "  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_FANCY]\n"
+        "  curve_preferences: [X25519, CurveP256]\n"
+        "http_server_config:\n  http2: true\n"
+    )
+    with pytest.raises(WebConfigError) as info:
+        load_web_config(str(path))
+    assert str(info.value).splitlines() == [
+        f"{path}: tls_server_config.cipher_suites[1] (line 4): unknown cipher suite 'TLS_FANCY' "
+        "(Go's names, e.g. TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)",
+        f"{path}: tls_server_config.curve_preferences (line 5): only one curve can be set here; "
+        "list the one to use",
+        f"{path}: http_server_config.http2 (line 7): HTTP/2 is not served here (HTTP/1.1 only): "
+        "set it to false or leave it out",
+    ]
+
+
+async def test_cipher_suites_and_curve_restrict_the_listener(tmp_path: Path, ca: trustme.CA) -> None:
+    """With one TLS 1.2 suite and one curve configured, a client offering only another suite is refused."""
+    import asyncio
+
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    path = tmp_path / "web.yml"
+    path.write_text(
+        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n  max_version: TLS12\n"
+        "  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n"
+        "  curve_preferences: [CurveP384]\n  prefer_server_cipher_suites: true\n"
+    )
+    context = load_web_config(str(path)).ssl_context()
+    assert context is not None and context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+
+    async def handshake(cipher: str) -> str | None:
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        client.maximum_version = ssl.TLSVersion.TLSv1_2
+        client.set_ciphers(cipher)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        except (ssl.SSLError, ConnectionError):
+            return None
+        agreed = writer.get_extra_info("cipher")[0]
+        writer.close()
+        return str(agreed)
+
+    try:
+        assert await handshake("ECDHE-ECDSA-AES128-GCM-SHA256") == "ECDHE-ECDSA-AES128-GCM-SHA256"
+        assert await handshake("ECDHE-ECDSA-AES256-GCM-SHA384") is None
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -143,7 +143,9 @@ async def probe(request: web.Request) -> web.Response:
             return _bad(400, "X-Prometheus-Scrape-Timeout-Seconds must be positive")
         budget = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
         timeout = min(timeout, budget if budget > 0 else scrape_timeout)
-    result = await run_probe(target, module, timeout, guard=guard, clock=exporter.clock)
+    result = await run_probe(
+        target, module, timeout, guard=guard, clock=exporter.clock, heartbeats=exporter.heartbeats
+    )
     if query.get("debug", "").lower() == "true":
         return web.Response(text=debug_text(target, module, result))
     body = render_result(result, module.prober)

@@ -117,3 +117,16 @@ async def test_refused_pushes_are_counted(client: TestClient[web.Request, web.Ap
     text = await (await client.get("/metrics")).text()
     assert TOKEN not in text
     assert TOKEN not in await (await client.get("/config")).text()
+
+
+async def test_probe_endpoint_judges_a_push_service(client: TestClient[web.Request, web.Application]) -> None:
+    """/probe?service= on a push service judges its heartbeats now, as the schedule would."""
+    response = await client.post(
+        "/push/nightly-backup", headers={"Authorization": f"Bearer {TOKEN}"}, json={"duration": 3}
+    )
+    assert response.status == 200
+    reply = await client.get("/probe", params={"service": "nightly-backup"})
+    assert reply.status == 200
+    series = parse(await reply.text())
+    assert value(series, "probe_success") == 1
+    assert value(series, "probe_push_reported_duration_seconds") == 3

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from exporter.errors import ConfigError, ConfigIssue
-from exporter.maintenance import MaintenanceWindow, Schedule, TimeZone, Timestamp
+from exporter.maintenance import MaintenanceWindow, Schedule, Timestamp, TimeZone
 from exporter.modules import (
     DNSProbe,
     FlowProbe,

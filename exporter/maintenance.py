@@ -57,7 +57,7 @@ _MONTH_NAMES = {
     )
 }
 # (name, lowest, highest, names) of the five cron fields, in order.
-_FIELDS = (
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),

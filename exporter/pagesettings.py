@@ -47,7 +47,7 @@ class StatusPageConfig:
             yield "slot", f"must be at least 10s, got {self.slot}"
         if not 10 <= self.slots <= 500:
             yield "slots", f"must be between 10 and 500, got {self.slots}"
-        if self.refresh != 0 and self.refresh < 5:
+        if 0 < self.refresh < 5:
             yield "refresh", f"must be 0 (off) or at least 5s, got {self.refresh}"
         if self.prometheus_url:
             parts = urllib.parse.urlsplit(self.prometheus_url)

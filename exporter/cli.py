@@ -191,7 +191,7 @@ def serve(argv: list[str]) -> int:
         for issue in err.issues:
             log.error("invalid config: %s", issue)
         return 1
-    from exporter.webconfig import WebConfig, auth_middleware, load_web_config
+    from exporter.webconfig import WebConfig, load_web_config
 
     try:
         web_config = load_web_config(args.web_config) if args.web_config else WebConfig()
@@ -200,6 +200,7 @@ def serve(argv: list[str]) -> int:
         log.error("invalid web config: %s", err)
         return 1
     _use_uvloop()
+    from exporter.page.routes import access_middleware
     from exporter.web import EXPORTER, make_app
 
     app = make_app(
@@ -208,7 +209,7 @@ def serve(argv: list[str]) -> int:
         location=args.location,
         shard=shard,
         watch_interval=watch_interval,
-        middlewares=(auth_middleware(web_config),),
+        middlewares=(access_middleware(web_config),),
     )
 
     async def on_startup(app: web.Application) -> None:

@@ -345,6 +345,7 @@ def service_json(
         "latency_p95_seconds": view.p95,
         "uptime": {u.window: u.ratio for u in view.uptime},
         "uptime_sources": {u.window: u.source for u in view.uptime},
+        "uptime_since_start": history.uptime_since_start(now) if history is not None else None,
         "vendor": None
         if view.vendor is None
         else {"indicator": view.vendor, "words": VENDOR_WORDS.get(view.vendor)},

@@ -191,7 +191,7 @@ def judge(group: GroupView, location_failing: Mapping[str, float]) -> None:
         (place,) = failing_places
         share = location_failing.get(place)
         healthy_elsewhere = any(value < 0.5 for loc, value in location_failing.items() if loc != place)
-        if share is not None and share >= 0.5 and healthy_elsewhere:
+        if share is not None and share > 0.5 and healthy_elsewhere:
             group.scope = f"prober-side: {place} sees most services fail, other locations do not"
             return
     group.scope = f"regional: failing from {', '.join(sorted(failing_places))}"

@@ -133,6 +133,8 @@ class PrometheusReader:
                 document = json.loads(body)
         except TimeoutError:
             raise QueryFailed(f"no answer within {self.timeout:g}s") from None
+        except aiohttp.ClientConnectorError:
+            raise QueryFailed("cannot connect") from None
         except aiohttp.ClientError as err:
             raise QueryFailed(type(err).__name__) from None
         except ValueError:

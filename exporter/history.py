@@ -19,6 +19,10 @@ FAILURES = 10
 MAX_MESSAGE = 200
 
 
+# One slot of a bar as the page draws it: (slot number, runs, failed, degraded, worst, peak, maintenance).
+Cell = tuple[int, int, int, int, int, float, bool]
+
+
 @dataclass(frozen=True, slots=True)
 class Slot:
     """One slot of a history bar: probes in [start, start + width)."""
@@ -75,7 +79,8 @@ class History:
     def __init__(self, slots: int, width: float) -> None:
         self.slots = slots
         self.width = width
-        self._number = array("q", [-1]) * slots
+        # Slot numbers fit 32 bits for slots of 10 s or more until the year 2650.
+        self._number = array("i", [-1]) * slots
         self._runs = array("H", [0]) * slots
         self._failed = array("H", [0]) * slots
         self._degraded = array("H", [0]) * slots
@@ -131,7 +136,10 @@ class History:
         self._next = (self._next + 1) % RECENT
         self._count = min(self._count + 1, RECENT)
         if code == FAILED:
-            self.failures.append(Failure(at, duration, reason or FailureReason.OTHER, message[:MAX_MESSAGE]))
+            text = message[:MAX_MESSAGE]
+            if self.failures and self.failures[-1].message == text:
+                text = self.failures[-1].message  # a repeated error is held once
+            self.failures.append(Failure(at, duration, reason or FailureReason.OTHER, text))
 
     def bar(self, now: float, count: int | None = None) -> list[Slot | None]:
         """The last ``count`` slots up to and including the current one, oldest first."""
@@ -156,6 +164,64 @@ class History:
                     maintenance=bool(self._maint[index]),
                 )
             )
+        return out
+
+    def cells(self, now: float, count: int) -> list[Cell | None]:
+        """The bar's slots as (slot number, runs, failed, degraded, worst, peak, maintenance).
+
+        Oldest first. The page draws thousands of these; plain tuples spare it building Slots.
+        """
+        current = int(now // self.width)
+        number_of = self._number
+        out: list[Cell | None] = []
+        append = out.append
+        for number in range(current - count + 1, current + 1):
+            index = number % self.slots
+            if number_of[index] != number:
+                append(None)
+            else:
+                append(
+                    (
+                        number,
+                        self._runs[index],
+                        self._failed[index],
+                        self._degraded[index],
+                        self._worst[index],
+                        self._peak[index],
+                        bool(self._maint[index]),
+                    )
+                )
+        return out
+
+    def reason_at(self, number: int) -> FailureReason | None:
+        """The reason of the last failure in slot ``number``, if it is still held."""
+        index = number % self.slots
+        code = self._reason[index] if self._number[index] == number else 0
+        return REASONS[code - 1] if code else None
+
+    def uptimes(self, now: float, windows: tuple[float, ...]) -> list[float | None]:
+        """``uptime`` for several windows in one pass over the slots."""
+        if self.first is None or not windows:
+            return [None] * len(windows)
+        current = int(now // self.width)
+        runs = failed = 0
+        totals: dict[int, tuple[int, int]] = {}
+        longest = min(max(math.ceil(w / self.width) for w in windows), self.slots)
+        for back in range(longest):
+            number = current - back
+            index = number % self.slots
+            if self._number[index] == number:
+                runs += self._runs[index]
+                failed += self._failed[index]
+            totals[back + 1] = (runs, failed)
+        out: list[float | None] = []
+        for window in windows:
+            count = math.ceil(window / self.width)
+            if now - self.first < window or count > self.slots:
+                out.append(None)
+                continue
+            runs, failed = totals[count]
+            out.append(None if runs == 0 else 1 - failed / runs)
         return out
 
     def uptime(self, now: float, seconds: float) -> float | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from html import escape
 
 from exporter.health import VENDOR_WORDS, WORDS, Health
-from exporter.history import DEGRADED, FAILED, History, Slot
+from exporter.history import DEGRADED, FAILED, History
 from exporter.page.model import GroupView, ServiceView
 from exporter.types import format_duration, redact_url
 
@@ -99,37 +99,62 @@ def state_badge(health: Health, extra: str = "") -> str:
     )
 
 
-def slot_title(slot: Slot, width: float) -> str:
-    span = f"{clock(slot.start)}\u2013{clock(slot.start + width)} UTC"
-    if slot.failed:
-        what = f"{slot.failed} of {slot.runs} failed ({slot.reason or 'other'})"
-    elif slot.degraded:
-        what = f"{slot.degraded} of {slot.runs} degraded"
-    else:
-        what = f"{slot.runs} ok"
-    maintenance = ", maintenance" if slot.maintenance else ""
-    return f"{span}: {what}, slowest {millis(slot.peak)}{maintenance}"
-
-
 _SLOT_CLASS = {0: "s-ok", DEGRADED: "s-deg", FAILED: "s-down"}
+_EMPTY_SLOT = '<li class="s-none"></li>'
 
 
-def history_bar(history: History | None, now: float, slots: int, width: float) -> str:
-    """The last ``slots`` slots, oldest first; every slot an element, empty ones too."""
-    cells = history.bar(now, slots) if history is not None else [None] * slots
-    failed = sum(1 for c in cells if c is not None and c.failed)
-    known = sum(1 for c in cells if c is not None)
-    label = f"History, {slots} slots of {format_duration(width)}: {known} with probes, {failed} with failures"
-    parts = [f'<ol class="bar" aria-label="{label}" data-slots="{slots}">']
-    append = parts.append
-    for cell in cells:
-        if cell is None:
-            append('<li class="s-none" title="no probes"></li>')
-        else:
-            css = "s-maint" if cell.maintenance and cell.worst else _SLOT_CLASS[cell.worst]
-            append(f'<li class="{css}" title="{slot_title(cell, width)}"></li>')
-    append("</ol>")
-    return "".join(parts)
+class BarPainter:
+    """Draws history bars; the time span of each slot is written once and shared by every bar.
+
+    Slots are aligned to multiples of their width, so all services' bars share slot numbers.
+    """
+
+    def __init__(self, slots: int, width: float) -> None:
+        self.slots = slots
+        self.width = width
+        self._spans: dict[int, str] = {}
+
+    def span(self, number: int) -> str:
+        text = self._spans.get(number)
+        if text is None:
+            start = number * self.width
+            text = self._spans[number] = f"{clock(start)}\u2013{clock(start + self.width)}"
+            if len(self._spans) > 4 * self.slots:
+                self._spans.clear()
+        return text
+
+    def bar(self, history: History | None, now: float) -> str:
+        """The last ``slots`` slots, oldest first; every slot an element, empty ones too."""
+        slots, width = self.slots, self.width
+        if history is None:
+            label = f"History, {slots} slots of {format_duration(width)}: no probes yet"
+            return f'<ol class="bar" aria-label="{label}">{_EMPTY_SLOT * slots}</ol>'
+        cells = history.cells(now, slots)
+        known = failing = 0
+        parts: list[str] = []
+        append = parts.append
+        for cell in cells:
+            if cell is None:
+                append(_EMPTY_SLOT)
+                continue
+            number, runs, failed, degraded, worst, peak, maintenance = cell
+            known += 1
+            if failed:
+                failing += 1
+                reason = history.reason_at(number) or "other"
+                what = f"{failed} of {runs} failed ({reason})"
+            elif degraded:
+                what = f"{degraded} of {runs} degraded"
+            else:
+                what = f"{runs} ok"
+            css = _SLOT_CLASS[worst]
+            if maintenance:
+                css = "s-maint" if worst else css
+                what += ", maintenance"
+            append(f'<li class="{css}" title="{self.span(number)} UTC: {what}, slowest {millis(peak)}"></li>')
+        every = format_duration(width)
+        label = f"History, {slots} slots of {every}: {known} with probes, {failing} with failures"
+        return f'<ol class="bar" aria-label="{label}">{"".join(parts)}</ol>'
 
 
 def _uptime_text(view: ServiceView, now: float) -> str:
@@ -142,7 +167,7 @@ def _uptime_text(view: ServiceView, now: float) -> str:
     return " ".join(shown) or "<span>not enough data yet</span>"
 
 
-def service_card(view: ServiceView, viewer: Viewer, now: float, slots: int, width: float) -> str:
+def service_card(view: ServiceView, viewer: Viewer, now: float, painter: BarPainter) -> str:
     """One service's block on the main page."""
     name = escape(view.name)
     rows = [
@@ -177,7 +202,7 @@ def service_card(view: ServiceView, viewer: Viewer, now: float, slots: int, widt
         f'<li class="svc st-{view.health.value}" data-service="{name}" data-state="{view.health.value}">'
         f'<div class="svc-head"><h3><a href="services/{name}">{name}</a></h3>'
         f"{state_badge(view.health)}</div>{why}"
-        f"{history_bar(view.history, now, slots, width)}"
+        f"{painter.bar(view.history, now)}"
         f'<dl class="facts">{"".join(rows)}</dl></li>'
     )
 
@@ -289,7 +314,7 @@ def detail_page(
         f"{escape(view.service.group)}</p>"
         f'<h1>{name}</h1>{state_badge(view.health, " big")}</header><main class="detail">',
         '<ul class="services">',
-        service_card(view, viewer, now, slots, width).replace('href="services/', 'href="'),
+        service_card(view, viewer, now, BarPainter(slots, width)).replace('href="services/', 'href="'),
         "</ul>",
         f"<section><h2>Latency</h2>{chart(history, view.service.objectives.latency)}</section>",
     ]

@@ -105,9 +105,13 @@ def service_view(
     if history is not None:
         view.since = history.since
         view.p95 = history.p95()
-        for label, seconds in MEMORY_WINDOWS:
-            if seconds <= history.slots * history.width:
-                view.uptime.append(Uptime(label, history.uptime(now, seconds), "memory"))
+        windows = [
+            (label, seconds) for label, seconds in MEMORY_WINDOWS if seconds <= history.slots * history.width
+        ]
+        ratios = history.uptimes(now, tuple(seconds for _, seconds in windows))
+        view.uptime.extend(
+            Uptime(label, ratio, "memory") for (label, _), ratio in zip(windows, ratios, strict=True)
+        )
     if window is not None:
         view.note = window.reason
     if prom is not None:

@@ -12,11 +12,13 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from exporter.config import Service
 from exporter.health import VENDOR_WORDS, WORDS, Health, degraded_reason, health_of
-from exporter.history import DEGRADED, FAILED, OK, History
+from exporter.history import DEGRADED, FAILED, OK, Cell, History
 from exporter.page import badges
 from exporter.page.html import (
     PAGE_END,
+    BarPainter,
     Viewer,
     detail_page,
     group_head,
@@ -55,7 +57,9 @@ class StatusBoard:
         exporter.store.on_record = self.record
         self._reader: PrometheusReader | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._cards: dict[str, tuple[object, str]] = {}
+        self._views: dict[str, tuple[object, Service, ServiceView]] = {}
+        self._cards: dict[str, tuple[ServiceView, Viewer, str]] = {}
+        self._painter = BarPainter(exporter.config.status_page.slots, float(exporter.config.status_page.slot))
         self._assets: dict[str, bytes] = {}
 
     @property
@@ -129,9 +133,30 @@ class StatusBoard:
         return self.exporter.clock.wall()
 
     def view_of(self, state: ServiceState, now: float, snapshot: PromSnapshot | None) -> ServiceView:
+        """What the page says about a service, reused while nothing it depends on has changed.
+
+        It depends on the service's results (runs), the slot the clock is in, the maintenance
+        window, the Prometheus snapshot and the settings; a cached view is reused when all match.
+        """
         service = state.service
         window = self.exporter.maintenance.active(service.name, service.group, now)
-        return service_view(state, self.exporter.location, now, window, snapshot)
+        s = self.settings
+        key = (
+            state.runs,
+            int(now // s.slot),
+            s.slot,
+            s.slots,
+            window,
+            snapshot.fetched_at if snapshot is not None else None,
+            snapshot.error if snapshot is not None else None,
+            self.exporter.location,
+        )
+        cached = self._views.get(service.name)
+        if cached is not None and cached[0] == key and cached[1] is service and cached[2].state is state:
+            return cached[2]
+        view = service_view(state, self.exporter.location, now, window, snapshot)
+        self._views[service.name] = (key, service, view)
+        return view
 
     async def views(self, now: float, snapshot: PromSnapshot | None) -> list[ServiceView]:
         out = []
@@ -141,33 +166,26 @@ class StatusBoard:
             out.append(self.view_of(state, now, snapshot))
         return out
 
-    def card(self, view: ServiceView, viewer: Viewer, now: float, snapshot: PromSnapshot | None) -> str:
-        """A service's HTML, reused while nothing it shows has changed."""
+    def painter(self) -> BarPainter:
         s = self.settings
-        history = view.history
-        key = (
-            view.state.runs,
-            id(view.service),
-            int(now // s.slot),
-            s.slots,
-            view.health,
-            view.maintenance,
-            view.scope,
-            snapshot.fetched_at if snapshot is not None else None,
-            viewer,
-            history.first is not None and history.covered(now) >= 3600 if history is not None else None,
-        )
+        if self._painter.slots != s.slots or self._painter.width != float(s.slot):
+            self._painter = BarPainter(s.slots, float(s.slot))
+        return self._painter
+
+    def card(self, view: ServiceView, viewer: Viewer, now: float) -> str:
+        """A service's HTML, reused while its view is the same object."""
         cached = self._cards.get(view.name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        html = service_card(view, viewer, now, s.slots, float(s.slot))
-        self._cards[view.name] = (key, html)
+        if cached is not None and cached[0] is view and cached[1] == viewer:
+            return cached[2]
+        html = service_card(view, viewer, now, self.painter())
+        self._cards[view.name] = (view, viewer, html)
         return html
 
     def forget_removed(self) -> None:
         names = {state.service.name for state in self.exporter.store}
-        for name in [n for n in self._cards if n not in names]:
-            del self._cards[name]
+        for cache in (self._cards, self._views):
+            for name in [n for n in cache if n not in names]:
+                del cache[name]
 
     def asset(self, name: str) -> bytes:
         data = self._assets.get(name)
@@ -258,6 +276,8 @@ async def index(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"}
     )
+    # The bars' repeated markup compresses about twentyfold; a wall display on a slow link thanks us.
+    response.enable_compression()
     await response.prepare(request)
     top = page_top(
         settings.title,
@@ -274,11 +294,13 @@ async def index(request: web.Request) -> web.StreamResponse:
     for group in groups:
         parts.append(group_head(group))
         for view in group.services:
-            parts.append(board.card(view, viewer, now, snapshot))
+            parts.append(board.card(view, viewer, now))
             done += 1
             if done % CHUNK == 0:
                 await response.write("".join(parts).encode())
                 parts.clear()
+                # write() only waits when the socket's buffer is full: yield to probes here.
+                await asyncio.sleep(0)
         parts.append("</ul></section>")
     parts.append(PAGE_END)
     await response.write("".join(parts).encode())
@@ -328,7 +350,7 @@ def service_json(
 ) -> dict[str, object]:
     service = view.service
     history = view.history
-    bar = history.bar(now, slots) if history is not None else [None] * slots
+    cells = history.cells(now, slots) if history is not None else [None] * slots
     data: dict[str, object] = {
         "name": service.name,
         "group": service.group,
@@ -360,21 +382,7 @@ def service_json(
         "scope": view.scope or None,
         "history": {
             "slot_seconds": width,
-            "slots": [
-                None
-                if slot is None
-                else {
-                    "start": slot.start,
-                    "runs": slot.runs,
-                    "failed": slot.failed,
-                    "degraded": slot.degraded,
-                    "worst": ("ok", "degraded", "down")[slot.worst],
-                    "reason": None if slot.reason is None else slot.reason.value,
-                    "slowest_seconds": round(slot.peak, 6),
-                    "maintenance": slot.maintenance,
-                }
-                for slot in bar
-            ],
+            "slots": [_slot_json(cell, width, history) for cell in cells],
         },
     }
     if full:
@@ -394,24 +402,39 @@ def service_json(
     return data
 
 
+_WORST = ("ok", "degraded", "down")
+
+
+def _slot_json(cell: Cell | None, width: float, history: History | None) -> dict[str, object] | None:
+    if cell is None or history is None:
+        return None
+    number, runs, failed, degraded, worst, peak, maintenance = cell
+    reason = history.reason_at(number) if failed else None
+    return {
+        "start": number * width,
+        "runs": runs,
+        "failed": failed,
+        "degraded": degraded,
+        "worst": _WORST[worst],
+        "reason": None if reason is None else reason.value,
+        "slowest_seconds": round(peak, 6),
+        "maintenance": maintenance,
+    }
+
+
 def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(
         status=status, text=json.dumps(data, separators=(",", ":")), content_type="application/json"
     )
 
 
-async def api_status(request: web.Request) -> web.Response:
+async def api_status(request: web.Request) -> web.StreamResponse:
     board = request.app[BOARD]
     settings = board.settings
     snapshot = await board.prometheus()
     now = board._now()
     views = await board.views(now, snapshot)
     groups = group_views(views, snapshot, board.exporter.location)
-    services = []
-    for index, view in enumerate(views):
-        if index % CHUNK == CHUNK - 1:
-            await asyncio.sleep(0)
-        services.append(service_json(view, now, settings.slots, float(settings.slot)))
     data = {
         "title": settings.title,
         "generated_at": now,
@@ -432,9 +455,25 @@ async def api_status(request: web.Request) -> web.Response:
             }
             for g in groups
         ],
-        "services": services,
     }
-    return _json(data)
+    # Written service by service, yielding between chunks: at 10,000 services one json.dumps of
+    # the whole document would hold the event loop for seconds.
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    response.enable_compression()
+    await response.prepare(request)
+    head = json.dumps(data, separators=(",", ":"))
+    await response.write((head[:-1] + ',"services":[').encode())
+    width = float(settings.slot)
+    for start in range(0, len(views), CHUNK):
+        chunk = [
+            json.dumps(service_json(view, now, settings.slots, width), separators=(",", ":"))
+            for view in views[start : start + CHUNK]
+        ]
+        await response.write((("," if start else "") + ",".join(chunk)).encode())
+        await asyncio.sleep(0)
+    await response.write(b"]}")
+    await response.write_eof()
+    return response
 
 
 async def api_service(request: web.Request) -> web.Response:

@@ -113,10 +113,21 @@ async def serve_and_measure(count: int, runs: int) -> dict[str, float]:
             assert response.status == 200, (path, response.status)
             return time.perf_counter() - started, len(body)
 
+        pauses: list[float] = []
+        began: list[float] = [0.0]
+
+        def watch_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                began[0] = time.perf_counter()
+            else:
+                pauses.append(time.perf_counter() - began[0])
+
+        gc.callbacks.append(watch_gc)
         await get("/")  # warms imports and the per-service HTML cache
         results: dict[str, float] = {"services": count}
         for mode in ("cold", "warm"):
             times, holds = [], []
+            pauses.clear()
             size = 0
             for _ in range(runs):
                 if mode == "cold":
@@ -133,12 +144,14 @@ async def serve_and_measure(count: int, runs: int) -> dict[str, float]:
                 holds.append(max(gaps) if gaps else 0.0)
             results[f"page_{mode}_median_ms"] = statistics.median(times) * 1000
             results[f"page_{mode}_max_loop_hold_ms"] = max(holds) * 1000
+            results[f"page_{mode}_longest_gc_ms"] = max(pauses, default=0.0) * 1000
             results["page_bytes"] = size
         badge_times = [(await get("/badge/svc-00001/status.svg"))[0] for _ in range(200)]
         results["badge_median_ms"] = statistics.median(badge_times) * 1000
         results["badge_p99_ms"] = sorted(badge_times)[int(len(badge_times) * 0.99) - 1] * 1000
         api_time, _ = await get("/api/v1/status")
         results["api_status_ms"] = api_time * 1000
+        gc.callbacks.remove(watch_gc)
     return results
 
 

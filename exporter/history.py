@@ -6,6 +6,7 @@ import math
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from exporter.result import FailureReason
 
@@ -37,11 +38,13 @@ class Slot:
     maintenance: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+class Failure(NamedTuple):
+    """One failed probe. A tuple of plain values: the garbage collector stops tracking it, so
+    10,000 services' failures add nothing to its full collections."""
+
     at: float
     duration: float
-    reason: FailureReason
+    reason: str  # a FailureReason's value
     message: str
 
 
@@ -139,7 +142,7 @@ class History:
             text = message[:MAX_MESSAGE]
             if self.failures and self.failures[-1].message == text:
                 text = self.failures[-1].message  # a repeated error is held once
-            self.failures.append(Failure(at, duration, reason or FailureReason.OTHER, text))
+            self.failures.append(Failure(at, duration, (reason or FailureReason.OTHER).value, text))
 
     def bar(self, now: float, count: int | None = None) -> list[Slot | None]:
         """The last ``count`` slots up to and including the current one, oldest first."""

@@ -330,7 +330,7 @@ def detail_page(
     failures = list(reversed(history.failures)) if history is not None else []
     if failures:
         rows = "".join(
-            f"<tr><td>{moment(f.at, now)}</td><td>{escape(f.reason.value)}</td>"
+            f"<tr><td>{moment(f.at, now)}</td><td>{escape(f.reason)}</td>"
             + (f"<td>{escape(f.message)}</td>" if viewer.errors else "")
             + f"<td>{millis(f.duration)}</td></tr>"
             for f in failures

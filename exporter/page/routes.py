@@ -393,7 +393,7 @@ def service_json(
         data["failures"] = [
             {
                 "at": f.at,
-                "reason": f.reason.value,
+                "reason": f.reason,
                 "message": f.message,
                 "duration_seconds": round(f.duration, 6),
             }

@@ -57,11 +57,12 @@ def clock(t: float) -> str:
     return time.strftime("%H:%M", time.gmtime(t))
 
 
-def moment(t: float, now: float) -> str:
-    """A time readably: HH:MM UTC today, with the date when it is older."""
+def moment(t: float, now: float, seconds: bool = False) -> str:
+    """A time readably: HH:MM UTC within a day of now, with the date otherwise."""
+    clock_format = "%H:%M:%S" if seconds else "%H:%M"
     if abs(now - t) < 20 * 3600:
-        return time.strftime("%H:%M UTC", time.gmtime(t))
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+        return time.strftime(f"{clock_format} UTC", time.gmtime(t))
+    return time.strftime(f"%Y-%m-%d {clock_format} UTC", time.gmtime(t))
 
 
 def millis(seconds: float | None) -> str:
@@ -320,17 +321,19 @@ def detail_page(
     ]
     if view.locations:
         rows = "".join(
-            f"<tr><td>{escape(loc)}</td><td>{state_badge(Health.UP if up else Health.DOWN)}</td></tr>"
+            f"<tr><td>{escape(loc)}</td><td>{state_badge(Health.UP if up else Health.DOWN)}</td>"
+            f"<td>{millis(view.location_p90.get(loc))}</td></tr>"
             for loc, up in sorted(view.locations.items())
         )
         parts.append(
             f'<section><h2>Locations</h2><table class="locations"><thead><tr><th scope="col">Location</th>'
-            f'<th scope="col">State</th></tr></thead><tbody>{rows}</tbody></table></section>'
+            f'<th scope="col">State</th><th scope="col">p90, 5 min</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table></section>"
         )
     failures = list(reversed(history.failures)) if history is not None else []
     if failures:
         rows = "".join(
-            f"<tr><td>{moment(f.at, now)}</td><td>{escape(f.reason)}</td>"
+            f"<tr><td>{moment(f.at, now, seconds=True)}</td><td>{escape(f.reason)}</td>"
             + (f"<td>{escape(f.message)}</td>" if viewer.errors else "")
             + f"<td>{millis(f.duration)}</td></tr>"
             for f in failures

@@ -41,6 +41,7 @@ class ServiceView:
     uptime: list[Uptime] = field(default_factory=list)
     vendor: str | None = None
     locations: dict[str, bool] = field(default_factory=dict)
+    location_p90: dict[str, float] = field(default_factory=dict)  # from Prometheus
     scope: str = ""
     maintenance: ActiveWindow | None = None
 
@@ -124,6 +125,9 @@ def service_view(
             if name == service.name
         }
         view.locations = seen
+        for (name, loc), value in prom.values.get("latency_p90", {}).items():
+            if name == service.name:
+                view.location_p90[loc] = value
     if last is not None and service.module.prober != "statuspage":
         # This exporter's own view is fresher than Prometheus' last scrape of it.
         view.locations[location] = last.success

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -117,16 +118,35 @@ def fixture_server() -> Iterator[FixtureServer]:
 
 
 def start_fixture_exporter(
-    server: FixtureServer, tmp: Path, extra: str = "", flags: tuple[str, ...] = ()
+    server: FixtureServer,
+    tmp: Path,
+    extra: str = "",
+    flags: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
 ) -> Process:
-    """Start ``python -m exporter`` on the fixture set, located in eu-west, and wait until it is ready."""
+    """Start ``python -m exporter`` on the fixture set, located in eu-west, and wait until it is ready.
+
+    ``headers`` (basic auth) are sent with the readiness checks when the exporter asks for them.
+    """
     config = tmp / "exporter.yml"
     config.write_text(fixture_config(server.url, extra))
     port = free_port()
     args = exporter_argv(config, port, "--location", "eu-west", *flags)
     process = Process(f"exporter-page-{port}", args, f"http://127.0.0.1:{port}", tmp)
+
+    def ready() -> bool:
+        if process.popen.poll() is not None:
+            raise AssertionError(f"the exporter exited with {process.popen.returncode}:\n{process.logs()}")
+        request = urllib.request.Request(process.url + "/-/ready", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return int(response.status) == 200
+        except urllib.error.HTTPError as err:
+            err.close()
+            return False
+
     try:
-        process.wait_ready()
+        wait_until(ready, 30.0, f"the exporter at {process.url} to be ready")
     except BaseException:
         process.stop()
         raise

@@ -87,9 +87,15 @@ def test_regional_failure_and_long_windows_come_from_prometheus(stack: Stack, tm
     (web,) = status["groups"]
     assert (web["verdict"], web["scope"]) == ("degraded", "regional: failing from b")
     assert status["prometheus"] == {"url": prometheus.url, "ok": True, "error": None}
+    # A Prometheus started a minute ago holds a minute: every window says so.
+    covered = regional_view["uptime_covered_seconds"]
+    assert set(covered) == {"24h", "7d", "30d", "90d"}
+    assert all(0 <= seconds < 600 for seconds in covered.values())
+    (notice,) = status["notices"]
+    assert notice.startswith("Prometheus holds ") and "24h, 7d, 30d, 90d uptime covers only that" in notice
     html = page(a.url)
     assert "regional: failing from b" in html and "down from b; up from a" in html
-    assert "30d 100%" in html
+    assert "30d 100% (" in html and " of data)" in html
 
 
 class Silent:

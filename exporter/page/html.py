@@ -159,7 +159,13 @@ class BarPainter:
 
 
 def _uptime_text(view: ServiceView, now: float) -> str:
-    shown = [f"<span>{u.window} {percent(u.ratio)}</span>" for u in view.uptime if u.ratio is not None]
+    shown = [
+        f"<span>{u.window} {percent(u.ratio)}</span>"
+        if u.covered is None
+        else f"<span>{u.window} {percent(u.ratio)} ({format_duration(round(u.covered, -1))} of data)</span>"
+        for u in view.uptime
+        if u.ratio is not None
+    ]
     history = view.history
     if not shown and history is not None and history.first is not None:
         since = history.uptime_since_start(now)

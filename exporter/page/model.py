@@ -22,6 +22,8 @@ class Uptime:
     window: str
     ratio: float | None
     source: str  # "memory" or "prometheus"
+    # Seconds of data behind the ratio, when less than the window (Prometheus only).
+    covered: float | None = None
 
 
 @dataclass
@@ -116,9 +118,16 @@ def service_view(
     if window is not None:
         view.note = window.reason
     if prom is not None:
-        for label, query, _ in PROMETHEUS_WINDOWS:
+        for label, query, seconds in PROMETHEUS_WINDOWS:
             if query in prom.values:
-                view.uptime.append(Uptime(label, prom.get(query, service.name), "prometheus"))
+                view.uptime.append(
+                    Uptime(
+                        label,
+                        prom.get(query, service.name),
+                        "prometheus",
+                        prometheus_covers(prom, now, seconds),
+                    )
+                )
         seen = {
             loc: value >= 1
             for (name, loc), value in prom.values.get("location_up", {}).items()
@@ -133,6 +142,16 @@ def service_view(
         view.locations[location] = last.success
     _place(view, location)
     return view
+
+
+def prometheus_covers(prom: PromSnapshot, now: float, window: float) -> float | None:
+    """Seconds of ``window`` Prometheus has data for, or None when it has all of it.
+
+    A window is taken as covered within 5% (the start is known to the minute).
+    """
+    since = prom.get("data_since")
+    covered = 0.0 if since is None else max(now - since, 0.0)
+    return None if covered >= window * 0.95 else covered
 
 
 def _place(view: ServiceView, location: str) -> None:

@@ -43,6 +43,11 @@ QUERIES: dict[str, Query] = {
     "location_failing": Query(
         "location:probe_failing_services:ratio", ("location",), "share of services failing per location"
     ),
+    # When Prometheus' data about the exporters begins (to a minute): a 30-day window over two
+    # hours of data is two hours of uptime, and the page says so.
+    "data_since": Query(
+        'min(min_over_time(timestamp(up{job="{job}"})[90d:1m]))', (), "start of the data Prometheus holds"
+    ),
     "latency_p90": Query(
         "max by (service, location) ("
         'service_location:probe_latency_seconds:histogram_quantile5m{quantile="0.9"})',

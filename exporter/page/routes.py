@@ -31,6 +31,7 @@ from exporter.page.model import (
     ServiceView,
     group_views,
     overall,
+    prometheus_covers,
     service_view,
 )
 from exporter.page.prometheus import PrometheusReader, PromSnapshot
@@ -39,7 +40,7 @@ from exporter.pagesettings import StatusPageConfig
 from exporter.result import ProbeResult
 from exporter.runtime import Exporter
 from exporter.store import ServiceState
-from exporter.types import redact_url
+from exporter.types import format_duration, redact_url
 from exporter.webconfig import WebConfig, auth_middleware
 
 # Services handled between two yields to the event loop while a page is built, so a page of
@@ -127,6 +128,18 @@ class StatusBoard:
             notes.append(f"{snapshot.error or 'Prometheus gave no answer'}. Windows missing: {lacking}.")
             if "location_up" not in snapshot.values:
                 notes.append("Other locations' views are missing: only this exporter's own view is shown.")
+        now = self._now()
+        short = [
+            label
+            for label, query, seconds in PROMETHEUS_WINDOWS
+            if query in snapshot.values and prometheus_covers(snapshot, now, seconds) is not None
+        ]
+        if short:
+            since = snapshot.get("data_since")
+            held = "no" if since is None else format_duration(round(max(now - since, 0.0), -1))
+            notes.append(
+                f"Prometheus holds {held} of data so far: {', '.join(short)} uptime covers only that."
+            )
         return notes
 
     def _now(self) -> float:
@@ -367,6 +380,7 @@ def service_json(
         "latency_p95_seconds": view.p95,
         "uptime": {u.window: u.ratio for u in view.uptime},
         "uptime_sources": {u.window: u.source for u in view.uptime},
+        "uptime_covered_seconds": {u.window: u.covered for u in view.uptime if u.covered is not None},
         "uptime_since_start": history.uptime_since_start(now) if history is not None else None,
         "vendor": None
         if view.vendor is None

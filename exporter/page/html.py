@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
 
-from exporter.health import VENDOR_WORDS, WORDS, Health
+from exporter.health import VENDOR_WORDS, WORDS, Health, troubled_components
 from exporter.history import DEGRADED, FAILED, History
 from exporter.page.model import GroupView, ServiceView
 from exporter.types import format_duration, redact_url
@@ -325,6 +325,16 @@ def detail_page(
         "</ul>",
         f"<section><h2>Latency</h2>{chart(history, view.service.objectives.latency)}</section>",
     ]
+    if view.vendor is not None:
+        troubled = troubled_components(view.state.last)
+        items = "".join(
+            f"<li>{escape(name)}: {escape(status.replace('_', ' '))}</li>" for name, status in troubled
+        )
+        words = escape(VENDOR_WORDS.get(view.vendor, view.vendor))
+        listing = f"<ul>{items}</ul>" if items else "<p>Every component operational.</p>"
+        parts.append(
+            f'<section><h2>What the vendor says</h2><p class="vendor">{words}</p>{listing}</section>'
+        )
     if view.locations:
         rows = "".join(
             f"<tr><td>{escape(loc)}</td><td>{state_badge(Health.UP if up else Health.DOWN)}</td>"

@@ -331,7 +331,7 @@ def detail_page(
             f"<li>{escape(name)}: {escape(status.replace('_', ' '))}</li>" for name, status in troubled
         )
         words = escape(VENDOR_WORDS.get(view.vendor, view.vendor))
-        listing = f"<ul>{items}</ul>" if items else "<p>Every component operational.</p>"
+        listing = f"<ul>{items}</ul>" if items else "<p>No component is listed as in trouble.</p>"
         parts.append(
             f'<section><h2>What the vendor says</h2><p class="vendor">{words}</p>{listing}</section>'
         )

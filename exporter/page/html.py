@@ -309,6 +309,12 @@ def chart(history: History | None, objective: float | None) -> str:
     return "".join(parts)
 
 
+def _reach(up: bool) -> str:
+    """A location's last probe of the service, in words: succeeded or failed."""
+    health, words = (Health.UP, "Succeeded") if up else (Health.DOWN, "Failed")
+    return f'<span class="state st-{health.value}"><span aria-hidden="true">{SYMBOLS[health]}</span> {words}</span>'
+
+
 def detail_page(
     view: ServiceView, viewer: Viewer, now: float, title: str, slots: int, width: float, refresh: float
 ) -> str:
@@ -337,13 +343,13 @@ def detail_page(
         )
     if view.locations:
         rows = "".join(
-            f"<tr><td>{escape(loc)}</td><td>{state_badge(Health.UP if up else Health.DOWN)}</td>"
+            f"<tr><td>{escape(loc)}</td><td>{_reach(up)}</td>"
             f"<td>{millis(view.location_p90.get(loc))}</td></tr>"
             for loc, up in sorted(view.locations.items())
         )
         parts.append(
             f'<section><h2>Locations</h2><table class="locations"><thead><tr><th scope="col">Location</th>'
-            f'<th scope="col">State</th><th scope="col">p90, 5 min</th></tr></thead>'
+            f'<th scope="col">Last probe</th><th scope="col">p90, 5 min</th></tr></thead>'
             f"<tbody>{rows}</tbody></table></section>"
         )
     failures = list(reversed(history.failures)) if history is not None else []

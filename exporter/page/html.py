@@ -312,7 +312,8 @@ def chart(history: History | None, objective: float | None) -> str:
 def _reach(up: bool) -> str:
     """A location's last probe of the service, in words: succeeded or failed."""
     health, words = (Health.UP, "Succeeded") if up else (Health.DOWN, "Failed")
-    return f'<span class="state st-{health.value}"><span aria-hidden="true">{SYMBOLS[health]}</span> {words}</span>'
+    symbol = f'<span aria-hidden="true">{SYMBOLS[health]}</span>'
+    return f'<span class="state st-{health.value}">{symbol} {words}</span>'
 
 
 def detail_page(

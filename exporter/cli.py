@@ -200,6 +200,7 @@ def serve(argv: list[str]) -> int:
         log.error("invalid web config: %s", err)
         return 1
     _use_uvloop()
+    from exporter.page.routes import access_middleware
     from exporter.web import EXPORTER, make_app
 
     auth = auth_middleware(web_config)
@@ -209,7 +210,7 @@ def serve(argv: list[str]) -> int:
         location=args.location,
         shard=shard,
         watch_interval=watch_interval,
-        middlewares=(auth,),
+        middlewares=(access_middleware(web_config, auth),),
     )
     app.on_cleanup.append(auth.close)
 

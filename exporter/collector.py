@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import platform
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client.metrics_core import Metric
@@ -13,6 +14,8 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import Service
+from exporter.health import degraded_reason
+from exporter.maintenance import MaintenanceBoard
 from exporter.probes import PROBERS
 from exporter.result import FailureReason, ProbeResult
 from exporter.store import Histogram, ResultStore, ServiceState
@@ -32,6 +35,9 @@ HELP: dict[str, str] = {
     "probe_attempt_failures": "Failed attempts by reason, retries included; shows flakiness retries hide.",
     "probe_last_success_timestamp_seconds": "When a probe last succeeded, as a unix time.",
     "probe_last_run_timestamp_seconds": "When a probe last finished, as a unix time.",
+    "probe_degraded": "1 if the last probe succeeded but missed its latency objective, needed a retry,"
+    " or its vendor's status page reports trouble.",
+    "probe_maintenance": "1 while a maintenance window covers the service.",
     "probe_service_info": "Settings of each service; join on service for its target and labels.",
     "probe_interval_seconds": "How often the service is probed; ProbeStale scales with it.",
     "probe_objective_availability_ratio": "Availability objective of the service.",
@@ -228,7 +234,10 @@ class ServiceCollector:
     def __init__(self, store: ResultStore, location: str) -> None:
         self.store = store
         self.location = location
-        self._cache: dict[str, tuple[int, Service, str, dict[str, str]]] = {}
+        self._cache: dict[str, tuple[int, Service, str, bool, dict[str, str]]] = {}
+        # Maintenance changes with the clock, not with results: it is part of the cache key.
+        self.maintenance = MaintenanceBoard()
+        self.wall: Callable[[], float] = time.time
 
     async def render(self) -> bytes:
         return b"".join([chunk async for chunk in self.stream()])
@@ -236,29 +245,36 @@ class ServiceCollector:
     async def stream(self) -> AsyncIterator[bytes]:
         """The probe series, family by family, yielding to the event loop as it goes."""
         out = Exposition()
-        cache: dict[str, tuple[int, Service, str, dict[str, str]]] = {}
+        cache: dict[str, tuple[int, Service, str, bool, dict[str, str]]] = {}
+        now = self.wall()
         for index, state in enumerate(self.store):
             if index % self.CHUNK == self.CHUNK - 1:
                 await asyncio.sleep(0)
             name = state.service.name
             cached = self._cache.get(name)
+            inside = self.in_maintenance(state.service, now)
             if (
                 cached is not None
                 and cached[0] == state.runs
                 and cached[1] is state.service
                 and cached[2] == self.location
+                and cached[3] == inside
             ):
-                blocks = cached[3]
+                blocks = cached[4]
             else:
-                blocks = pack(self._service_blocks(state))
-            cache[name] = (state.runs, state.service, self.location, blocks)
+                blocks = pack(self._service_blocks(state, inside))
+            cache[name] = (state.runs, state.service, self.location, inside, blocks)
             out.extend(blocks)
         self._cache = cache
         for chunk in out.chunks():
             yield chunk
             await asyncio.sleep(0)
 
-    def _service_blocks(self, state: ServiceState) -> list[tuple[str, str, str]]:
+    def in_maintenance(self, service: Service, now: float) -> bool:
+        board = self.maintenance
+        return bool(board.open_windows(now)) and board.active(service.name, service.group, now) is not None
+
+    def _service_blocks(self, state: ServiceState, inside: bool | None = None) -> list[tuple[str, str, str]]:
         # Written out line by line: this runs for every service that was probed since the last
         # scrape, so it avoids the general-purpose helpers' per-sample overhead.
         service = state.service
@@ -290,6 +306,10 @@ class ServiceCollector:
             single("probe_last_run_timestamp_seconds", last.started_at + last.duration)
         if state.last_success is not None:
             single("probe_last_success_timestamp_seconds", state.last_success)
+        single("probe_degraded", 0.0 if degraded_reason(service, last) is None else 1.0)
+        if inside is None:
+            inside = self.in_maintenance(service, self.wall())
+        single("probe_maintenance", 1.0 if inside else 0.0)
         gauge(("probe_runs", "counter", f"probe_runs_total{{{labels}}} {state.runs}"))
         counts = state.failures
         gauge(

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from exporter.errors import ConfigError, ConfigIssue
+from exporter.maintenance import MaintenanceWindow, Schedule, Timestamp, TimeZone
 from exporter.modules import (
     DNSProbe,
     FlowProbe,
@@ -32,6 +33,7 @@ from exporter.modules import (
     WebSocketProbe,
     check_module,
 )
+from exporter.pagesettings import StatusPageConfig
 from exporter.probes import PROBERS
 from exporter.types import Duration, HostPattern, Regex, Secret, StatusRange, format_duration, redact_url
 from exporter.yamlread import (
@@ -145,6 +147,8 @@ class Config:
     fingerprints: Mapping[str, bytes] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    status_page: StatusPageConfig = field(default_factory=StatusPageConfig)
 
     def service(self, name: str) -> Service | None:
         for service in self.services:
@@ -175,6 +179,7 @@ def parse_config(text: str, file: str | None = None) -> Config:
         for key, message in check_module(module):
             reader.error(f"modules.{name}.{key}", find_node(module_node, key) or module_node, message)
     services = _resolve_services(spec, reader)
+    _check_status_sections(spec, services, nodes, reader)
     if reader.issues:
         raise ConfigError(sorted(reader.issues, key=_issue_order), file)
     return Config(
@@ -184,7 +189,44 @@ def parse_config(text: str, file: str | None = None) -> Config:
         services=tuple(services),
         source=file,
         service_files=spec.service_files,
+        maintenance=spec.maintenance,
+        status_page=spec.status_page,
     )
+
+
+def _check_status_sections(
+    spec: _Sections, services: list[Service], nodes: dict[str, yaml.Node], reader: Reader
+) -> None:
+    """Checks of maintenance and status_page that need the services: names must exist.
+
+    With service_files, services may arrive later, so unknown names are left alone then.
+    """
+    windows_node = nodes.get("maintenance")
+    if not spec.service_files:
+        names = {s.name for s in services}
+        groups = {s.group for s in services}
+        for index, window in enumerate(spec.maintenance):
+            node = windows_node.value[index] if isinstance(windows_node, yaml.SequenceNode) else None
+            for key, wanted, known in (
+                ("services", window.services, names),
+                ("groups", window.groups, groups),
+            ):
+                listed = find_node(node, key)
+                for position, name in enumerate(wanted):
+                    if name not in known:
+                        hint = difflib.get_close_matches(name, sorted(known), n=1)
+                        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                        at = listed.value[position] if isinstance(listed, yaml.SequenceNode) else listed
+                        what = "service" if key == "services" else "group"
+                        reader.error(
+                            f"maintenance[{index}].{key}[{position}]", at, f"no {what} {name!r}{extra}"
+                        )
+    labels_node = find_node(nodes.get("status_page"), "public.labels")
+    for position, label in enumerate(spec.status_page.public.labels):
+        if not LABEL_NAME_RE.match(label):
+            at = labels_node.value[position] if isinstance(labels_node, yaml.SequenceNode) else labels_node
+            message = f"invalid label name {label!r}: must match [a-zA-Z_][a-zA-Z0-9_]*"
+            reader.error(f"status_page.public.labels[{position}]", at, message)
 
 
 def parse_service_file(text: str, file: str, config: Config) -> tuple[Service, ...]:
@@ -224,6 +266,8 @@ class _Sections:
     # (index in the file, the spec or None when it was invalid, its node)
     services: list[tuple[int, ServiceSpec | None, yaml.Node]]
     service_files: tuple[str, ...]
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    status_page: StatusPageConfig = field(default_factory=StatusPageConfig)
 
 
 _SECTION_TYPES: dict[str, object] = {
@@ -231,6 +275,8 @@ _SECTION_TYPES: dict[str, object] = {
     "probe_allowlist": tuple[HostPattern, ...],
     "modules": Mapping[str, Module],
     "service_files": tuple[str, ...],
+    "maintenance": tuple[MaintenanceWindow, ...],
+    "status_page": StatusPageConfig,
 }
 
 
@@ -240,6 +286,8 @@ def _read_sections(root: yaml.Node | None, reader: Reader) -> _Sections:
         "probe_allowlist": (),
         "modules": MappingProxyType({}),
         "service_files": (),
+        "maintenance": (),
+        "status_page": StatusPageConfig(),
     }
     services: list[tuple[int, ServiceSpec | None, yaml.Node]] = []
     if root is not None and root.tag != "tag:yaml.org,2002:null":
@@ -255,7 +303,7 @@ def _read_sections(root: yaml.Node | None, reader: Reader) -> _Sections:
                 if not is_invalid(value):
                     values[key] = value
             else:
-                choices = ["global", "probe_allowlist", "modules", "services", "service_files"]
+                choices = ["services", *_SECTION_TYPES]
                 hint = difflib.get_close_matches(str(key), choices, n=1)
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
                 reader.error(str(key), key_node, f"unknown key{extra}")
@@ -265,6 +313,8 @@ def _read_sections(root: yaml.Node | None, reader: Reader) -> _Sections:
         modules=values["modules"],  # type: ignore[arg-type]
         services=services,
         service_files=values["service_files"],  # type: ignore[arg-type]
+        maintenance=values["maintenance"],  # type: ignore[arg-type]
+        status_page=values["status_page"],  # type: ignore[arg-type]
     )
 
 
@@ -544,7 +594,7 @@ def _plain(value: object) -> object:
         return "<secret>"
     if isinstance(value, Duration):
         return str(value)
-    if isinstance(value, Regex | HostPattern | StatusRange):
+    if isinstance(value, Regex | HostPattern | StatusRange | Timestamp | Schedule | TimeZone):
         return str(value)
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
@@ -599,4 +649,11 @@ def dump_config(config: Config) -> str:
         "modules": {name: _module_data(m) for name, m in config.modules.items()},
         "services": services,
     }
+    if config.maintenance:
+        data["maintenance"] = [_plain(window) for window in config.maintenance]
+    status_page = _plain(config.status_page)
+    if isinstance(status_page, dict) and status_page:
+        if "prometheus_url" in status_page:
+            status_page["prometheus_url"] = redact_url(config.status_page.prometheus_url)
+        data["status_page"] = status_page
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -17,6 +17,7 @@ from exporter.discovery import ServiceFiles
 from exporter.errors import ConfigError
 from exporter.heartbeats import HeartbeatBoard
 from exporter.loopwatch import LoopWatch
+from exporter.maintenance import MaintenanceBoard
 from exporter.result import SYSTEM_CLOCK, Clock
 from exporter.scheduler import Scheduler
 from exporter.sharding import Shard
@@ -72,6 +73,8 @@ class Exporter:
         # Config files this big are parsed in a child process on reload (see exporter.configload).
         self.isolate_above = ISOLATE_ABOVE_BYTES
         self.service_collector = ServiceCollector(self.store, self.location)
+        self.service_collector.wall = clock.wall
+        self.maintenance = self.service_collector.maintenance = MaintenanceBoard(config.maintenance)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SelfCollector(self))
         self._settle()
@@ -141,6 +144,8 @@ class Exporter:
         self.config = config
         self.allowlist = Allowlist(config.probe_allowlist)
         self.service_collector.location = self.location
+        if config.maintenance != self.maintenance.windows:
+            self.maintenance = self.service_collector.maintenance = MaintenanceBoard(config.maintenance)
         self._settle(refresh=False)
         self.reload_successful = True
         self.reload_success_time = self.clock.wall()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from exporter.config import Service
+from exporter.history import History
 from exporter.result import FailureReason, ProbeResult
 
 
@@ -58,6 +59,8 @@ class ServiceState:
     # ``latency``, which is meant to hold the target's time only.
     stalled_runs: int = 0
     latency: Histogram = field(init=False)
+    # Kept by the status page (exporter.page), which sets the store's on_record.
+    history: History | None = None
 
     def __post_init__(self) -> None:
         self.latency = Histogram(self.service.latency_buckets)
@@ -68,6 +71,8 @@ class ResultStore:
 
     def __init__(self) -> None:
         self._states: dict[str, ServiceState] = {}
+        # Called after each recorded result (the status page keeps its history this way).
+        self.on_record: Callable[[ServiceState, ProbeResult], None] | None = None
 
     def sync(self, services: Iterable[Service]) -> None:
         """Match the store to a new service set, keeping the state of services that stay."""
@@ -82,6 +87,7 @@ class ResultStore:
                 if (state.service.group, state.service.target) != (service.group, service.target):
                     # Another target: the old result describes something else now.
                     state.last = None
+                    state.history = None
                 state.service = service
             states[service.name] = state
         self._states = states
@@ -106,6 +112,8 @@ class ResultStore:
                 state.latency.observe(result.duration)
         else:
             state.failures[result.reason or FailureReason.OTHER] += 1
+        if self.on_record is not None:
+            self.on_record(state, result)
 
     def get(self, name: str) -> ServiceState | None:
         return self._states.get(name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import html
 import logging
 from collections.abc import AsyncIterator
 
@@ -12,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import generate_latest
 
-from exporter import __version__
+from exporter import page
 from exporter.allowlist import Allowlist, target_host
 from exporter.collector import render_result
 from exporter.config import Config, dump_config
@@ -21,7 +20,7 @@ from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
 from exporter.runner import run_probe
 from exporter.runtime import Exporter
 from exporter.sharding import Shard
-from exporter.types import format_duration, read_secret_file, redact_url
+from exporter.types import read_secret_file, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def make_app(
     if schedule:
         app.cleanup_ctx.append(_scheduler_context)
         app.cleanup_ctx.append(_watch_context)
-    app.router.add_get("/", index)
+    page.install(app, exporter)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)
     app.router.add_post("/-/reload", reload)
@@ -249,44 +248,3 @@ async def ready(request: web.Request) -> web.Response:
 async def show_config(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER]
     return web.Response(text=dump_config(exporter.config), content_type="text/plain")
-
-
-async def index(request: web.Request) -> web.Response:
-    exporter = request.app[EXPORTER]
-    rows = []
-    for state in exporter.store:
-        service = state.service
-        last = state.last
-        status = "pending" if last is None else ("up" if last.success else f"down ({last.reason})")
-        took = "" if last is None else f"{last.duration * 1000:.1f} ms"
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(cell))}</td>"
-                for cell in (
-                    service.name,
-                    service.group,
-                    service.module.prober,
-                    redact_url(service.target),
-                    format_duration(service.interval),
-                    status,
-                    took,
-                )
-            )
-            + "</tr>"
-        )
-    page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>outage-exporter</title></head>
-<body>
-<h1>outage-exporter {html.escape(__version__)}</h1>
-<p>Location: {html.escape(exporter.location)}.
-<a href="metrics">Metrics</a> · <a href="config">Config</a> ·
-<a href="-/healthy">Health</a> · <a href="-/ready">Ready</a></p>
-<table border="1" cellpadding="4">
-<tr><th>service</th><th>group</th><th>prober</th><th>target</th><th>interval</th>
-<th>status</th><th>duration</th></tr>
-{"".join(rows)}
-</table>
-</body></html>
-"""
-    return web.Response(text=page, content_type="text/html")

@@ -58,7 +58,10 @@ class TLSServerConfig:
             yield "client_ca_file", f"is required for client_auth_type {self.client_auth_type}"
         for i, name in enumerate(self.cipher_suites):
             if name not in CIPHER_SUITES:
-                yield f"cipher_suites[{i}]", f"unknown cipher suite {name!r} (Go's names, e.g. {_EXAMPLE_SUITE})"
+                yield (
+                    f"cipher_suites[{i}]",
+                    f"unknown cipher suite {name!r} (Go's names, e.g. {_EXAMPLE_SUITE})",
+                )
         for i, name in enumerate(self.curve_preferences):
             if name not in CURVES:
                 yield f"curve_preferences[{i}]", f"unknown curve {name!r} (known: {', '.join(CURVES)})"

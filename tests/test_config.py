@@ -155,6 +155,35 @@ INVALID = {
         "modules.grpc_health.grpc.metadata.x team (line 7): "
         "invalid metadata key 'x team': use letters, digits, '_', '.' and '-'",
     ],
+    "invalid-maintenance-end-before-start.yml": [
+        "maintenance[0].end (line 6): must be after start 2026-12-01T22:00:00Z, got 2026-12-01T21:00:00Z"
+    ],
+    "invalid-maintenance-schedule.yml": [
+        "maintenance[0].schedule (line 5): hour field '25': 25 is outside 0-23"
+    ],
+    "invalid-maintenance-both-kinds.yml": [
+        "maintenance[0].schedule (line 7): set either start and end, or schedule and duration, not both"
+    ],
+    "invalid-maintenance-unknown-service.yml": [
+        "maintenance[0].services[0] (line 4): no service 'chekout' (did you mean 'checkout'?)"
+    ],
+    "invalid-maintenance-no-offset.yml": [
+        "maintenance[0].start (line 5): must say its UTC offset (Z or +02:00), "
+        "got 2026-12-01 22:00:00 without one"
+    ],
+    "invalid-maintenance-missing.yml": [
+        "maintenance[0].duration (line 4): is required with schedule: how long each window lasts",
+        "maintenance[0].services (line 4): a window needs services, groups or all: true",
+        "maintenance[0].reason (line 5): must not be empty: it is shown on the status page",
+    ],
+    "invalid-status-page.yml": [
+        "status_page.prometheus_url (line 4): must be an http or https URL, got 'prometheus:9090'",
+        "status_page.slots (line 5): must be between 10 and 500, got 5000",
+    ],
+    "invalid-status-page-public.yml": [
+        "status_page.public.labels[1] (line 6): invalid label name 'team-name': "
+        "must match [a-zA-Z_][a-zA-Z0-9_]*"
+    ],
     "invalid-many.yml": [
         "services[0].timeout (line 8): must be less than interval 10s, got 30s",
         "services[1].name (line 9): duplicate service name 'api' (first on line 5)",

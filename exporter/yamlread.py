@@ -168,12 +168,12 @@ class Reader:
             if not isinstance(key, str) or key not in fields:
                 hint = difflib.get_close_matches(str(key), list(fields), n=1)
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                # Reported, and the rest of the mapping still read and checked, so one stray key
+                # does not hide the other errors (the load fails on any reported error anyway).
                 self.error(sub, key_node, f"unknown key{extra}")
-                ok = False
                 continue
             if key in key_nodes:
                 self.error(sub, key_node, f"duplicate key (first set on line {line_of(key_nodes[key])})")
-                ok = False
                 continue
             key_nodes[key] = key_node
             value = self.read(hints[fields[key].name], value_node, sub)

@@ -184,6 +184,12 @@ INVALID = {
         "status_page.public.labels[1] (line 6): invalid label name 'team-name': "
         "must match [a-zA-Z_][a-zA-Z0-9_]*"
     ],
+    "invalid-service-all-errors.yml": [
+        "services[0].prober (line 4): unknown prober 'nosuch'; expected one of http, tcp, dns, icmp, grpc, "
+        "push, flow, statuspage, websocket",
+        "services[0].bogus_key (line 6): unknown key",
+        "services[0].timeout (line 8): must be less than interval 5s, got 10s",
+    ],
     "invalid-many.yml": [
         "services[0].timeout (line 8): must be less than interval 10s, got 30s",
         "services[1].name (line 9): duplicate service name 'api' (first on line 5)",

@@ -28,6 +28,7 @@ from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import Address, ProbeFailure
 from exporter.probes.tcp import split_host_port
 from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.types import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,7 @@ async def probe_dns(request: ProbeRequest) -> ProbeResult:
     except ProbeFailure as failure:
         return failure.result(trace)
     except Exception as err:  # a bug here must not take the scheduler down
-        log.exception("dns probe of %s raised", request.target)
+        log.exception("dns probe of %s raised", redact_url(request.target))
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
     return trace.succeed(message)
 

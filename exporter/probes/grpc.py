@@ -23,6 +23,7 @@ from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.probes.tcp import split_host_port
 from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.types import redact_url
 
 # Why HTTP/2 through h2 rather than grpcio: a health check is one unary call whose request and
 # answer are a few bytes of protobuf, which fit in a screenful of code. h2 is pure Python and
@@ -109,7 +110,7 @@ async def probe_grpc(request: ProbeRequest) -> ProbeResult:
     except ProbeFailure as failure:
         return failure.result(trace)
     except Exception as err:  # a bug here must still produce a result, not a crash
-        log.exception("grpc probe of %s raised", request.target)
+        log.exception("grpc probe of %s raised", redact_url(request.target))
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
     return trace.succeed()
 

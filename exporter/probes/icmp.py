@@ -20,6 +20,7 @@ from exporter.probes import net
 from exporter.probes.base import Prober, ProbeRequest, ProberKind
 from exporter.probes.net import Address, ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.types import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +373,7 @@ def make_prober(factory: SocketFactory = open_socket, kinds: Sequence[SocketKind
         except ProbeFailure as failure:
             return failure.result(trace)
         except Exception as err:  # a bug here must not take the scheduler down
-            log.exception("icmp probe of %s raised", request.target)
+            log.exception("icmp probe of %s raised", redact_url(request.target))
             return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
         if reply.error is not None:
             return trace.fail(FailureReason.CONNECT, reply.error)

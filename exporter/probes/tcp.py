@@ -12,7 +12,7 @@ from exporter.probes import net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
-from exporter.types import Regex, RegexMatch, match_text
+from exporter.types import Regex, RegexMatch, match_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ async def probe_tcp(request: ProbeRequest) -> ProbeResult:
     except ProbeFailure as failure:
         return failure.result(trace)
     except Exception as err:  # a bug here must not take the scheduler down
-        log.exception("tcp probe of %s raised", request.target)
+        log.exception("tcp probe of %s raised", redact_url(request.target))
         return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
     return trace.succeed()
 

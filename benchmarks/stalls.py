@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.metrics_util import parse, value  # noqa: E402
-from tests.stack import free_port  # noqa: E402
+from tests.stack import free_port, server_child  # noqa: E402
 from tests.test_stalls import attack_config  # noqa: E402
 
 ATTACKS = ("none", "scheduled", "probe-endpoint", "password-flood")
@@ -189,25 +189,16 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds each attack runs")
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose exporter is measured")
     parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--body-mib", type=int, default=8, help="size of the big bodies")
     args = parser.parse_args()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.attack_servers", "3600"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert child.stdout is not None and child.stdin is not None
-    ports = json.loads(child.stdout.readline())
     rows = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for attack in args.attacks.split(","):
-                rows.append(run_attack(attack, ports, args.source.resolve(), args.duration, Path(tmp)))
-                print(json.dumps(rows[-1]), flush=True)
-    finally:
-        child.stdin.close()
-        child.wait(timeout=15)
+    with (
+        server_child("tests.attack_servers", 3600, str(args.body_mib)) as ports,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        for attack in args.attacks.split(","):
+            rows.append(run_attack(attack, ports, args.source.resolve(), args.duration, Path(tmp)))
+            print(json.dumps(rows[-1]), flush=True)
     load = os.getloadavg()[0]
     print(f"\nsource: {args.source.resolve()}, {args.duration:g} s per attack, load average {load:.1f}")
     print("| attack | canary runs | canary p50 / p99 / max (ms) | /-/healthy median / max (ms), unanswered |")

@@ -16,7 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-BIG = 8 * 1024 * 1024
+# The big bodies' size; the child's second argument (in MiB) changes it.
+BIG = (int(sys.argv[2]) if len(sys.argv) > 2 else 4) * 1024 * 1024
 DNS_RECORDS = 4060  # about 65 KB: the most one message can carry
 
 
@@ -34,7 +35,7 @@ def _bodies() -> dict[str, tuple[bytes, dict[str, str]]]:
         "spaces": (b" " * 400_000 + b"x", plain),
         # Two members, the second with the word the check looks for.
         "members": (gzip.compress(b"a" * (BIG // 2)) + gzip.compress(b"status: ok"), zipped),
-        # Eight megabytes of zeros in a few kilobytes.
+        # Megabytes of zeros in a few kilobytes.
         "bomb": (bomb, zipped),
         "json": (json.dumps({"status": "ok", "items": ["a" * 64] * 60_000}).encode(), plain),
     }

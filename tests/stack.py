@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -35,6 +36,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server_child(module: str, lifetime: int = 600, *args: str) -> Iterator[dict[str, int]]:
+    """Run ``python -m module LIFETIME ARGS...``, a child that prints its ports as JSON and serves
+    until its stdin closes; yield the ports. Its load stays out of the test process's measurements."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, str(lifetime), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        yield json.loads(proc.stdout.readline())
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -14,7 +14,6 @@ import os
 import random
 import socket
 import struct
-import subprocess
 import sys
 import tracemalloc
 import types
@@ -323,6 +322,7 @@ from exporter.store import ResultStore  # noqa: E402
 from exporter.types import ByteSize, Regex  # noqa: E402
 from exporter.web import make_app  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
+from tests.stack import server_child  # noqa: E402
 
 TIMEOUT = 1.0
 BODY_LIMIT = 1024 * 1024
@@ -331,25 +331,8 @@ BODY_LIMIT = 1024 * 1024
 @pytest.fixture(scope="module")
 def zoo() -> Iterator[dict[str, int]]:
     """Starts the hostile servers in a child process; their ports by behaviour."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.test_hostile", "600"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        ports = json.loads(proc.stdout.readline())
+    with server_child("tests.test_hostile") as ports:
         yield ports
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
 
 
 def http(**settings: Any) -> Module:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from exporter.config import parse_config
 from exporter.errors import ConfigError
 from exporter.web import make_app
 from tests.metrics_util import parse, value
-from tests.stack import free_port, wait_until
+from tests.stack import Process, free_port
 
 BLACKBOX = "prometheus-blackbox-exporter"
 
@@ -126,28 +125,13 @@ def modules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def blackbox(blackbox_binary: str, modules_file: Path) -> Iterator[str]:
     """The real blackbox_exporter with one module per case."""
     port = free_port()
-    log = modules_file.with_suffix(".log")
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [blackbox_binary, f"--config.file={modules_file}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    args = [blackbox_binary, f"--config.file={modules_file}", f"--web.listen-address=127.0.0.1:{port}"]
+    process = Process("blackbox", args, f"http://127.0.0.1:{port}", modules_file.parent)
     try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"{BLACKBOX} exited:\n{log.read_text(errors='replace')}")
-            with urllib.request.urlopen(f"{base}/-/healthy", timeout=2) as reply:
-                return bool(reply.status == 200)
-
-        wait_until(ready, 30, "blackbox_exporter")
-        yield base
+        process.wait_ready("/-/healthy")
+        yield process.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        process.stop()
 
 
 @pytest.fixture

@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,7 +26,7 @@ import pytest
 import yaml
 
 from tests.metrics_util import Series, parse, value
-from tests.stack import Process, exporter_argv, free_port, wait_until
+from tests.stack import Process, exporter_argv, free_port, server_child, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # How long each attack runs while the canary is watched.
@@ -46,24 +43,8 @@ LATE_SHARE = 0.1
 @pytest.fixture(scope="module")
 def attackers() -> Iterator[dict[str, int]]:
     """The expensive targets, in a child process; their ports by kind."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.attack_servers", "600"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        yield json.loads(proc.stdout.readline())
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+    with server_child("tests.attack_servers") as ports:
+        yield ports
 
 
 def attack_config(ports: dict[str, int]) -> dict[str, Any]:
@@ -192,6 +173,18 @@ class HealthWatch:
                 self.missed.append(f"status {status}")
 
 
+def attack(health: HealthWatch, threads: list[threading.Thread], stop: threading.Event) -> HealthWatch:
+    """Run the attacking threads for WINDOW seconds while ``health`` watches; then stop them."""
+    with health:
+        for thread in threads:
+            thread.start()
+        time.sleep(WINDOW)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=15)
+    return health
+
+
 def assert_kept_schedule(before: Series, after: Series, health: HealthWatch) -> None:
     """The canary ran once a second, the loop never stalled, and /-/healthy always answered."""
     runs = value(after, "probe_runs_total", service="canary") - value(
@@ -235,10 +228,10 @@ def test_expensive_answers_do_not_stall_scheduled_probes(tmp_path: Path, attacke
     # The answers are judged as blackbox judges them, each within its timeout.
     expected = {
         "nested": 0.0,  # the body does not match ^(a+)+$
-        "letters": 0.0,  # no "status" in eight megabytes of letters
+        "letters": 0.0,  # no "status" in megabytes of letters
         "spaces": 1.0,  # \s+$ does not match: the body ends in x
         "members": 1.0,  # the second gzip member holds the text
-        "bomb": 1.0,  # eight megabytes of zeros, no x
+        "bomb": 1.0,  # megabytes of zeros, no x
         "lines": 0.0,  # no line matches, and the server then goes quiet
         "dns_udp": 0.0,  # 65 KB over UDP without EDNS
         "dns_tcp": 1.0,  # the same answer over TCP is fine, and no record matches (1+)+x
@@ -274,13 +267,7 @@ def test_expensive_answers_through_probe_endpoint(tmp_path: Path, attackers: dic
             threading.Thread(target=hammer, args=args, daemon=True)
             for args in (("letters", "letters"), ("nested", "nested"), ("spaces", "spaces"), ("bomb", "bomb"))
         ]
-        with HealthWatch(f"{process.url}/-/healthy") as health:
-            for thread in threads:
-                thread.start()
-            time.sleep(WINDOW)
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=15)
+        health = attack(HealthWatch(f"{process.url}/-/healthy"), threads, stop)
         after = scrape(process)
     assert_kept_schedule(before, after, health)
     assert {"letters 200 failed", "nested 200 failed", "spaces 200 ok", "bomb 200 ok"} <= set(outcomes), set(
@@ -315,13 +302,7 @@ def test_wrong_password_flood_does_not_stall(tmp_path: Path, attackers: dict[str
                 refused[status] = refused.get(status, 0) + 1
 
         threads = [threading.Thread(target=flood, args=(n,), daemon=True) for n in range(16)]
-        with HealthWatch(f"{process.url}/-/healthy", good) as health:
-            for thread in threads:
-                thread.start()
-            time.sleep(WINDOW)
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=15)
+        health = attack(HealthWatch(f"{process.url}/-/healthy", good), threads, stop)
         after = scrape(process, good)
     assert_kept_schedule(before, after, health)
     assert set(refused) <= {401, 429}, refused

@@ -87,7 +87,8 @@ class MalformedRequestFilter(logging.Filter):
         err = record.exc_info[1] if record.exc_info else None
         if isinstance(err, HttpProcessingError):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            record.msg, record.args = "malformed request answered %d: %s", (err.code, err.message[:200])
+            # The parser's message quotes the offending bytes, which may hold a credential.
+            record.msg, record.args = "malformed request answered %d (%s)", (err.code, type(err).__name__)
             record.exc_info = None
             record.exc_text = None
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)

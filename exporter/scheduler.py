@@ -12,7 +12,7 @@ from typing import Protocol
 
 from exporter.config import Service
 from exporter.heartbeats import HeartbeatBoard
-from exporter.loopwatch import LoopWatch
+from exporter.loopwatch import STALL_THRESHOLD, LoopWatch
 from exporter.modules import Module
 from exporter.result import SYSTEM_CLOCK, Clock, FailureReason, ProbeResult
 from exporter.runner import run_probe
@@ -35,6 +35,8 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 # A probe that timed out while our loop was stalled for this share of its timeout is run again
 # at once: the timeout may be ours, and a false "down" pages someone.
 RERUN_STALLED_SHARE = 0.1
+# The share of a run's duration a stall must reach to mark the run as holding our time.
+STALLED_SHARE = 0.1
 
 
 def phase_offset(name: str, interval: float) -> float:
@@ -142,13 +144,17 @@ class Scheduler:
                     result.reason is FailureReason.TIMEOUT
                     and result.stalled >= service.timeout * RERUN_STALLED_SHARE
                 )
-                if stalled_timeout:
+                task = asyncio.current_task()
+                if stalled_timeout and not (task is not None and task.cancelling()):
                     self.reruns_after_stall += 1
                     log.warning(
                         "probe of %s timed out while the event loop stalled for %.2fs; running it again",
                         service.name,
                         result.stalled,
                     )
+                    # The second run replaces the first entirely: the first one's timeout was
+                    # ours, so it is counted in reruns_after_stall, not in the service's attempts
+                    # (which would also make the service look degraded).
                     result = await self._timed_run(service)
                 return result
             finally:
@@ -166,8 +172,10 @@ class Scheduler:
             heartbeats=self.heartbeats,
         )
         if self.watch is not None:
-            stalled = self.watch.worst_since(start, loop.time())
-            if stalled:
+            stalled = self.watch.lost_since(start, loop.time())
+            # A stall that is a small part of a long run changes its duration little; only one
+            # that is a tenth of the run or more marks it (and keeps it out of the latency).
+            if stalled >= max(STALL_THRESHOLD, result.duration * STALLED_SHARE):
                 result = dataclasses.replace(result, stalled=stalled)
         return result
 

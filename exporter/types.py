@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import re
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import re2  # type: ignore[import-untyped]
+
+from exporter import offloop
 
 _DURATION_RE = re.compile(
     r"^(?:(?P<y>\d+)y)?(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?"
@@ -125,10 +126,14 @@ class Regex:
             return self.pattern.search(text.encode("utf-8", "surrogateescape"))  # type: ignore[no-any-return]
 
     async def search_body(self, data: bytes) -> RegexMatch | None:
-        """Search a response body as Go does, in a thread when it is big enough to hold the loop."""
-        if len(data) <= REGEX_INLINE_LIMIT:
-            return self.search(go_subject(data))
-        return await asyncio.to_thread(lambda: self.search(go_subject(data)))
+        """Search a response body as Go does (see ``offloop.go_subject``), off the loop when big."""
+        return await self.search_subject(await offloop.off_loop_if_big(len(data), offloop.go_subject, data))
+
+    async def search_subject(self, subject: bytes) -> RegexMatch | None:
+        """Search text already made by ``offloop.go_subject``; in a thread when it is big."""
+        if len(subject) <= REGEX_INLINE_LIMIT:
+            return self.search(subject)
+        return await offloop.in_thread(self.search, subject)
 
     @property
     def groupindex(self) -> Mapping[str, int]:
@@ -146,21 +151,6 @@ class Regex:
 
     def __str__(self) -> str:
         return self.source
-
-
-def go_subject(data: bytes) -> bytes:
-    """The text Go's regexp matches in ``data``: each invalid UTF-8 sequence read as U+FFFD.
-
-    RE2 in UTF-8 mode lets ``.`` and ``[^x]`` skip invalid bytes, where Go matches them as
-    U+FFFD; replacing them first makes the verdicts the same.
-    """
-    if data.isascii():
-        return data
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("utf-8", "replace").encode("utf-8")
-    return data
 
 
 def match_text(value: str | bytes | None) -> str:

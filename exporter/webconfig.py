@@ -200,12 +200,18 @@ class BasicAuth:
     def __init__(self, users: Mapping[str, Secret], max_waiting: int = 32, remember: int = 1024) -> None:
         self._users = {user: hashed.reveal().encode() for user, hashed in users.items()}
         self._key = secrets.token_bytes(32)  # remembered entries hold no password, only its HMAC
-        self._known: OrderedDict[bytes, bool] = OrderedDict()
+        # Right and wrong verdicts are remembered apart, so a flood of wrong passwords cannot
+        # push the scraper's right one out and make it wait behind the flood.
+        self._right: OrderedDict[bytes, bool] = OrderedDict()
+        self._wrong: OrderedDict[bytes, bool] = OrderedDict()
         self._remember = remember
         self._max_waiting = max_waiting
         self._waiting = 0
         self._dummy: bytes | None = None
         self._executor: ThreadPoolExecutor | None = None
+        if self._users:
+            # The unknown-user hash is made ahead, so the first unknown user costs one check too.
+            self._pool().submit(self._make_dummy)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -227,10 +233,10 @@ class BasicAuth:
             return False
         user, sep, password = decoded.partition(":")
         key = hmac.new(self._key, f"{user}\0{sep}{password}".encode(), hashlib.sha256).digest()
-        known = self._known.get(key)
-        if known is not None:
-            self._known.move_to_end(key)
-            return known
+        for known in (self._right, self._wrong):
+            if key in known:
+                known.move_to_end(key)
+                return known is self._right
         if self._waiting >= self._max_waiting:
             return None
         hashed = self._users.get(user)
@@ -246,15 +252,21 @@ class BasicAuth:
                 )
         finally:
             self._waiting -= 1
-        self._known[key] = ok
-        if len(self._known) > self._remember:
-            self._known.popitem(last=False)
+        known = self._right if ok else self._wrong
+        known[key] = True
+        if len(known) > self._remember:
+            known.popitem(last=False)
         return ok
 
-    def _dummy_check(self) -> None:
+    def _make_dummy(self) -> None:
         if self._dummy is None:
-            # As costly as the dearest real hash; made on the bcrypt thread, not at start.
+            # As costly as the dearest real hash (a user with a cheaper one answers faster, and
+            # so shows that it exists: one dummy cannot match every cost).
             self._dummy = bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=self._cost()))
+
+    def _dummy_check(self) -> None:
+        self._make_dummy()
+        assert self._dummy is not None
         bcrypt.checkpw(b"y", self._dummy)
 
     def _cost(self) -> int:

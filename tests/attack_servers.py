@@ -38,6 +38,16 @@ def _bodies() -> dict[str, tuple[bytes, dict[str, str]]]:
         # Megabytes of zeros in a few kilobytes.
         "bomb": (bomb, zipped),
         "json": (json.dumps({"status": "ok", "items": ["a" * 64] * 60_000}).encode(), plain),
+        # Four megabytes of a vendor's summary.json, all but a few bytes one component list.
+        "summary.json": (
+            json.dumps(
+                {
+                    "status": {"indicator": "none", "description": "ok"},
+                    "components": [{"name": f"c{i}", "status": "operational"} for i in range(60_000)],
+                }
+            ).encode(),
+            plain,
+        ),
     }
 
 

@@ -444,9 +444,9 @@ async def test_hostile_target_fails_with_its_reason(zoo: dict[str, int], case: C
     else:
         assert not result.success
         assert result.reason == case.reason, result.message
-    # Every probe ends at its timeout, however the peer behaves (a polite TLS close to a silent
-    # peer once added a second); the margin is for a busy machine, not for the probe.
-    assert result.duration <= TIMEOUT + 0.3, f"{result.duration}s on a {TIMEOUT}s timeout"
+    # Every probe ends at its timeout, however the peer behaves: a polite TLS close to a silent
+    # peer once made it 2 s on a 1 s timeout. The bound is loose on purpose (a busy machine).
+    assert result.duration < TIMEOUT * 1.5, f"{result.duration}s on a {TIMEOUT}s timeout"
     if case.limit is not None:
         healthy, baseline = await traced(f"http://127.0.0.1:{zoo['healthy']}/", http())
         assert healthy.success

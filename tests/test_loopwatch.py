@@ -23,24 +23,25 @@ services:
     return parse_config(text).services[0]
 
 
-def test_stalls_are_found_by_overlap() -> None:
-    """A stall counts for a run it overlapped, not for one that started after it ended."""
+def test_lost_time_adds_up_the_late_wake_ups_of_a_span() -> None:
+    """A run is charged the late wake-ups since it started, not those before; jitter is not kept."""
     watch = LoopWatch()
-    watch.observe(10.0, 0.001)
+    watch.observe(10.0, 0.001)  # ordinary jitter: counted in the histogram only
     watch.observe(11.0, 0.3)  # the loop was stuck from 10.7 to 11.0
+    assert watch.lost_since(10.5, 11.2) == 0.3
     watch.observe(12.0, STALL_THRESHOLD / 2)
-    assert watch.worst_since(10.5, 11.5) == 0.3
-    assert watch.worst_since(11.1, 12.5) == 0.0
+    assert watch.lost_since(10.5, 12.1) == 0.3 + STALL_THRESHOLD / 2
+    assert watch.lost_since(11.1, 12.1) == STALL_THRESHOLD / 2
     assert watch.lag.count == 3
     assert watch.lag.counts[-1] == 0  # nothing over 10 s
 
 
 def test_old_stalls_are_forgotten() -> None:
-    """Stalls older than the watch's memory are dropped; the histogram keeps counting."""
+    """Late wake-ups older than the watch's memory are dropped; the histogram keeps counting."""
     watch = LoopWatch()
     watch.observe(0.0, 0.5)
     watch.observe(10_000.0, 0.0)
-    assert watch.worst_since(-1.0, 10_000.0) == 0.0
+    assert watch.lost_since(-1.0, 10_000.0) == 0.0
     assert watch.lag.count == 2
 
 
@@ -55,7 +56,7 @@ async def test_watch_sees_a_blocked_loop() -> None:
         time.sleep(0.3)  # noqa: ASYNC251 - the stall under test: nothing else may run meanwhile
         await wait_for(lambda: watch.lag.count > samples, what="the sample after the stall")
         # The watch was part-way through its tick when the stall began: it sees at least the rest.
-        assert watch.worst_since(start, asyncio.get_running_loop().time()) >= 0.3 - TICK - 0.01
+        assert watch.lost_since(start, asyncio.get_running_loop().time()) >= 0.3 - TICK - 0.01
         cumulative = dict(watch.lag.cumulative())
         assert cumulative[float("inf")] - cumulative[0.1] >= 1
     finally:

@@ -53,6 +53,8 @@ MATCHES: list[tuple[str, bytes, bool]] = [
     ("a.b", b"a\nb", False),
     ("(?s)a.b", b"a\nb", True),
     ("a.b", b"a\xffb", True),  # an invalid byte is U+FFFD, which . matches
+    ("^..$", b"\xe2\x82", True),  # a cut-off sequence is one U+FFFD per byte
+    ("^.$", b"\xe2\x82", False),
     ("^.$", "é".encode(), True),  # characters, not bytes
     ("[^a]", "é".encode(), True),
     ("[[:alpha:]]+$", b"abc", True),

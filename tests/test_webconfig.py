@@ -177,3 +177,31 @@ async def test_cipher_suites_and_curve_restrict_the_listener(tmp_path: Path, ca:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_password_checks_queue_is_bounded_and_right_verdicts_stay_remembered() -> None:
+    """Past max_waiting a check is refused at once (None); wrong verdicts never evict right ones."""
+    import asyncio
+
+    from exporter.types import Secret
+
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4)).decode()
+    auth = BasicAuth({"u": Secret(hashed)}, max_waiting=2, remember=4)
+
+    def header(password: str) -> str:
+        return "Basic " + base64.b64encode(f"u:{password}".encode()).decode()
+
+    try:
+        assert await auth.check(header("right")) is True
+        verdicts = await asyncio.gather(*(auth.check(header(f"wrong-{n}")) for n in range(6)))
+        assert verdicts.count(None) == 4 and verdicts.count(False) == 2
+        for n in range(10):  # more wrong passwords than the memory holds
+            assert await auth.check(header(f"other-{n}")) is False
+        assert auth._waiting == 0
+        # Remembered: answered without a check even with the queue full.
+        auth._waiting = auth._max_waiting
+        assert await auth.check(header("right")) is True
+        assert await auth.check(header("other-9")) is False
+        assert await auth.check(header("never-seen")) is None
+    finally:
+        auth.close()

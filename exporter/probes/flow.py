@@ -9,8 +9,9 @@ import operator
 from types import MappingProxyType
 from urllib.parse import urljoin
 
+from exporter import offloop
 from exporter.modules import VARIABLE_REF_RE, Extract, FlowStep, HTTPProbe, JSONCondition, json_path_parts
-from exporter.probes import http, net
+from exporter.probes import http
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, Labels, ProbeResult, Trace
@@ -103,7 +104,7 @@ class _Journey:
         data = (response.body.data if response.body is not None else None) or b""
         document: object = _MISSING
         if step.expect_json or any(e.json for e in step.extract.values()):
-            document = await net.off_loop_if_big(len(data), _parse_json, data)
+            document = await offloop.off_loop_if_big(len(data), _parse_json, data)
         for condition in step.expect_json:
             problem = _condition_problem(condition, document)
             if problem is not None:
@@ -223,7 +224,7 @@ _MISSING: object = object()
 
 def _parse_json(text: str | bytes) -> object:
     try:
-        return json.loads(text)
+        return offloop.loads_json(text)
     except ValueError as err:
         detail = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
         raise ProbeFailure(FailureReason.BODY, f"response body is not JSON: {detail}") from None

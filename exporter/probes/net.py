@@ -9,33 +9,16 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from exporter.modules import TLS_VERSIONS, TLSConfig
 from exporter.result import FailureReason, ProbeResult, Trace
-
-_T = TypeVar("_T")
-
-# Work on an answer bigger than this (parsing JSON, a DNS message) leaves the event loop.
-INLINE_BYTES = 64 * 1024
-
-
-async def off_loop_if_big(size: int, func: Callable[..., _T], *args: object) -> _T:
-    """``func(*args)`` on the loop for a small input of ``size`` bytes, in a thread for a big one.
-
-    A thread that holds the interpreter still hands it back to the loop every few milliseconds
-    (sys.getswitchinterval), so a 10 MiB document delays other probes by that much, not by the
-    whole parse.
-    """
-    if size <= INLINE_BYTES:
-        return func(*args)
-    return await asyncio.to_thread(func, *args)
 
 
 def drop_tracebacks(err: BaseException) -> None:

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from urllib.parse import urlsplit, urlunsplit
 
+from exporter import offloop
 from exporter.modules import HTTPProbe, StatuspageProbe
-from exporter.probes import http, net
+from exporter.probes import http
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
@@ -63,7 +64,7 @@ async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
         response = await client.fetch(summary_url(request.target))
         await client.judge(response)
         data = (response.body.data if response.body is not None else None) or b""
-        _record(trace, await net.off_loop_if_big(len(data), parse_summary, data), settings)
+        _record(trace, await offloop.off_loop_if_big(len(data), parse_summary, data), settings)
     except ProbeFailure as failure:
         return failure.result(trace)
     except Exception as err:  # a bug here must still produce a result, not a crash
@@ -126,7 +127,7 @@ def _list(document: Mapping[str, object], key: str) -> list[object]:
 def parse_summary(text: str | bytes) -> Summary:
     """Read a summary.json; raise ProbeFailure (body) when it is not one."""
     try:
-        document = json.loads(text)
+        document = offloop.loads_json(text)
     except ValueError as err:
         detail = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
         raise _not_a_summary(f"the body is not JSON ({detail})") from None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from exporter.types import ByteSize, Duration, Regex, Secret, StatusRange
+from exporter.types import ByteSize, Duration, GoDuration, Regex, Secret, StatusRange
 
 IPProtocol = Literal["ip4", "ip6", "ip"]
 TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
@@ -222,14 +222,18 @@ class DNSProbe:
         import dns.rdataclass
         import dns.rdatatype
 
+        # blackbox looks names up as written, upper case, with no TYPE65-style numbers.
         try:
+            if self.query_type != self.query_type.upper() or self.query_type.startswith("TYPE"):
+                raise ValueError
             dns.rdatatype.from_text(self.query_type)
         except Exception:
-            yield "query_type", f"unknown DNS record type {self.query_type!r}"
-        try:
-            dns.rdataclass.from_text(self.query_class)
-        except Exception:
-            yield "query_class", f"unknown DNS class {self.query_class!r}"
+            yield (
+                "query_type",
+                f"unknown DNS record type {self.query_type!r} (names as blackbox takes them: A, AAAA, MX...)",
+            )
+        if self.query_class not in DNS_CLASSES:
+            yield "query_class", f"unknown DNS class {self.query_class!r} (one of {', '.join(DNS_CLASSES)})"
         for rcode in self.valid_rcodes:
             try:
                 dns.rcode.from_text(rcode)
@@ -237,6 +241,9 @@ class DNSProbe:
                 yield "valid_rcodes", f"unknown DNS rcode {rcode!r}"
         if self.dns_over_tls and self.transport_protocol != "tcp":
             yield "dns_over_tls", "needs transport_protocol: tcp"
+
+
+DNS_CLASSES = ("IN", "CS", "CH", "HS", "NONE", "ANY")
 
 
 @dataclass(frozen=True)
@@ -594,7 +601,8 @@ class Module:
     """A named set of probe settings; blackbox's module."""
 
     prober: str
-    timeout: Duration | None = None
+    # Read as a Go duration (the first type); a service's inline settings bring a Duration.
+    timeout: GoDuration | Duration | None = None
     # Not in blackbox: further attempts after a failure, all within the one timeout.
     retries: int = 0
     http: HTTPProbe = field(default_factory=HTTPProbe)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import re2  # type: ignore[import-untyped]
 
@@ -56,6 +56,35 @@ class Duration(float):
         return f"Duration({format_duration(float(self))})"
 
 
+_GO_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class GoDuration(Duration):
+    """Seconds, written as Go's time.ParseDuration reads them (``1.5s``, ``1h30m``, ``250ms``).
+
+    blackbox's module ``timeout`` is a Go duration: fractions and ``us``/``ns`` work there, and
+    ``d``, ``w`` and ``y`` do not, so the same is true of a module's timeout here.
+    """
+
+    @classmethod
+    def from_yaml(cls, value: Any) -> GoDuration:
+        text = value if isinstance(value, str) else ""
+        body = text[1:] if text[:1] == "+" else text
+        if body == "0":
+            return cls(0.0)
+        parts = _GO_DURATION_RE.findall(body)
+        if not body or "".join(number + unit for number, unit in parts) != body:
+            raise ValueError(
+                f"must be a duration as Go writes it, such as 5s, 1.5s or 1m30s (units h, m, s, ms, "
+                f"us, ns), got {value!r}"
+            )
+        total = sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
+        if total > 290 * 365 * 86400:  # Go's durations end at about 290 years
+            raise ValueError(f"must be a duration as Go writes it, got one too long: {text[:40]!r}")
+        return cls(total)
+
+
 def format_duration(seconds: float) -> str:
     """Render seconds in Prometheus duration syntax, e.g. 90 -> ``1m30s``."""
     ms = round(seconds * 1000)
@@ -99,6 +128,7 @@ class RegexMatch(Protocol):
 class Regex:
     """A regular expression in blackbox's (RE2) syntax, compiled once; matching is linear."""
 
+    yaml_string: ClassVar[bool] = True  # read from YAML as Go reads a string (see yamlread)
     source: str
     pattern: Any  # re2._Regexp, which ships no type information
 
@@ -201,6 +231,7 @@ class Secret(str):
     """A credential: ``${ENV}`` references are expanded at load, and it never prints."""
 
     __slots__ = ()
+    yaml_string: ClassVar[bool] = True  # read from YAML as Go reads a string (see yamlread)
 
     @classmethod
     def from_yaml(cls, value: Any) -> Secret:
@@ -274,6 +305,9 @@ class StatusRange:
 
     @classmethod
     def from_yaml(cls, value: Any) -> StatusRange:
+        if isinstance(value, str) and value.strip().isdigit():
+            # blackbox reads status codes as integers and refuses '200'; a range is ours alone.
+            raise ValueError(f"must be a status code written as a number (200, not '200'), got {value!r}")
         text = str(value).strip()
         low_text, _, high_text = text.partition("-")
         try:

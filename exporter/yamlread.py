@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import difflib
 import functools
@@ -23,6 +25,9 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_BINARY_TAG = "tag:yaml.org,2002:binary"
+# Go's yaml fills a string field from any plain scalar, as written: ``X-Num: 5`` is "5".
+_GO_STRING_TAGS = (_STR_TAG, _INT_TAG, _FLOAT_TAG, _BOOL_TAG)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -127,6 +132,15 @@ class Reader:
             return self._sequence(args[0], node, path)
         if origin in (dict, Mapping) or tp is Mapping:
             return self._mapping(args[1], node, path)
+        if getattr(tp, "yaml_string", False):
+            value = self._go_string(node, path)
+            if value is _INVALID:
+                return _INVALID
+            try:
+                return tp.from_yaml(value)
+            except ValueError as err:
+                self.error(path, node, str(err))
+                return _INVALID
         if hasattr(tp, "from_yaml"):
             value = self._scalar(node, path, "a scalar")
             if value is _INVALID:
@@ -146,10 +160,7 @@ class Reader:
             value = self._typed(node, path, (_INT_TAG, _FLOAT_TAG), "a number")
             return _INVALID if value is _INVALID else float(value)
         if tp is str:
-            if isinstance(node, yaml.ScalarNode) and node.tag in (_STR_TAG, _INT_TAG, _FLOAT_TAG):
-                return str(node.value)
-            self.error(path, node, f"must be a string, got {describe(node)}")
-            return _INVALID
+            return self._go_string(node, path)
         raise TypeError(f"no reader for type {tp!r}")  # a programming error, not a config one
 
     def read_dataclass(self, cls: Any, node: yaml.Node, path: str) -> Any:
@@ -228,6 +239,25 @@ class Reader:
             else:
                 out[key_node.value] = value
         return MappingProxyType(out) if ok else _INVALID
+
+    def _go_string(self, node: yaml.Node, path: str) -> Any:
+        """A string as Go's yaml reads one: any plain scalar as written; ``!!binary`` decoded.
+
+        Decoded bytes that are not UTF-8 are kept as surrogates, so a ``send`` gives back the
+        very bytes written.
+        """
+        if isinstance(node, yaml.ScalarNode) and node.tag in _GO_STRING_TAGS:
+            return str(node.value)
+        if isinstance(node, yaml.ScalarNode) and node.tag == _BINARY_TAG:
+            try:
+                return base64.b64decode("".join(node.value.split()), validate=True).decode(
+                    "utf-8", "surrogateescape"
+                )
+            except (binascii.Error, ValueError):
+                self.error(path, node, f"must be base64 after !!binary, got {_shorten(node.value)!r}")
+                return _INVALID
+        self.error(path, node, f"must be a string, got {describe(node)}")
+        return _INVALID
 
     def _scalar(self, node: yaml.Node, path: str, expected: str) -> Any:
         if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL_TAG:

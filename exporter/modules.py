@@ -97,7 +97,7 @@ class HTTPProbe:
     headers: Mapping[str, Secret] = field(default_factory=_empty_map)
     body: str = ""
     body_file: str = ""
-    compression: Literal["", "gzip", "deflate", "identity"] = ""
+    compression: Literal["", "gzip", "br", "deflate", "identity"] = ""
     fail_if_body_matches_regexp: tuple[Regex, ...] = ()
     fail_if_body_not_matches_regexp: tuple[Regex, ...] = ()
     fail_if_header_matches: tuple[HeaderMatch, ...] = ()
@@ -120,6 +120,13 @@ class HTTPProbe:
             yield "fail_if_ssl", "fail_if_ssl and fail_if_not_ssl cannot both be true"
         if self.body and self.body_file:
             yield "body", "at most one of body and body_file may be set"
+        for name, value in self.headers.items():
+            if name.lower() == "accept-encoding" and not accepts_encoding(value.reveal(), self.compression):
+                yield (
+                    f"headers.{name}",
+                    f"Accept-Encoding {value.reveal()!r} does not accept compression {self.compression!r}; "
+                    "a server that honours it could never send what the probe expects",
+                )
         auths = [
             name
             for name, set_ in (
@@ -244,6 +251,31 @@ class DNSProbe:
 
 
 DNS_CLASSES = ("IN", "CS", "CH", "HS", "NONE", "ANY")
+
+
+def accepts_encoding(accept_encoding: str, compression: str) -> bool:
+    """Whether an Accept-Encoding header lets a server answer with ``compression``.
+
+    blackbox refuses a module whose header leaves its own ``compression`` out: the codings are
+    taken in order of quality (q, three decimals), and the first that names the compression or
+    is ``*`` decides: accepted unless its quality is 0.
+    """
+    if not compression or not accept_encoding:
+        return True
+    codings: list[tuple[float, str]] = []
+    for item in accept_encoding.split(","):
+        coding, _, params = item.rpartition(";") if ";" in item else (item, "", "")
+        quality = 1.0
+        if params:
+            try:
+                quality = round(float(params.strip().removeprefix("q=")), 3)
+            except ValueError:
+                quality = 0.0
+        codings.append((quality, coding.strip()))
+    for quality, coding in sorted(codings, key=lambda c: -c[0]):
+        if coding in (compression, "*"):
+            return quality > 0
+    return False
 
 
 @dataclass(frozen=True)

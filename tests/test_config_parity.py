@@ -43,6 +43,49 @@ CASES: list[tuple[str, str, bool]] = [
 ]
 
 
+# Checks blackbox added after 0.23 (the Debian binary), with the verdicts of its 0.28 source and
+# testdata (config/testdata/invalid-http-compression-*.yml and -reject-all-encodings.yml).
+RECORDED_028: list[tuple[str, str, bool]] = [
+    ("compression: br", "modules: {m: {prober: http, http: {compression: br}}}", True),
+    (
+        "accept-encoding without the compression",
+        "modules: {m: {prober: http, http: {compression: gzip, headers: {Accept-Encoding: deflate}}}}",
+        False,
+    ),
+    (
+        "header name in another case",
+        "modules: {m: {prober: http, http: {compression: gzip, headers: {accEpt-enCoding: deflate}}}}",
+        False,
+    ),
+    (
+        "every coding refused",
+        "modules: {m: {prober: http, http: {compression: gzip, headers: {Accept-Encoding: '*;q=0.0'}}}}",
+        False,
+    ),
+    (
+        "the compression among others",
+        "modules: {m: {prober: http, http: {compression: gzip, headers: {Accept-Encoding: 'br,gzip;q=.5'}}}}",
+        True,
+    ),
+    (
+        "a wildcard",
+        "modules: {m: {prober: http, http: {compression: br, headers: {Accept-Encoding: 'gzip, *;q=0.1'}}}}",
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "loads"), RECORDED_028, ids=[c[0] for c in RECORDED_028])
+def test_config_loads_as_recorded_from_blackbox_028(name: str, text: str, loads: bool) -> None:
+    """Our loader gives blackbox 0.28's verdict on the checks the 0.23 binary predates."""
+    try:
+        parse_config(text)
+        ours = True
+    except ConfigError:
+        ours = False
+    assert ours == loads
+
+
 @pytest.fixture(scope="module")
 def blackbox_binary() -> str:
     path = shutil.which(BLACKBOX)

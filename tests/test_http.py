@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import brotli  # type: ignore[import-untyped]
 import pytest
 import trustme
 from aiohttp import web
@@ -107,6 +108,16 @@ async def bomb(request: web.Request) -> web.Response:
     return web.Response(body=gzip.compress(bytes(8 * 1024 * 1024)), headers={"Content-Encoding": "gzip"})
 
 
+async def brotlied(request: web.Request) -> web.Response:
+    body = brotli.compress(GZIP_PLAIN)
+    cut = request.query.get("cut")
+    return web.Response(body=body[: len(body) // 2] if cut else body, headers={"Content-Encoding": "br"})
+
+
+async def brotli_bomb(request: web.Request) -> web.Response:
+    return web.Response(body=brotli.compress(bytes(8 * 1024 * 1024)), headers={"Content-Encoding": "br"})
+
+
 async def bad_gzip(request: web.Request) -> web.Response:
     return web.Response(body=b"not gzip at all", headers={"Content-Encoding": "gzip"})
 
@@ -178,6 +189,8 @@ def make_app() -> web.Application:
     app.router.add_get("/deflate", deflated)
     app.router.add_get("/bomb", bomb)
     app.router.add_get("/bad-gzip", bad_gzip)
+    app.router.add_get("/br", brotlied)
+    app.router.add_get("/br-bomb", brotli_bomb)
     app.router.add_get("/headers", with_headers)
     app.router.add_get("/chunked", chunked)
     app.router.add_route("*", "/echo", echo)
@@ -493,6 +506,23 @@ async def test_gzip_bomb_is_stopped_at_limit(run_probe: ProbeRunner, site: TestS
     assert result.reason == FailureReason.BODY
     assert "decompressed" in result.message
     length = result.value("probe_http_uncompressed_body_length")
+    assert length is not None and length <= limit
+
+
+async def test_brotli_body_is_decompressed(run_probe: ProbeRunner, site: TestServer) -> None:
+    """compression: br asks for br; the body is decompressed, a cut one fails, a bomb stops at the limit."""
+    settings = module(compression="br", fail_if_body_not_matches_regexp=(regex("^(compressible )+$"),))
+    result = await run_probe(str(site.make_url("/br")), settings)
+    assert result.success, result.message
+    assert result.value("probe_http_uncompressed_body_length") == len(GZIP_PLAIN)
+    cut = await run_probe(str(site.make_url("/br?cut=1")), module(compression="br"))
+    assert cut.reason == FailureReason.BODY and "br" in cut.message
+    limit = 1024 * 1024
+    bomb = await run_probe(
+        str(site.make_url("/br-bomb")), module(compression="br", body_size_limit=ByteSize(limit))
+    )
+    assert bomb.reason == FailureReason.BODY and "decompressed" in bomb.message
+    length = bomb.value("probe_http_uncompressed_body_length")
     assert length is not None and length <= limit
 
 

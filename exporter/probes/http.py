@@ -14,6 +14,7 @@ from datetime import UTC
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import quote, urljoin, urlsplit
 
+import brotli  # type: ignore[import-untyped]
 import h11
 
 from exporter import __version__, offloop
@@ -575,7 +576,7 @@ class _Exchange:
         limit = self.limit
         encodings = [v.strip().lower() for k, v in headers if k == "content-encoding"]
         encoding = encodings[0] if len(encodings) == 1 else ""
-        decoder = _Decoder(encoding) if encoding in _DECODABLE else None
+        decoder = _decoder(encoding)
         kept = bytearray()
         raw = decoded = 0
         try:
@@ -618,6 +619,40 @@ class _Exchange:
 
 
 _DECODABLE = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+def _decoder(encoding: str) -> _Decoder | _BrotliDecoder | None:
+    if encoding == "br":
+        return _BrotliDecoder()
+    return _Decoder(encoding) if encoding in _DECODABLE else None
+
+
+class _BrotliDecoder:
+    """Decompresses a brotli body in bounded pieces, as ``_Decoder`` does gzip."""
+
+    encoding = "br"
+
+    def __init__(self) -> None:
+        self._brotli = brotli.Decompressor()
+        self._fed = False
+
+    def feed(self, data: bytes, room: int) -> Iterator[bytes]:
+        self._fed = self._fed or bool(data)
+        while True:
+            try:
+                out = self._brotli.process(data, output_buffer_limit=min(max(room, 0) + 1, _Decoder.PIECE))
+            except brotli.error as err:
+                raise ProbeFailure(FailureReason.BODY, f"cannot decompress br body: {err}") from None
+            data = b""
+            room -= len(out)
+            yield out
+            # Output may still be pending after the input is taken: drain it until none comes.
+            if room < 0 or not out or self._brotli.is_finished():
+                return
+
+    def finish(self) -> None:
+        if self._fed and not self._brotli.is_finished():  # an empty body (HEAD, 304) is fine
+            raise ProbeFailure(FailureReason.BODY, "br body is truncated")
 
 
 class _Decoder:

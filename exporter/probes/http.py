@@ -37,9 +37,9 @@ from exporter.types import read_secret_file
 # - probe_http_redirects counts redirect responses received, as blackbox does: a redirect that
 #   is not followed (follow_redirects: false) still counts 1, and exceeding max_redirects counts
 #   the redirect that was refused.
-# - A gzip or deflate body is decompressed whenever the response says Content-Encoding gzip or
-#   deflate; blackbox instead decompresses blindly with the configured algorithm and fails on a
-#   plain body. Use fail_if_header_not_matches on Content-Encoding to require compression.
+# - A gzip, deflate or br body is decompressed whenever the response's Content-Encoding says so;
+#   blackbox instead decompresses blindly with the configured algorithm and fails on a plain
+#   body. Use fail_if_header_not_matches on Content-Encoding to require compression.
 # - Credentials (Authorization, Cookie headers) are not sent to a redirect target on a host that
 #   is neither the first host nor a subdomain of it, as Go's own client does for its headers;
 #   blackbox's auth round-tripper would send them to every hop.

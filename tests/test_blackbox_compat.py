@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import parse_config
 from exporter.web import make_app
+from tests.stack import Process
 
 BLACKBOX = "prometheus-blackbox-exporter"
 BLACKBOX_CONFIG = Path("/etc/prometheus/blackbox.yml")
@@ -289,3 +291,93 @@ def test_check_config_loads_packaged_blackbox_yml(console_script: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"{BLACKBOX_CONFIG}: OK: 0 services, "), result.stdout
+
+
+def labelled(text: str, name: str) -> tuple[dict[str, str], float]:
+    """The labels and value of the one sample ``name`` in a /probe answer."""
+    found = [
+        (dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+    assert len(found) == 1, f"{len(found)} samples of {name}"
+    return found[0]
+
+
+async def test_tls_values_match_blackbox(tmp_path: Path, ca: Any, blackbox_binary: str) -> None:
+    """A TLS target, verified and not: the leaf's labels and the last-chain expiry as blackbox says."""
+    import ssl
+
+    leaf = ca.issue_cert("127.0.0.1", "localhost", organization_name="Acme Inc")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(context)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    target = TestServer(app, host="127.0.0.1")
+    await target.start_server(ssl=context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    modules = {
+        "verified": {
+            "prober": "http",
+            "http": {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": str(ca_file)}},
+        },
+        "insecure": {
+            "prober": "http",
+            "http": {"preferred_ip_protocol": "ip4", "tls_config": {"insecure_skip_verify": True}},
+        },
+    }
+    path = tmp_path / "blackbox.yml"
+    path.write_text(yaml.safe_dump({"modules": modules}))
+    port = free_port()
+    theirs = Process(
+        "blackbox",
+        [blackbox_binary, f"--config.file={path}", f"--web.listen-address=127.0.0.1:{port}"],
+        f"http://127.0.0.1:{port}",
+        tmp_path,
+    )
+    ours_server = TestServer(
+        make_app(
+            parse_config(yaml.safe_dump({"probe_allowlist": ["127.0.0.0/8"], "modules": modules})),
+            schedule=False,
+        ),
+        host="127.0.0.1",
+    )
+    await ours_server.start_server()
+    try:
+        await asyncio.to_thread(theirs.wait_ready, "/-/healthy")
+        async with ClientSession(timeout=ClientTimeout(total=15)) as session:
+            for module in modules:
+                answers = []
+                for base in (theirs.url, f"http://127.0.0.1:{ours_server.port}"):
+                    params = {"target": f"https://127.0.0.1:{target.port}/", "module": module}
+                    async with session.get(f"{base}/probe", params=params) as response:
+                        answers.append(await response.text())
+                (their_labels, _), (our_labels, _) = (
+                    labelled(a, "probe_ssl_last_chain_info") for a in answers
+                )
+                # 0.28 adds the serial; the Debian 0.23 binary predates it.
+                serial = our_labels.pop("serialnumber")
+                assert (
+                    serial == format(leaf_serial(leaf), "x").rjust(len(serial), "0") and len(serial) % 2 == 0
+                )
+                assert our_labels == their_labels, module
+                expiries = [labelled(a, "probe_ssl_last_chain_expiry_timestamp_seconds")[1] for a in answers]
+                assert expiries[0] == expiries[1], module
+                if module == "insecure":
+                    assert expiries[0] == -62135596800.0
+    finally:
+        theirs.stop()
+        await ours_server.close()
+        await target.close()
+
+
+def leaf_serial(leaf: Any) -> int:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).serial_number

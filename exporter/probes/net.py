@@ -320,9 +320,33 @@ def record_tls(trace: Trace, ssl_object: ssl.SSLObject | None) -> None:
         return
     expiries = [c.not_valid_after_utc.replace(tzinfo=UTC).timestamp() for c in certs]
     trace.set("probe_ssl_earliest_cert_expiry", min(expiries))
-    trace.set("probe_ssl_last_chain_expiry_timestamp_seconds", min(expiries))
-    fingerprint = certs[0].fingerprint(hashes.SHA256()).hex()
-    trace.set("probe_ssl_last_chain_info", 1, (("fingerprint_sha256", fingerprint),))
+    # blackbox takes the last chain from the verified chains; with verification off there are
+    # none, and it exports Go's zero time.
+    verified = ssl_object.context.verify_mode != ssl.CERT_NONE
+    trace.set("probe_ssl_last_chain_expiry_timestamp_seconds", min(expiries) if verified else GO_ZERO_TIME)
+    trace.set("probe_ssl_last_chain_info", 1, leaf_labels(certs[0]))
+
+
+# time.Time{}.Unix() in Go: 0001-01-01T00:00:00Z.
+GO_ZERO_TIME = -62135596800.0
+
+
+def leaf_labels(leaf: x509.Certificate) -> tuple[tuple[str, str], ...]:
+    """probe_ssl_last_chain_info's labels as blackbox writes them (0.28, serialnumber included)."""
+    serial = leaf.serial_number
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = names.get_values_for_type(x509.DNSName)
+    except (x509.ExtensionNotFound, ValueError):
+        dns_names = []
+    return (
+        ("fingerprint_sha256", leaf.fingerprint(hashes.SHA256()).hex()),
+        ("issuer", leaf.issuer.rfc4514_string()),
+        # Go prints the serial's big-endian bytes in hex, so leading zero bytes stay.
+        ("serialnumber", serial.to_bytes((serial.bit_length() + 7) // 8, "big").hex() if serial > 0 else ""),
+        ("subject", leaf.subject.rfc4514_string()),
+        ("subjectalternative", ",".join(dns_names)),
+    )
 
 
 async def close(writer: asyncio.StreamWriter) -> None:

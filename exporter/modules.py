@@ -7,9 +7,9 @@ import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
-from exporter.types import ByteSize, Duration, GoDuration, Regex, Secret, StatusRange
+from exporter.types import ByteSize, Duration, GoDuration, Regex, Secret, SecretValues, StatusRange
 
 IPProtocol = Literal["ip4", "ip6", "ip"]
 TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
@@ -28,7 +28,7 @@ Problems = Iterator[tuple[str, str]]
 DEFAULT_BODY_SIZE_LIMIT = 10 * 1024 * 1024
 
 
-def _empty_map() -> Mapping[str, Secret]:
+def _empty_map() -> Mapping[str, Any]:
     return MappingProxyType({})
 
 
@@ -286,7 +286,8 @@ class GRPCProbe:
     preferred_ip_protocol: IPProtocol = "ip6"
     ip_protocol_fallback: bool = True
     # Not in blackbox: gRPC metadata (request headers) sent with the health check.
-    metadata: Mapping[str, Secret] = field(default_factory=_empty_map)
+    # A key may carry several values (a list), as blackbox 0.28 takes them.
+    metadata: Mapping[str, SecretValues] = field(default_factory=_empty_map)
 
     def check(self) -> Problems:
         for key in self.metadata:

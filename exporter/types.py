@@ -253,6 +253,16 @@ class Secret(str):
         return str.__str__(self)
 
 
+class SecretValues(tuple[Secret, ...]):
+    """One secret or several, written as a string or a list of strings (gRPC metadata values)."""
+
+    yaml_string_or_list: ClassVar[bool] = True
+    item_type: ClassVar[type] = Secret
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} secret{'s' if len(self) != 1 else ''}>"
+
+
 def redact_url(url: str) -> str:
     """A URL with the password of its user info replaced by ``xxxxx``, as Go's URL.Redacted does.
 

@@ -132,6 +132,11 @@ class Reader:
             return self._sequence(args[0], node, path)
         if origin in (dict, Mapping) or tp is Mapping:
             return self._mapping(args[1], node, path)
+        if getattr(tp, "yaml_string_or_list", False):
+            # One string or a list of them (gRPC metadata: one key, several values).
+            items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+            values = [self.read(tp.item_type, item, path) for item in items]
+            return _INVALID if any(v is _INVALID for v in values) else tp(values)
         if getattr(tp, "yaml_string", False):
             value = self._go_string(node, path)
             if value is _INVALID:

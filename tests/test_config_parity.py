@@ -46,6 +46,7 @@ CASES: list[tuple[str, str, bool]] = [
 # Checks blackbox added after 0.23 (the Debian binary), with the verdicts of its 0.28 source and
 # testdata (config/testdata/invalid-http-compression-*.yml and -reject-all-encodings.yml).
 RECORDED_028: list[tuple[str, str, bool]] = [
+    ("grpc metadata lists", "modules: {g: {prober: grpc, grpc: {metadata: {x-team: [core, edge]}}}}", True),
     ("compression: br", "modules: {m: {prober: http, http: {compression: br}}}", True),
     (
         "accept-encoding without the compression",

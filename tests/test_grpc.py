@@ -26,7 +26,7 @@ from exporter.config import parse_config
 from exporter.modules import GRPCProbe, Module, TLSConfig
 from exporter.probes import PROBERS, grpc
 from exporter.result import FailureReason, ProbeResult
-from exporter.types import Secret
+from exporter.types import Secret, SecretValues
 from tests.conftest import ProbeRunner
 from tests.metrics_util import parse, value
 
@@ -228,7 +228,12 @@ async def test_metadata_and_deadline_are_sent(run_probe: ProbeRunner, health_ser
     """Configured metadata goes out as headers, and grpc-timeout carries the probe's deadline."""
     server = await health_server()
     settings = module(
-        metadata=MappingProxyType({"Authorization": Secret("Bearer s3cret"), "x-team": Secret("core")})
+        metadata=MappingProxyType(
+            {
+                "Authorization": SecretValues([Secret("Bearer s3cret")]),
+                "x-team": SecretValues([Secret("core")]),
+            }
+        )
     )
     result = await run_probe(server.target, settings, timeout=3.0)
     assert result.success, result.message
@@ -431,4 +436,12 @@ def test_grpc_service_loads() -> None:
     )
     (service,) = config.services
     assert service.module.grpc.service == "feed.v1.Feed"
+    assert list(service.module.grpc.metadata["x-team"]) == ["core"]
+
+
+def test_grpc_metadata_takes_lists_of_values() -> None:
+    """A metadata key with a list of values loads each value, as blackbox 0.28 takes them."""
+    config = parse_config("modules: {g: {prober: grpc, grpc: {metadata: {x-team: [core, edge], x-one: 5}}}}")
+    metadata = config.modules["g"].grpc.metadata
+    assert (list(metadata["x-team"]), list(metadata["x-one"])) == (["core", "edge"], ["5"])
     assert PROBERS["grpc"] is grpc.KIND

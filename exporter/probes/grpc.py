@@ -184,7 +184,9 @@ def _request_headers(
         ("user-agent", http.USER_AGENT),
         ("grpc-timeout", grpc_timeout(remaining)),
     ]
-    headers += [(name.lower(), value.reveal()) for name, value in settings.metadata.items()]
+    headers += [
+        (name.lower(), value.reveal()) for name, values in settings.metadata.items() for value in values
+    ]
     return [(name.encode("ascii"), value.encode("utf-8")) for name, value in headers]
 
 

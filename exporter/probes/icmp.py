@@ -42,10 +42,10 @@ _DEFAULT_PAYLOAD = b"outage-exporter echo request"
 _RECV_SIZE = 2**16
 _ANCILLARY_SIZE = socket.CMSG_SPACE(struct.calcsize("i")) * 2
 
-# A random identifier keeps our echoes apart from other pingers sharing a raw socket's view
-# (blackbox uses its pid, which is 1 in every container); the sequence starts at a random
-# point for the same reason and tells this process's concurrent probes apart.
-_IDENTIFIER = secrets.randbelow(2**16)
+# Each echo gets a random identifier, as blackbox 0.25 and later give it, so replies to other
+# pingers (and to another exporter in the same network namespace) sharing a raw socket's view
+# are not taken for ours; the sequence starts at a random point and tells this process's
+# concurrent probes apart even when two identifiers collide.
 _SEQUENCE = itertools.count(secrets.randbelow(2**16))
 
 _UNREACHABLE_V4 = {
@@ -330,7 +330,8 @@ async def _ping(request: ProbeRequest, factory: SocketFactory, kinds: Sequence[S
         _configure(sock, kind, address, settings)
         payload = payload_for(settings.payload_size)
         seq = next(_SEQUENCE) & 0xFFFF
-        packet = echo_request(address.family, _IDENTIFIER, seq, payload)
+        identifier = secrets.randbelow(2**16)
+        packet = echo_request(address.family, identifier, seq, payload)
         sent_at = trace.elapsed()
         trace.add_phase("setup", sent_at - setup_start)
         try:
@@ -340,7 +341,7 @@ async def _ping(request: ProbeRequest, factory: SocketFactory, kinds: Sequence[S
                 FailureReason.CONNECT, f"cannot send an echo request to {address.ip}: {_why(err)}"
             ) from None
         # A datagram socket's kernel puts its own identifier (the socket's port) in the echo.
-        ident = sock.getsockname()[1] if kind == "datagram" else _IDENTIFIER
+        ident = sock.getsockname()[1] if kind == "datagram" else identifier
         echo = Echo(address.family, address.ip, ident, seq, payload)
         ip_header = kind == "raw" and address.family == socket.AF_INET
         while True:

@@ -294,6 +294,8 @@ class Window:
     cpu: dict[str, float] = field(default_factory=dict)
     ours_before: Ours | None = None
     ours_after: Ours | None = None
+    # Midpoints of the two boundary reads of ours' /metrics: its counts span these.
+    ours_span: tuple[float, float] = (0.0, 0.0)
     scrapes: list[tuple[float, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -416,7 +418,9 @@ class Run:
 
     def phase(self, window: Window) -> None:
         args = self.args
+        began = time.monotonic()
         window.ours_before, took, size = read_ours(self.ours)
+        first = began + took / 2
         window.notes.append(f"boundary read of ours' /metrics: {took:.2f}s, {size / 1e6:.1f} MB")
         window.cpu = self.cpu()
         window.start = time.monotonic()
@@ -450,7 +454,9 @@ class Run:
                     f"{name}: {answered} wrong-password requests answered 401, "
                     f"{summary['error']} errors, {summary['skipped']} not sent (256 in flight)"
                 )
+        began = time.monotonic()
         window.ours_after, took, size = read_ours(self.ours)
+        window.ours_span = (first, began + took / 2)
 
     def measure(self) -> dict[str, Any]:
         args = self.args
@@ -521,8 +527,9 @@ def report(rate: float, services: int, interval: float, phases: list[Window], th
         ours = summarise(deltas)
         bb = theirs[window.name]
         seconds = window.end - window.start
+        span = window.ours_span[1] - window.ours_span[0]
         rows = [
-            ("probes seen (per second)", f"{ours['seen']:,.0f} ({ours['seen'] / seconds:.0f}/s)",
+            ("probes seen (per second)", f"{ours['seen']:,.0f} ({ours['seen'] / span:.0f}/s)",
              f"{bb['seen']:,.0f} ({bb['seen'] / seconds:.0f}/s)"),
             ("failed probes", f"{after.failures - before.failures:,.0f}", f"{bb['failed']:,}"),
             ("share <= 2 ms", pct(ours["within_2ms"]), pct(bb["within_2ms"])),

@@ -17,9 +17,9 @@ from urllib.parse import quote, urljoin, urlsplit
 import h11
 
 from exporter import __version__
-from exporter.modules import HTTPProbe
+from exporter.modules import HTTPProbe, Module
 from exporter.probes import net
-from exporter.probes.base import ProbeRequest, ProberKind
+from exporter.probes.base import ALL_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
 from exporter.types import read_secret_file
@@ -95,7 +95,33 @@ async def probe_http(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(probe=probe_http, phase_metric="probe_http_duration_seconds", phases=PHASES)
+def _reasons(module: Module) -> frozenset[FailureReason]:
+    """``header`` comes only from the header checks; every other reason can always happen."""
+    settings = module.http
+    if settings.fail_if_header_matches or settings.fail_if_header_not_matches:
+        return ALL_REASONS
+    return ALL_REASONS - {FailureReason.HEADER}
+
+
+def _quiet_gauges(module: Module) -> frozenset[str]:
+    """probe_failed_due_to_regex can only become 1 when the module has a regular expression."""
+    settings = module.http
+    regexes = (
+        settings.fail_if_body_matches_regexp,
+        settings.fail_if_body_not_matches_regexp,
+        settings.fail_if_header_matches,
+        settings.fail_if_header_not_matches,
+    )
+    return frozenset() if any(regexes) else frozenset({"probe_failed_due_to_regex"})
+
+
+KIND = ProberKind(
+    probe=probe_http,
+    phase_metric="probe_http_duration_seconds",
+    phases=PHASES,
+    reasons=_reasons,
+    quiet_gauges=_quiet_gauges,
+)
 
 
 @dataclass(frozen=True, slots=True)

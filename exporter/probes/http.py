@@ -14,11 +14,9 @@ from datetime import UTC
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import quote, urljoin, urlsplit
 
-import h11
-
 from exporter import __version__
 from exporter.modules import HTTPProbe, Module
-from exporter.probes import net
+from exporter.probes import http1, net
 from exporter.probes.base import ALL_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
@@ -400,15 +398,12 @@ class HTTPClient:
     ) -> Response:
         """One request on a fresh connection, with every phase timed."""
         self._check_host(url, first)
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        conn = http1.ResponseReader(MAX_HEAD_BYTES, head_request=method == "HEAD")
         headers = self._headers(url, method, host_header, authorization, first, body)
         try:
-            payload = conn.send(h11.Request(method=method, target=url.target, headers=headers))
-            if body:
-                payload += conn.send(h11.Data(data=body)) or b""
-            payload += conn.send(h11.EndOfMessage()) or b""
-        except (h11.LocalProtocolError, UnicodeError):
-            # h11's message quotes the offending value, which may be a credential.
+            payload = http1.request(method, url.target, headers, body)
+        except http1.LocalProtocolError:
+            # Not the offending value itself: it may be a credential.
             raise ProbeFailure(
                 FailureReason.OTHER,
                 "cannot build the request: the method, Host or a header is not valid HTTP",
@@ -499,11 +494,11 @@ WantsBody = Callable[[int, Sequence[tuple[str, str]]], bool]
 
 
 class _Exchange:
-    """Sends one request and reads its response with h11, timing processing and transfer."""
+    """Sends one request and reads its response, timing processing and transfer."""
 
     def __init__(
         self,
-        conn: h11.Connection,
+        conn: http1.ResponseReader,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         trace: Trace,
@@ -560,27 +555,27 @@ class _Exchange:
             detail = err.strerror or type(err).__name__
             raise ProbeFailure(FailureReason.PROTOCOL, f"connection lost {when}: {detail}") from None
 
-    async def _next_event(self, size: int, when: str) -> h11.Event:
+    async def _next_event(self, size: int, when: str) -> http1.Event:
         while True:
             try:
                 event = self.conn.next_event()
-            except h11.RemoteProtocolError as err:
+            except http1.RemoteProtocolError as err:
                 raise ProbeFailure(FailureReason.PROTOCOL, f"bad response {when}: {err}") from None
-            if event is h11.NEED_DATA:
+            if event is http1.NEED_DATA:
                 self.conn.receive_data(await self._read(size, when))
                 continue
-            if isinstance(event, h11.Event):
+            if not isinstance(event, http1.Marker):
                 return event
             # PAUSED: the response is complete and more bytes follow it, which we ignore.
-            return h11.EndOfMessage()
+            return http1.EndOfMessage()
 
-    async def _head(self) -> h11.Response:
+    async def _head(self) -> http1.Response:
         interim = 0
         while True:
             event = await self._next_event(READ_SIZE, "in the response head")
-            if isinstance(event, h11.Response):
+            if isinstance(event, http1.Response):
                 return event
-            if not isinstance(event, h11.InformationalResponse):
+            if not isinstance(event, http1.InformationalResponse):
                 raise ProbeFailure(
                     FailureReason.PROTOCOL, f"unexpected {type(event).__name__} before the response"
                 )
@@ -605,7 +600,7 @@ class _Exchange:
                 # Ask the socket for no more than one byte past the limit.
                 size = min(READ_SIZE, max(limit - raw + 1, 1))
                 event = await self._next_event(size, "in the response body")
-                if not isinstance(event, h11.Data):
+                if not isinstance(event, http1.Data):
                     break
                 raw += len(event.data)
                 if raw > limit:

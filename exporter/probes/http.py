@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import functools
 import logging
 import ssl
 import zlib
@@ -162,6 +163,8 @@ def redact(target: str) -> str:
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
+# A scheduled service parses the same target every run; URL objects are immutable.
+@functools.lru_cache(maxsize=4096)
 def parse_url(text: str) -> URL:
     try:
         parts = urlsplit(text.strip())
@@ -537,7 +540,9 @@ class _Exchange:
     async def _send(self, payload: bytes) -> None:
         try:
             self.writer.write(payload)
-            await self.writer.drain()
+            # A small request leaves the buffer at once; draining then would only cost a turn.
+            if self.writer.transport.get_write_buffer_size():
+                await self.writer.drain()
         except ssl.SSLError as err:
             raise ProbeFailure(FailureReason.TLS, f"TLS error sending the request: {err}") from None
         except OSError:

@@ -99,17 +99,20 @@ def auth_header(password: str = PASSWORD) -> str:
 
 def request(
     url: str, method: str = "GET", timeout: float = 60.0, password: str = PASSWORD
-) -> tuple[int, bytes]:
+) -> tuple[int, bytes, int]:
+    """Status, body (inflated if it came gzip-compressed, as Prometheus asks) and bytes on the wire."""
     headers = {"Authorization": auth_header(password), "Accept-Encoding": "gzip"}
     req = urllib.request.Request(url, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             body = response.read()
+            wire = len(body)
             if response.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
-            return response.status, body
+            return response.status, body, wire
     except urllib.error.HTTPError as err:
-        return err.code, err.read()
+        body = err.read()
+        return err.code, body, len(body)
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -234,7 +237,7 @@ class Ours:
 
 def read_ours(base: str) -> tuple[Ours, float, int]:
     start = time.monotonic()
-    status, body = request(f"{base}/metrics")
+    status, body, _ = request(f"{base}/metrics")
     took = time.monotonic() - start
     if status != 200:
         raise RuntimeError(f"GET {base}/metrics: {status} {body[:200]!r}")
@@ -390,7 +393,7 @@ class Run:
         self.ours = f"http://127.0.0.1:{port}"
         wait_ready(proc, f"{self.ours}/-/ready")
         for base in (self.ours, self.blackbox):
-            status, body = request(f"{base}/probe?target={self.target}&module=http_2xx")
+            status, body, _ = request(f"{base}/probe?target={self.target}&module=http_2xx")
             if status != 200 or b"\nprobe_success 1" not in body:
                 raise RuntimeError(f"{base}: a probe of {self.target} failed: {status} {body[:300]!r}")
 
@@ -410,8 +413,8 @@ class Run:
 
     def scrape_both(self, window: Window) -> None:
         start = time.monotonic()
-        status, body = request(f"{self.ours}/metrics")
-        window.scrapes.append((time.monotonic() - start, len(body)))
+        status, _, wire = request(f"{self.ours}/metrics")
+        window.scrapes.append((time.monotonic() - start, wire))
         if status != 200:
             window.notes.append(f"ours /metrics: {status}")
         request(f"{self.blackbox}/metrics")
@@ -421,7 +424,7 @@ class Run:
         began = time.monotonic()
         window.ours_before, took, size = read_ours(self.ours)
         first = began + took / 2
-        window.notes.append(f"boundary read of ours' /metrics: {took:.2f}s, {size / 1e6:.1f} MB")
+        window.notes.append(f"boundary read of ours' /metrics: {took:.2f}s, {size / 1e6:.1f} MB of text")
         window.cpu = self.cpu()
         window.start = time.monotonic()
         end = window.start + args.phase_seconds
@@ -435,7 +438,7 @@ class Run:
         while (now := time.monotonic()) < end:
             if now >= next_reload:
                 for base in (self.ours, self.blackbox):
-                    status, body = request(f"{base}/-/reload", method="POST")
+                    status, body, _ = request(f"{base}/-/reload", method="POST")
                     if status != 200:
                         window.notes.append(f"reload {base}: {status} {body[:100]!r}")
                 next_reload += args.reload_every

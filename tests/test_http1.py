@@ -73,6 +73,16 @@ def test_body_to_the_end_of_the_connection() -> None:
     assert got[1:] == [http1.Data(b"hello "), http1.Data(b"from 1996"), http1.EndOfMessage()]
 
 
+def test_bare_line_feeds_are_read() -> None:
+    """A server ending lines with LF alone is understood, as h11 and Go's client understand it."""
+    got = events([b"HTTP/1.1 200 OK\nContent-Length: 2\nServer: tiny\n\nok"])
+    assert got == [
+        http1.Response(200, b"1.1", [(b"content-length", b"2"), (b"server", b"tiny")]),
+        http1.Data(b"ok"),
+        http1.EndOfMessage(),
+    ]
+
+
 def test_chunked_body() -> None:
     """Chunked framing is undone; the events carry the payload only."""
     got = events([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"])

@@ -10,8 +10,8 @@ Semantics (what h11 did, kept so probes report the same):
   since the probe never asks to switch protocols.
 - A response head (status line and headers) over ``max_head_bytes`` is an error, as is a
   version other than HTTP/1.0 or 1.1, a body cut short by the end of the connection, and
-  anything llhttp rejects (bare LF line ends, folded headers, Content-Length twice or beside
-  Transfer-Encoding).
+  anything llhttp rejects (folded headers, Content-Length twice or beside Transfer-Encoding).
+  Lines may end in a bare LF, as h11 and Go's client allow.
 - A body without Content-Length or chunked framing runs to the end of the connection.
 - Bytes after the final response are ignored.
 """
@@ -152,6 +152,8 @@ class ResponseReader:
 
     def __init__(self, max_head_bytes: int, head_request: bool = False) -> None:
         self._parser = httptools.HttpResponseParser(_Callbacks(self))
+        # Lines ended by a bare LF are read as h11 and Go's client (so blackbox) read them.
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._max_head_bytes = max_head_bytes
         self._head_request = head_request
         self._events: deque[Event] = deque()

@@ -7,6 +7,8 @@ probe: CPU time per probe through exporter.runner.run_probe (fresh connection ea
 the floor of the same exchange written with bare asyncio streams, then where the probe's time
 goes. render: one /metrics body for --services services (every service holding a real result),
 its size and time, and where that time goes. Times under cProfile are inflated; read the shares.
+gzip: the same body written plain, gzip-compressed on the event loop in slices (what /metrics
+does) and in a thread, with the CPU each costs and the longest the event loop waited meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (benchmarks/run.py: nginx and config helpers)
 from prometheus_client.exposition import generate_latest  # noqa: E402
 
+from exporter import exposition  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
 from exporter.runner import run_probe  # noqa: E402
 from exporter.web import EXPORTER, make_app  # noqa: E402
@@ -142,6 +147,73 @@ async def profile_render(target: str, services: int, renders: int, lines: int) -
     print("\n".join(top(profile, "tottime", lines)))
 
 
+async def _loop_gaps(gaps: list[float], stop: asyncio.Event) -> None:
+    """How long the event loop goes between turns, measured from a task that only yields."""
+    last = time.perf_counter()
+    while not stop.is_set():
+        await asyncio.sleep(0)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+
+
+async def _gzip_in_thread(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """The alternative to exporter.exposition.gzip_stream: each slice compressed in a thread."""
+    compressor = zlib.compressobj(exposition.GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    async for chunk in chunks:
+        for start in range(0, len(chunk), size):
+            out = await asyncio.to_thread(compressor.compress, chunk[start : start + size])
+            if out:
+                yield out
+    yield compressor.flush()
+
+
+async def profile_gzip(target: str, services: int, renders: int) -> None:
+    config = parse_config(run.our_config(target, services, 10))
+    exporter = make_app(config, schedule=False)[EXPORTER]
+    first = config.services[0]
+    result = await run_probe(first.target, first.module, 5.0)
+    for service in config.services:
+        exporter.store.record(service.name, result)
+    collector = exporter.service_collector
+    await collector.render()  # what a steady scrape finds: most services unchanged since the last
+
+    def ways() -> dict[str, AsyncIterator[bytes]]:
+        return {
+            "text, uncompressed": collector.stream(),
+            "gzip on the loop, 64 KiB slices (what /metrics does)": exposition.gzip_stream(
+                collector.stream()
+            ),
+            "gzip in a thread, 64 KiB slices": _gzip_in_thread(collector.stream(), 64 * 1024),
+            "gzip in a thread, 1 MiB slices": _gzip_in_thread(collector.stream(), 1024 * 1024),
+        }
+
+    print(
+        f"\n## gzip: /metrics for {services:,} services, loop turns while it is written, median of {renders}"
+    )
+    rows: dict[str, list[tuple[float, float, float, float, int]]] = {}
+    for _ in range(renders):
+        for name, body in ways().items():
+            gaps: list[float] = []
+            stop = asyncio.Event()
+            ticker = asyncio.create_task(_loop_gaps(gaps, stop))
+            await asyncio.sleep(0)
+            cpu, wall, size = time.process_time(), time.perf_counter(), 0
+            async for chunk in body:
+                size += len(chunk)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            stop.set()
+            await ticker
+            gaps.sort()
+            rows.setdefault(name, []).append((cpu, wall, gaps[int(0.99 * (len(gaps) - 1))], gaps[-1], size))
+    for name, runs in rows.items():
+        cpu, wall, p99, top, size = (statistics.median(r[i] for r in runs) for i in range(5))
+        print(
+            f"{name}: {size / 1e6:.1f} MB, CPU {1000 * cpu:.0f} ms, wall {1000 * wall:.0f} ms,"
+            f" loop gap p99 {1000 * p99:.2f} ms, max {1000 * top:.1f} ms"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,6 +244,7 @@ def main() -> int:
             print(f"event loop: {runner.__module__}, target {target}")
             runner(profile_probe(target, args.probes, args.concurrency, args.lines))
             runner(profile_render(target, args.services, args.renders, args.lines))
+            runner(profile_gzip(target, args.services, args.renders))
         finally:
             bench.stop_all()
     return 0

@@ -134,14 +134,15 @@ class Exposition:
     def render(self) -> bytes:
         return b"".join(self.chunks())
 
-    def chunks(self, size: int = 1000) -> Iterator[bytes]:
+    def chunks(self, size: int = 1000, openmetrics: bool = False) -> Iterator[bytes]:
         """The exposition in pieces of at most ``size`` blocks, a family's header before its first.
 
         At 10,000 services one family (the latency buckets) is megabytes; joining and encoding it
-        in one go would hold the event loop for tens of milliseconds.
+        in one go would hold the event loop for tens of milliseconds. With ``openmetrics`` the
+        headers name a counter family without its ``_total``; the samples are the same.
         """
         for family, lines in self._families.items():
-            head = _header(family, self._kinds[family]) + "\n"
+            head = _header(family, self._kinds[family], openmetrics) + "\n"
             for start in range(0, len(lines), size):
                 yield (head + "\n".join(lines[start : start + size]) + "\n").encode()
                 head = ""
@@ -172,8 +173,8 @@ def pack(blocks: list[tuple[str, str, str]]) -> dict[str, str]:
 
 
 @functools.cache
-def _header(family: str, kind: str) -> str:
-    shown = family + "_total" if kind == "counter" else family
+def _header(family: str, kind: str, openmetrics: bool = False) -> str:
+    shown = family + "_total" if kind == "counter" and not openmetrics else family
     return f"# HELP {shown} {metric_help(family)}\n# TYPE {shown} {kind}"
 
 
@@ -182,8 +183,13 @@ def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
     return (*(f'le="{format_value(b)}"' for b in bounds), 'le="+Inf"')
 
 
-def result_blocks(result: ProbeResult, prober: str, labels: str) -> list[tuple[str, str, str]]:
-    """The values of one probe result, as blackbox_exporter names them, as exposition blocks."""
+def result_blocks(
+    result: ProbeResult, prober: str, labels: str, quiet: frozenset[str] = frozenset()
+) -> list[tuple[str, str, str]]:
+    """The values of one probe result, as blackbox_exporter names them, as exposition blocks.
+
+    Samples named in ``quiet`` are left out while they are 0 (see ProberKind.quiet_gauges).
+    """
     sep = "," if labels else ""
     # blackbox's /probe output has no label set at all on these: "probe_success 1".
     braced = f"{{{labels}}}" if labels else ""
@@ -202,6 +208,8 @@ def result_blocks(result: ProbeResult, prober: str, labels: str) -> list[tuple[s
         )
         blocks.append((metric, "gauge", lines))
     for sample in result.samples:
+        if sample.name in quiet and sample.value == 0:
+            continue
         sample_labels = f"{labels}{sep}{label_text(dict(sample.labels))}" if sample.labels else labels
         series = f"{sample.name}{{{sample_labels}}}" if sample_labels else sample.name
         line = f"{series} {format_value(sample.value)}"
@@ -242,7 +250,7 @@ class ServiceCollector:
     async def render(self) -> bytes:
         return b"".join([chunk async for chunk in self.stream()])
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    async def stream(self, openmetrics: bool = False) -> AsyncIterator[bytes]:
         """The probe series, family by family, yielding to the event loop as it goes."""
         out = Exposition()
         cache: dict[str, tuple[int, Service, str, bool, dict[str, str]]] = {}
@@ -266,7 +274,7 @@ class ServiceCollector:
             cache[name] = (state.runs, state.service, self.location, inside, blocks)
             out.extend(blocks)
         self._cache = cache
-        for chunk in out.chunks():
+        for chunk in out.chunks(openmetrics=openmetrics):
             yield chunk
             await asyncio.sleep(0)
 
@@ -300,9 +308,12 @@ class ServiceCollector:
             single("probe_objective_availability_ratio", float(objectives.availability))
         if objectives.latency is not None:
             single("probe_objective_latency_seconds", float(objectives.latency))
+        kind = PROBERS.get(service.module.prober)
+        reasons = kind.reasons(service.module) if kind is not None else frozenset(FailureReason)
         last = state.last
         if last is not None:
-            blocks.extend(result_blocks(last, service.module.prober, labels))
+            quiet = kind.quiet_gauges(service.module) if kind is not None else frozenset()
+            blocks.extend(result_blocks(last, service.module.prober, labels, quiet))
             single("probe_last_run_timestamp_seconds", last.started_at + last.duration)
         if state.last_success is not None:
             single("probe_last_success_timestamp_seconds", state.last_success)
@@ -319,6 +330,7 @@ class ServiceCollector:
                 "\n".join(
                     f"probe_failures_total{{{labels},{reason_label}}} {counts[reason]}"
                     for reason, reason_label in _REASON_LABELS
+                    if reason in reasons or counts[reason]
                 ),
             )
         )
@@ -349,6 +361,7 @@ class ServiceCollector:
                     "\n".join(
                         f"probe_attempt_failures_total{{{labels},{reason_label}}} {attempts[reason]}"
                         for reason, reason_label in _REASON_LABELS
+                        if reason in reasons or attempts[reason]
                     ),
                 )
             )

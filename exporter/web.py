@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter import page
 from exporter.allowlist import Allowlist, target_host
 from exporter.collector import render_result
 from exporter.config import Config, dump_config
+from exporter.exposition import TEXT_FORMAT, gzip_stream, negotiate
 from exporter.modules import Module
 from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
 from exporter.runner import run_probe
@@ -84,20 +86,28 @@ async def _watch_context(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(task, return_exceptions=True)
 
 
-TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
-
-
 async def metrics(request: web.Request) -> web.StreamResponse:
     exporter = request.app[EXPORTER]
+    wanted = negotiate(request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
+    headers = {"Content-Type": wanted.content_type}
+    if wanted.gzip:
+        headers["Content-Encoding"] = "gzip"
     # Rendered on the event loop in slices and sent family by family: a thread would fight the
     # loop for the GIL, and one big join of tens of megabytes would stall every probe in flight.
-    response = web.StreamResponse(headers={"Content-Type": TEXT_FORMAT})
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
-    async for chunk in exporter.service_collector.stream():
+    body = _metrics_body(exporter, wanted.openmetrics)
+    async for chunk in gzip_stream(body) if wanted.gzip else body:
         await response.write(chunk)
-    await response.write(generate_latest(exporter.registry))
     await response.write_eof()
     return response
+
+
+async def _metrics_body(exporter: Exporter, openmetrics: bool) -> AsyncIterator[bytes]:
+    async for chunk in exporter.service_collector.stream(openmetrics=openmetrics):
+        yield chunk
+    # The OpenMetrics writer ends with "# EOF", which must come last.
+    yield (generate_openmetrics if openmetrics else generate_latest)(exporter.registry)
 
 
 def _bad(status: int, message: str) -> web.Response:

@@ -111,3 +111,54 @@ def test_pack_keeps_family_order_and_merges_repeated_families() -> None:
     packed = pack([("a", "gauge", "a 1"), ("b", "counter", "b_total 2"), ("a", "gauge", "a 3")])
     assert list(packed) == ["a", "b"]
     assert packed == {"a": "a 1\na 3", "b": "b_total 2"}
+
+
+LEAN_CONFIG = """
+services:
+  - {name: plain, target: 'http://127.0.0.1:1/', prober: http}
+  - {name: checked, target: 'http://127.0.0.1:1/', prober: http,
+     http: {fail_if_header_matches: [{header: Server, regexp: broken}]}}
+  - {name: db, target: '127.0.0.1:5432', prober: tcp, retries: 1}
+"""
+
+
+def reasons(series: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, service: str) -> set[str]:
+    return {lb["reason"] for lb in labelsets(series, name) if lb["service"] == service}
+
+
+async def test_counters_and_gauges_that_cannot_move_are_left_out() -> None:
+    """Reasons a service cannot fail with and a regex flag without regexes are not written while 0."""
+    store = store_with(LEAN_CONFIG)
+    for name in ("plain", "checked"):
+        trace = Trace()
+        trace.set("probe_failed_due_to_regex", 0)
+        store.record(name, trace.succeed())
+    store.record("db", Trace().succeed())
+    series = parse((await ServiceCollector(store, "eu").render()).decode())
+    every = {reason.value for reason in FailureReason}
+    assert reasons(series, "probe_failures_total", "checked") == every
+    assert reasons(series, "probe_failures_total", "plain") == every - {"header"}
+    network = {"dns", "connect", "tls", "timeout", "protocol", "other"}
+    assert reasons(series, "probe_failures_total", "db") == network
+    assert reasons(series, "probe_attempt_failures_total", "db") == network
+    assert value(series, "probe_failed_due_to_regex", service="checked") == 0
+    assert [lb["service"] for lb in labelsets(series, "probe_failed_due_to_regex")] == ["checked"]
+    assert value(series, "probe_failures_total", service="db", reason="timeout") == 0
+
+
+async def test_a_reason_left_out_still_shows_once_counted() -> None:
+    """A reason outside a kind's usual set is written as soon as it has been counted."""
+    store = store_with(LEAN_CONFIG)
+    store.record("db", Trace().fail(FailureReason.BODY, "odd"))
+    store.record("plain", Trace().fail(FailureReason.HEADER, "odd"))
+    series = parse((await ServiceCollector(store, "eu").render()).decode())
+    assert value(series, "probe_failures_total", service="db", reason="body") == 1
+    assert value(series, "probe_failures_total", service="plain", reason="header") == 1
+
+
+def test_probe_output_keeps_every_blackbox_gauge() -> None:
+    """/probe writes probe_failed_due_to_regex even without regexes, as blackbox does."""
+    trace = Trace()
+    trace.set("probe_failed_due_to_regex", 0)
+    series = parse(render_result(trace.succeed(), "http").decode())
+    assert value(series, "probe_failed_due_to_regex") == 0

@@ -27,7 +27,7 @@ from dns.rdtypes.ANY.SOA import SOA
 from exporter import offloop
 from exporter.modules import DNSProbe, DNSRRValidator
 from exporter.probes import net
-from exporter.probes.base import ProbeRequest, ProberKind
+from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import Address, ProbeFailure
 from exporter.probes.tcp import split_host_port
 from exporter.result import FailureReason, ProbeResult, Trace
@@ -380,4 +380,5 @@ KIND = ProberKind(
     probe=probe_dns,
     phase_metric="probe_dns_duration_seconds",
     phases=("resolve", "connect", "request"),
+    reasons=lambda module: NETWORK_REASONS,
 )

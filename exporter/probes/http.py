@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import functools
 import logging
 import ssl
 import zlib
@@ -15,12 +16,11 @@ from http.cookies import CookieError, SimpleCookie
 from urllib.parse import quote, urljoin, urlsplit
 
 import brotli  # type: ignore[import-untyped]
-import h11
 
 from exporter import __version__, offloop
-from exporter.modules import HTTPProbe
-from exporter.probes import net
-from exporter.probes.base import ProbeRequest, ProberKind
+from exporter.modules import HTTPProbe, Module
+from exporter.probes import http1, net
+from exporter.probes.base import ALL_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
 from exporter.types import read_secret_file
@@ -96,7 +96,33 @@ async def probe_http(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(probe=probe_http, phase_metric="probe_http_duration_seconds", phases=PHASES)
+def _reasons(module: Module) -> frozenset[FailureReason]:
+    """``header`` comes only from the header checks; every other reason can always happen."""
+    settings = module.http
+    if settings.fail_if_header_matches or settings.fail_if_header_not_matches:
+        return ALL_REASONS
+    return ALL_REASONS - {FailureReason.HEADER}
+
+
+def _quiet_gauges(module: Module) -> frozenset[str]:
+    """probe_failed_due_to_regex can only become 1 when the module has a regular expression."""
+    settings = module.http
+    regexes = (
+        settings.fail_if_body_matches_regexp,
+        settings.fail_if_body_not_matches_regexp,
+        settings.fail_if_header_matches,
+        settings.fail_if_header_not_matches,
+    )
+    return frozenset() if any(regexes) else frozenset({"probe_failed_due_to_regex"})
+
+
+KIND = ProberKind(
+    probe=probe_http,
+    phase_metric="probe_http_duration_seconds",
+    phases=PHASES,
+    reasons=_reasons,
+    quiet_gauges=_quiet_gauges,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +165,8 @@ def redact(target: str) -> str:
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
+# A scheduled service parses the same target every run; URL objects are immutable.
+@functools.lru_cache(maxsize=4096)
 def parse_url(text: str) -> URL:
     try:
         parts = urlsplit(text.strip())
@@ -379,15 +407,12 @@ class HTTPClient:
     ) -> Response:
         """One request on a fresh connection, with every phase timed."""
         self._check_host(url, first)
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        conn = http1.ResponseReader(MAX_HEAD_BYTES, head_request=method == "HEAD")
         headers = self._headers(url, method, host_header, authorization, first, body)
         try:
-            payload = conn.send(h11.Request(method=method, target=url.target, headers=headers))
-            if body:
-                payload += conn.send(h11.Data(data=body)) or b""
-            payload += conn.send(h11.EndOfMessage()) or b""
-        except (h11.LocalProtocolError, UnicodeError):
-            # h11's message quotes the offending value, which may be a credential.
+            payload = http1.request(method, url.target, headers, body)
+        except http1.LocalProtocolError:
+            # Not the offending value itself: it may be a credential.
             raise ProbeFailure(
                 FailureReason.OTHER,
                 "cannot build the request: the method, Host or a header is not valid HTTP",
@@ -478,11 +503,11 @@ WantsBody = Callable[[int, Sequence[tuple[str, str]]], bool]
 
 
 class _Exchange:
-    """Sends one request and reads its response with h11, timing processing and transfer."""
+    """Sends one request and reads its response, timing processing and transfer."""
 
     def __init__(
         self,
-        conn: h11.Connection,
+        conn: http1.ResponseReader,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         trace: Trace,
@@ -521,7 +546,9 @@ class _Exchange:
     async def _send(self, payload: bytes) -> None:
         try:
             self.writer.write(payload)
-            await self.writer.drain()
+            # A small request leaves the buffer at once; draining then would only cost a turn.
+            if self.writer.transport.get_write_buffer_size():
+                await self.writer.drain()
         except ssl.SSLError as err:
             raise ProbeFailure(FailureReason.TLS, f"TLS error sending the request: {err}") from None
         except OSError:
@@ -539,27 +566,27 @@ class _Exchange:
             detail = err.strerror or type(err).__name__
             raise ProbeFailure(FailureReason.PROTOCOL, f"connection lost {when}: {detail}") from None
 
-    async def _next_event(self, size: int, when: str) -> h11.Event:
+    async def _next_event(self, size: int, when: str) -> http1.Event:
         while True:
             try:
                 event = self.conn.next_event()
-            except h11.RemoteProtocolError as err:
+            except http1.RemoteProtocolError as err:
                 raise ProbeFailure(FailureReason.PROTOCOL, f"bad response {when}: {err}") from None
-            if event is h11.NEED_DATA:
+            if event is http1.NEED_DATA:
                 self.conn.receive_data(await self._read(size, when))
                 continue
-            if isinstance(event, h11.Event):
+            if not isinstance(event, http1.Marker):
                 return event
             # PAUSED: the response is complete and more bytes follow it, which we ignore.
-            return h11.EndOfMessage()
+            return http1.EndOfMessage()
 
-    async def _head(self) -> h11.Response:
+    async def _head(self) -> http1.Response:
         interim = 0
         while True:
             event = await self._next_event(READ_SIZE, "in the response head")
-            if isinstance(event, h11.Response):
+            if isinstance(event, http1.Response):
                 return event
-            if not isinstance(event, h11.InformationalResponse):
+            if not isinstance(event, http1.InformationalResponse):
                 raise ProbeFailure(
                     FailureReason.PROTOCOL, f"unexpected {type(event).__name__} before the response"
                 )
@@ -584,7 +611,7 @@ class _Exchange:
                 # Ask the socket for no more than one byte past the limit.
                 size = min(READ_SIZE, max(limit - raw + 1, 1))
                 event = await self._next_event(size, "in the response body")
-                if not isinstance(event, h11.Data):
+                if not isinstance(event, http1.Data):
                     break
                 raw += len(event.data)
                 if raw > limit:

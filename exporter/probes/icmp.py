@@ -391,4 +391,7 @@ KIND = ProberKind(
     probe=probe_icmp,
     phase_metric="probe_icmp_duration_seconds",
     phases=("resolve", "setup", "rtt"),
+    reasons=lambda module: frozenset(
+        {FailureReason.DNS, FailureReason.CONNECT, FailureReason.TIMEOUT, FailureReason.OTHER}
+    ),
 )

@@ -44,4 +44,7 @@ async def probe_push(request: ProbeRequest) -> ProbeResult:
     return trace.succeed(beat.message)
 
 
-KIND = ProberKind(probe=probe_push)
+KIND = ProberKind(
+    probe=probe_push,
+    reasons=lambda module: frozenset({FailureReason.TIMEOUT, FailureReason.OTHER}),
+)

@@ -9,7 +9,7 @@ import ssl
 
 from exporter.modules import TCPProbe
 from exporter.probes import net
-from exporter.probes.base import ProbeRequest, ProberKind
+from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
 from exporter.types import Regex, RegexMatch, match_text, redact_url
@@ -214,4 +214,4 @@ async def probe_tcp(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(probe=probe_tcp)
+KIND = ProberKind(probe=probe_tcp, reasons=lambda module: NETWORK_REASONS)

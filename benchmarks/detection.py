@@ -705,7 +705,10 @@ class History:
         with self.lock:
             if self.current is None or time.time() - self.made > HISTORY_MAX_AGE:
                 self.generation += 1
-                end = time.time() - 60
+                # Ten minutes before now: the backfilled series must have left the 5-minute
+                # lookback before the run breaks anything, or their healthy last samples would
+                # still count beside the live ones.
+                end = time.time() - 600
                 text = self.root / f"history-{self.generation}.om"
                 write_history(text, end)
                 out = self.root / f"blocks-{self.generation}"

@@ -57,7 +57,6 @@ from tests.stack import (  # noqa: E402
     Prometheus,
     WebhookReceiver,
     free_port,
-    http_json,
     start_alertmanager,
     start_exporter,
     wait_until,
@@ -642,17 +641,24 @@ def judge(scenario: Scenario, condition: str, result: Result) -> None:
 
 
 def write_history(path: Path, end: float) -> None:
-    """Three days of healthy history in OpenMetrics, one sample a minute, ending at ``end``."""
+    """Three days of healthy history in OpenMetrics, ending at ``end``.
+
+    Scraped series get a sample a minute. The recording rules' outputs that the rules average
+    over long windows get one per evaluation of their group (5s, 30s) as a running Prometheus
+    records them: avg_over_time weighs samples, not seconds, so coarser history would outweigh
+    the live samples.
+    """
     start = end - HISTORY_DAYS * 86400 - 3600
-    stamps = [start + 60 * i for i in range(int((end - start) // 60) + 1)]
     with path.open("w") as out:
 
-        def family(name: str, kind: str, series: list[tuple[str, Callable[[int], float]]]) -> None:
+        def family(name: str, kind: str, labelsets: list[str], value: float, step: float) -> None:
             out.write(f"# TYPE {name} {kind}\n")
             sample = name + ("_total" if kind == "counter" else "")
-            for labels, value in series:
-                for i, ts in enumerate(stamps):
-                    out.write(f"{sample}{{{labels}}} {value(i)} {ts:.3f}\n")
+            count = int((end - start) // step) + 1
+            for labels in labelsets:
+                for i in range(count):
+                    current = value * i if kind == "counter" else value
+                    out.write(f"{sample}{{{labels}}} {current:g} {start + step * i:.3f}\n")
 
         def probe_labels(service: str, location: str) -> str:
             return (
@@ -660,34 +666,21 @@ def write_history(path: Path, end: float) -> None:
                 f'service="{service}",group="{GROUP_OF[service]}",location="{location}"'
             )
 
-        pairs = [(s, loc) for s in SERVICES for loc in LOCATIONS]
-        family("probe_success", "gauge", [(probe_labels(s, loc), lambda i: 1) for s, loc in pairs])
-        family("probe_runs", "counter", [(probe_labels(s, loc), lambda i: 4 * i) for s, loc in pairs])
-        family(
-            "probe_objective_availability_ratio",
-            "gauge",
-            [(probe_labels(s, loc), lambda i: 0.999) for s, loc in pairs],
-        )
-        family(
-            "up",
-            "gauge",
-            [
-                (f'job="outage-exporter",instance="history-{loc}:9715",location="{loc}"', lambda i: 1)
-                for loc in LOCATIONS
-            ],
-        )
-        # The recording rules' outputs the rules read over long windows or with offset.
-        family(
-            "service_location:probe_success:max",
-            "gauge",
-            [(f'service="{s}",group="{GROUP_OF[s]}",location="{loc}"', lambda i: 1) for s, loc in pairs],
-        )
-        for name in (
-            "service:probe_failing_locations:ratio",
-            "service:probe_down:quorum",
-            "service:probe_down:ratio_avg5m",
-        ):
-            family(name, "gauge", [(f'service="{s}",group="{GROUP_OF[s]}"', lambda i: 0) for s in SERVICES])
+        pairs = [probe_labels(s, loc) for s in SERVICES for loc in LOCATIONS]
+        family("probe_success", "gauge", pairs, 1, 60)
+        family("probe_runs", "counter", pairs, 4, 60)
+        family("probe_objective_availability_ratio", "gauge", pairs, 0.999, 60)
+        up = [f'job="outage-exporter",instance="history-{loc}:9715",location="{loc}"' for loc in LOCATIONS]
+        family("up", "gauge", up, 1, 60)
+        # The recording rules' outputs that the rules read over long windows or with offset.
+        per_location = [
+            f'service="{s}",group="{GROUP_OF[s]}",location="{loc}"' for s in SERVICES for loc in LOCATIONS
+        ]
+        per_service = [f'service="{s}",group="{GROUP_OF[s]}"' for s in SERVICES]
+        family("service_location:probe_success:max", "gauge", per_location, 1, 60)
+        family("service:probe_failing_locations:ratio", "gauge", per_service, 0, 60)
+        family("service:probe_down:quorum", "gauge", per_service, 0, 5)
+        family("service:probe_down:ratio_avg5m", "gauge", per_service, 0, 30)
         out.write("# EOF\n")
 
 
@@ -743,7 +736,8 @@ def fmt(values: list[float]) -> str:
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| scenario | condition | expected | runs right | first notification, s after the break (median / max) | resolved, s after the fix (median / max) | wrong runs got |",
+        "| scenario | condition | expected | runs right | first notification, s after the break"
+        " (median / max) | resolved, s after the fix (median / max) | wrong runs got |",
         "|---|---|---|---|---|---|---|",
     ]
     keys: list[tuple[str, str]] = []
@@ -765,7 +759,8 @@ def table(results: list[Result]) -> str:
             sorted({p for r in ran if not r.ok for p in r.problems if not p.startswith("logs:")})
         )
         lines.append(
-            f"| {name} | {condition} | {expected} | {right}/{len(ran)} | {fmt(firsts)} | {fmt(resolved)} | {wrong} |"
+            f"| {name} | {condition} | {expected} | {right}/{len(ran)} | {fmt(firsts)} "
+            f"| {fmt(resolved)} | {wrong} |"
         )
     return "\n".join(lines)
 

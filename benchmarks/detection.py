@@ -130,11 +130,14 @@ class _LocationHandler(BaseHTTPRequestHandler):
             status, body = self.server.world.summary(self.server.location)
         else:
             status, body = 404, b"no such path"
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # an exporter stopped or gave up mid-answer: nothing to tell it
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -300,6 +300,15 @@ SCENARIOS: dict[str, Scenario] = {
             expected=both((page("ProbeServiceDown", service="login"),)),
         ),
         Scenario(
+            "recovery",
+            "login down everywhere for 120s, then watched for 6 minutes after the fix",
+            ((0, set_down("login")), (120, clear_down("login"))),
+            end=480,
+            fixed_at=120,
+            # Its failures stay in the 5m and 30m burn windows after the fix: no page from them.
+            expected=both((page("ProbeServiceDown", service="login"),)),
+        ),
+        Scenario(
             "group",
             "the four meta services down everywhere for 120s",
             ((0, set_down(*META)), (120, clear_down(*META))),

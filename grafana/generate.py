@@ -106,12 +106,11 @@ P90 = 'quantile="0.9"'
 
 
 def error_ratio_30d(services: str) -> str:
-    """Failed probes per probe run over 30 days, from the counters (no 30-day rule exists)."""
-    return (
-        f"sum by (service, group) (rate(probe_failures_total{{{sel(JOB, GROUP, services)}}}[30d]))\n"
-        f"/\n"
-        f"sum by (service, group) (rate(probe_runs_total{{{sel(JOB, GROUP, services)}}}[30d]))"
-    )
+    """Share of the last 30 days a service was down by the location quorum (no 30-day rule exists).
+
+    The average of the recorded 5-minute averages: the same signal the error budget alerts use.
+    """
+    return f"avg_over_time(service:probe_down:ratio_avg5m{{{sel(GROUP, services)}}}[30d])"
 
 
 def objective(services: str) -> str:
@@ -125,7 +124,7 @@ def budget_remaining_30d(services: str) -> str:
 
 def burn_rate(window: str, services: str) -> str:
     return (
-        f"service:probe_failures_per_runs:ratio_rate{window}{{{sel(GROUP, services)}}}\n"
+        f"service:probe_down:ratio_avg{window}{{{sel(GROUP, services)}}}\n"
         f"  / on (service, group) (1 - {objective(services)})"
     )
 
@@ -544,7 +543,8 @@ def overview() -> dashboard.Dashboard:
     services_table = instant_table(
         "Services",
         "One row per service. Status: up from every selected location, down from every one, or down "
-        "somewhere. Availability is the share of successful probes over all locations; the error budget "
+        "somewhere. Availability is the share of time the service was up, down meaning down from most "
+        "locations (a broken prober or a regional failure costs nothing); the error budget "
         "is what the availability objective allows to fail in 30 days (below 0: overspent). Click a "
         "service for its detail dashboard.",
         [
@@ -558,7 +558,7 @@ def overview() -> dashboard.Dashboard:
             ),
             (
                 "Availability 24h",
-                f"1 - service:probe_failures_per_runs:ratio_rate1d{{{sel(GROUP, SERVICES)}}}",
+                f"1 - service:probe_down:ratio_avg1d{{{sel(GROUP, SERVICES)}}}",
             ),
             ("Availability 30d", f"1 - (\n{error_ratio_30d(SERVICES)}\n)"),
             ("Objective", objective(SERVICES)),
@@ -655,9 +655,9 @@ def service_detail() -> dashboard.Dashboard:
             4,
             big_number(
                 "Availability 24h",
-                "Share of successful probes over the last 24 hours, all locations.",
+                "Share of the last 24 hours the service was up: down means down from most locations.",
                 "percentunit",
-                query(f"1 - service:probe_failures_per_runs:ratio_rate1d{{{ONE_SERVICE}}}", instant=True),
+                query(f"1 - service:probe_down:ratio_avg1d{{{ONE_SERVICE}}}", instant=True),
             )
             .decimals(3)
             .thresholds(thresholds((None, RED), (0.99, ORANGE), (0.999, GREEN))),
@@ -854,12 +854,13 @@ def slo() -> dashboard.Dashboard:
     rules = sel(GROUP, SERVICES)
     objectives = instant_table(
         "Objectives",
-        "Per service: the availability objective and the availability over 24 hours and 30 days (all "
-        "locations); the share of the 30-day error budget left; the latency objective and the share of "
-        "successful probes within it over the last hour, worst location.",
+        "Per service: the availability objective and the availability over 24 hours and 30 days (the "
+        "share of time up, down meaning down from most locations); the share of the 30-day error "
+        "budget left; the latency objective and the share of successful probes within it over the "
+        "last hour, worst location.",
         [
             ("Availability objective", objective(SERVICES)),
-            ("Availability 24h", f"1 - service:probe_failures_per_runs:ratio_rate1d{{{rules}}}"),
+            ("Availability 24h", f"1 - service:probe_down:ratio_avg1d{{{rules}}}"),
             ("Availability 30d", f"1 - (\n{error_ratio_30d(SERVICES)}\n)"),
             ("Error budget left 30d", budget_remaining_30d(SERVICES)),
             (
@@ -917,10 +918,10 @@ def slo() -> dashboard.Dashboard:
     )
     availability = graph(
         "Availability vs objective",
-        "Share of successful probes over the last hour (all locations), and each service's "
+        "Share of the last hour each service was up (down: down from most locations), and its "
         "availability objective (dashed).",
         "percentunit",
-        query(f"1 - service:probe_failures_per_runs:ratio_rate1h{{{rules}}}", "{{service}}"),
+        query(f"1 - service:probe_down:ratio_avg1h{{{rules}}}", "{{service}}"),
         query(objective(SERVICES), "{{service}} objective"),
     ).override_by_regexp(".* objective", [prop("custom.lineStyle", {"fill": "dash", "dash": [10, 10]})])
     layout.row(8, (12, budget), (12, availability))

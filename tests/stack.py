@@ -376,16 +376,32 @@ class HttpTarget(_ThreadedServer):
         super().__init__(_TargetHandler)
 
 
-def shortened_rules(dest: Path, durations: dict[str, str], source: Path = RULES_DIR) -> list[Path]:
-    """Copy the rule files into ``dest`` with each ``for:`` value mapped through ``durations``."""
+def shortened_rules(
+    dest: Path,
+    durations: dict[str, str],
+    source: Path = RULES_DIR,
+    intervals: dict[str, str] | None = None,
+) -> list[Path]:
+    """Copy the rule files into ``dest`` with each ``for:`` and ``keep_firing_for:`` value mapped
+    through ``durations`` and each group ``interval:`` through ``intervals``."""
     dest.mkdir(parents=True, exist_ok=True)
+    group_intervals = intervals or {}
     copies = []
     for rule_file in sorted(source.glob("*.yml")):
 
         def replace(match: re.Match[str]) -> str:
             return match.group(1) + durations.get(match.group(2), match.group(2))
 
-        text = re.sub(r"^([ \t]+for:[ \t]*)(\S+)[ \t]*$", replace, rule_file.read_text(), flags=re.MULTILINE)
+        def replace_interval(match: re.Match[str]) -> str:
+            return match.group(1) + group_intervals.get(match.group(2), match.group(2))
+
+        text = re.sub(
+            r"^([ \t]+(?:for|keep_firing_for):[ \t]*)(\S+)[ \t]*$",
+            replace,
+            rule_file.read_text(),
+            flags=re.MULTILINE,
+        )
+        text = re.sub(r"^([ \t]+interval:[ \t]*)(\S+)[ \t]*$", replace_interval, text, flags=re.MULTILINE)
         copy = dest / rule_file.name
         copy.write_text(text)
         copies.append(copy)

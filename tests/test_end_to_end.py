@@ -21,13 +21,14 @@ from tests.stack import (
 
 PROMETHEUS_CONFIG = ROOT / "prometheus" / "prometheus.yml"
 
-# The bundled durations scaled down. The global alerts (1m) still fire before
-# ProbeServiceDownInLocation (2m), as prometheus/README.md requires, so the
-# inhibition in alertmanager.yml takes effect. Longer durations (5m, 15m) are
-# left alone: the alerts that use them must not fire in these tests. The gap is
-# wide because the global alerts read recording rules, which on a loaded machine
-# can lag the per-location rule by a few evaluations.
-FOR_DURATIONS = {"1m": "2s", "2m": "12s"}
+# The bundled durations scaled down, keeping their order: the explaining alerts
+# (30s) fire before ProbeServiceDownInLocation (2m) could, so its expression
+# leaves it out (see prometheus/rules/outage-exporter.rules.yml). keep_firing_for
+# (1m) is shortened so a recovery resolves within the test's bounds, and the
+# rule groups run every second like the global evaluation. Longer durations
+# (5m, 15m) are left alone: the alerts that use them must not fire here.
+FOR_DURATIONS = {"30s": "2s", "1m": "2s", "2m": "12s"}
+GROUP_INTERVALS = {"5s": "1s", "30s": "1s", "1m": "1s"}
 
 # Every wait is bounded; these bounds leave room for a slow machine, and a
 # healthy run needs a few seconds for each.
@@ -69,7 +70,8 @@ def alertmanager_config(webhook: WebhookReceiver) -> str:
     config["global"] = {"resolve_timeout": "5s"}
     config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
     for route in config["route"]["routes"]:
-        route.pop("repeat_interval", None)
+        for timing in ("group_wait", "group_interval", "repeat_interval"):
+            route.pop(timing, None)
     for receiver in config["receivers"]:
         for webhook_config in receiver["webhook_configs"]:
             # Keep the path (/pager, /ticket) so the test sees which receiver was chosen.
@@ -95,7 +97,7 @@ def test_outage_notifies_and_resolves(stack: Stack, tmp_path: Path) -> None:
     )
     exporter = stack.exporter(EXPORTER_CONFIG.format(services=services), location="eu-west")
     alertmanager = stack.alertmanager(alertmanager_config(webhook))
-    rules = shortened_rules(tmp_path / "rules", FOR_DURATIONS)
+    rules = shortened_rules(tmp_path / "rules", FOR_DURATIONS, intervals=GROUP_INTERVALS)
     prometheus = stack.prometheus(
         prometheus_config({"eu-west": exporter.url}, alertmanager.url), rule_files=rules
     )
@@ -111,11 +113,11 @@ def test_outage_notifies_and_resolves(stack: Stack, tmp_path: Path) -> None:
         lambda: webhook.alerts("firing", service="checkout"), ALERTING, "a firing notification for checkout"
     )
     # With one location, the failing one is all of them: a majority, so the
-    # global ProbeServiceDown fires (critical, paged). ProbeServiceDownInLocation
-    # fires for the same service later and is inhibited by it, so it never
-    # notifies. Neither catalog (healthy) nor the shop group (one of two
-    # services down is not most of it) nor the location (no healthier location
-    # to compare with) alerts.
+    # global ProbeServiceDown fires (critical, paged). It explains
+    # ProbeServiceDownInLocation for the same service, whose expression leaves
+    # it out from then on, so it never fires. Neither catalog (healthy) nor the
+    # shop group (one of two services down is not most of it) nor the location
+    # (no healthier location to compare with) alerts.
     (path, alert), *_ = firing
     assert path == "/pager"
     assert alert["labels"] == {
@@ -130,17 +132,15 @@ def test_outage_notifies_and_resolves(stack: Stack, tmp_path: Path) -> None:
     assert annotations["description"] == "checkout (group shop) fails from 100% of the locations probing it."
     assert annotations["runbook_url"].endswith("/docs/runbook.md#probeservicedown")
 
-    # ProbeServiceDownInLocation fires too, later, and reaches Alertmanager,
-    # which holds it back because ProbeServiceDown explains it.
-    def inhibited() -> list[dict[str, Any]]:
-        return [
-            alert
-            for alert in alertmanager.alerts(alertname="ProbeServiceDownInLocation", service="checkout")
-            if alert["status"]["state"] == "suppressed" and alert["status"]["inhibitedBy"]
-        ]
-
-    (held,) = wait_until(inhibited, ALERTING, "ProbeServiceDownInLocation to reach Alertmanager, inhibited")
-    assert held["labels"]["location"] == "eu-west"
+    # Well past the regional alert's own `for:` (12s), it is still not firing.
+    wait_until(
+        lambda: prometheus.query(
+            'time() - ALERTS_FOR_STATE{alertname="ProbeServiceDown", service="checkout"} > 20'
+        ),
+        ALERTING,
+        "checkout down for longer than ProbeServiceDownInLocation's for:",
+    )
+    assert not prometheus.query('ALERTS{alertname="ProbeServiceDownInLocation", alertstate="firing"}')
 
     broken.status = 200
     resolved = wait_until(
@@ -151,18 +151,12 @@ def test_outage_notifies_and_resolves(stack: Stack, tmp_path: Path) -> None:
     assert resolved[0][0] == "/pager"
     assert resolved[0][1]["labels"] == alert["labels"]
 
-    # Only checkout notified, and only as the alerts its outage explains. Which of
-    # them resolves first on recovery depends on when each rule group is
-    # evaluated, so a last ProbeServiceDownInLocation notification in that
-    # moment is not held against the routing; while ProbeServiceDown was firing
-    # it was inhibited (checked above).
-    received = [alert for _, alert in webhook.alerts()]
-    notified = {(a["labels"]["alertname"], a["labels"].get("service")) for a in received}
-    assert notified <= {("ProbeServiceDown", "checkout"), ("ProbeServiceDownInLocation", "checkout")}
-    assert [a["status"] for a in received if a["labels"]["alertname"] == "ProbeServiceDown"] == [
-        "firing",
-        "resolved",
-    ]
+    # Only checkout notified, as one page and its resolution: during the
+    # outage and after it the regional alert stayed out.
+    received = [(path, alert["labels"]["alertname"], alert["status"]) for path, alert in webhook.alerts()]
+    assert received == [("/pager", "ProbeServiceDown", "firing"), ("/pager", "ProbeServiceDown", "resolved")]
+    others = 'count_over_time(ALERTS{alertname!="ProbeServiceDown", alertstate="firing"}[10m])'
+    assert not prometheus.query(others)
     assert not prometheus.query('count_over_time(ALERTS{service="catalog"}[10m])')
 
 
@@ -181,7 +175,7 @@ def test_regional_outage_is_not_global(stack: Stack, tmp_path: Path) -> None:
             ]
         )
         exporters[location] = stack.exporter(EXPORTER_CONFIG.format(services=services), location).url
-    rules = shortened_rules(tmp_path / "rules", FOR_DURATIONS)
+    rules = shortened_rules(tmp_path / "rules", FOR_DURATIONS, intervals=GROUP_INTERVALS)
     prometheus = stack.prometheus(prometheus_config(exporters), rule_files=rules)
 
     expected_view = {

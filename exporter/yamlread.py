@@ -137,17 +137,11 @@ class Reader:
             items = node.value if isinstance(node, yaml.SequenceNode) else [node]
             values = [self.read(tp.item_type, item, path) for item in items]
             return _INVALID if any(v is _INVALID for v in values) else tp(values)
-        if getattr(tp, "yaml_string", False):
-            value = self._go_string(node, path)
-            if value is _INVALID:
-                return _INVALID
-            try:
-                return tp.from_yaml(value)
-            except ValueError as err:
-                self.error(path, node, str(err))
-                return _INVALID
         if hasattr(tp, "from_yaml"):
-            value = self._scalar(node, path, "a scalar")
+            if getattr(tp, "yaml_string", False):
+                value = self._go_string(node, path)
+            else:
+                value = self._scalar(node, path, "a scalar")
             if value is _INVALID:
                 return _INVALID
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import shutil
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,14 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: s
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def blackbox_binary() -> str:
+    """The Debian blackbox_exporter; the comparisons are the point, so its absence is a failure."""
+    path = shutil.which("prometheus-blackbox-exporter")
+    if path is None:
+        pytest.fail(
+            "prometheus-blackbox-exporter is not installed: apt-get install prometheus-blackbox-exporter"
+        )
+    return path

@@ -475,3 +475,19 @@ def stack_fixture(tmp_path: Path) -> Iterator[Stack]:
     finally:
         stack.stop()
         print(stack.logs())
+
+
+def load_verdicts(blackbox: str, path: Path) -> tuple[bool, bool, str]:
+    """Whether blackbox_exporter's --config.check and our loader accept the file, and why not."""
+    from exporter.config import load_config
+    from exporter.errors import ConfigError
+
+    checked = subprocess.run(
+        [blackbox, f"--config.file={path}", "--config.check"], capture_output=True, text=True, timeout=30
+    )
+    try:
+        load_config(path)
+        ours, why = True, ""
+    except ConfigError as err:
+        ours, why = False, "; ".join(str(issue) for issue in err.issues)
+    return checked.returncode == 0, ours, f"blackbox: {checked.stderr[-300:]}\nours: {why}"

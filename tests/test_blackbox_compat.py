@@ -60,15 +60,6 @@ def unlabelled(text: str) -> tuple[set[str], Samples]:
     return names, values
 
 
-@pytest.fixture(scope="module")
-def blackbox_binary() -> str:
-    """The Debian blackbox_exporter; the comparison is the point, so its absence is a failure."""
-    path = shutil.which(BLACKBOX)
-    if path is None:
-        pytest.fail(f"{BLACKBOX} is not installed: apt-get install prometheus-blackbox-exporter")
-    return path
-
-
 @pytest.fixture
 def modules_file(tmp_path: Path) -> Path:
     """The packaged blackbox.yml, pinned to IPv4 for the modules compared here."""

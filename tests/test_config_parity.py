@@ -8,16 +8,13 @@ differences.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from exporter.config import parse_config
 from exporter.errors import ConfigError
-
-BLACKBOX = "prometheus-blackbox-exporter"
+from tests.stack import load_verdicts
 
 # (name, modules file, loads in blackbox)
 CASES: list[tuple[str, str, bool]] = [
@@ -87,14 +84,6 @@ def test_config_loads_as_recorded_from_blackbox_028(name: str, text: str, loads:
     assert ours == loads
 
 
-@pytest.fixture(scope="module")
-def blackbox_binary() -> str:
-    path = shutil.which(BLACKBOX)
-    if path is None:
-        pytest.fail(f"{BLACKBOX} is not installed: apt-get install prometheus-blackbox-exporter")
-    return path
-
-
 @pytest.mark.parametrize(("name", "text", "loads"), CASES, ids=[c[0] for c in CASES])
 def test_config_loads_as_in_blackbox(
     name: str, text: str, loads: bool, blackbox_binary: str, tmp_path: Path
@@ -102,20 +91,8 @@ def test_config_loads_as_in_blackbox(
     """blackbox_exporter --config.check and our loader both give the table's verdict."""
     path = tmp_path / "blackbox.yml"
     path.write_text(text + "\n", encoding="utf-8")
-    checked = subprocess.run(
-        [blackbox_binary, f"--config.file={path}", "--config.check"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    try:
-        parse_config(text)
-        ours, why = True, ""
-    except ConfigError as err:
-        ours, why = False, "; ".join(str(issue) for issue in err.issues)
-    assert (checked.returncode == 0, ours) == (loads, loads), (
-        f"blackbox: {checked.stderr[-300:]}\nours: {why}"
-    )
+    theirs, ours, why = load_verdicts(blackbox_binary, path)
+    assert (theirs, ours) == (loads, loads), why
 
 
 def test_binary_send_is_the_bytes_written() -> None:

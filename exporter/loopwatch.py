@@ -63,16 +63,17 @@ class LoopWatch:
         while self._late and self._late[0][0] < now - MEMORY:
             self._late.popleft()
 
-    def lost_since(self, start: float, now: float) -> float:
+    def lost_since(self, start: float, now: float, at_least: float = 0.0) -> float:
         """Seconds the loop lost to other work during ``[start, now]`` (loop time), as far as seen.
 
         The sum of the late wake-ups that ended in the span, plus the watch's own overdue time
         when a stall is still under way (the probe's answer was handled before the watch woke).
         Each wake-up's lateness is time the loop was busy just before it, so a stall that began
-        shortly before ``start`` counts whole: the estimate errs towards marking.
+        shortly before ``start`` counts whole: the estimate errs towards marking. With
+        ``at_least``, only wake-ups at least that late count (stalls, not jitter).
         """
         index = bisect.bisect_right(self._late, (start, float("inf")))
-        lost = sum(lag for _, lag in itertools.islice(self._late, index, None))
-        if self._expected is not None and now > self._expected:
+        lost = sum(lag for _, lag in itertools.islice(self._late, index, None) if lag >= at_least)
+        if self._expected is not None and now - self._expected > max(at_least, 0.0):
             lost += now - self._expected
         return lost

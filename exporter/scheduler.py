@@ -139,10 +139,11 @@ class Scheduler:
             self.schedule_lag.observe(max(loop.time() - due, 0.0))
             self.probes_in_flight += 1
             try:
-                result = await self._timed_run(service)
+                result, stalls = await self._timed_run(service)
+                # Only real stalls count here: the ordinary lateness of a busy loop adds up over
+                # a long timeout, and a target that is down would be probed twice every time.
                 stalled_timeout = (
-                    result.reason is FailureReason.TIMEOUT
-                    and result.stalled >= service.timeout * RERUN_STALLED_SHARE
+                    result.reason is FailureReason.TIMEOUT and stalls >= service.timeout * RERUN_STALLED_SHARE
                 )
                 task = asyncio.current_task()
                 if stalled_timeout and not (task is not None and task.cancelling()):
@@ -155,13 +156,16 @@ class Scheduler:
                     # The second run replaces the first entirely: the first one's timeout was
                     # ours, so it is counted in reruns_after_stall, not in the service's attempts
                     # (which would also make the service look degraded).
-                    result = await self._timed_run(service)
+                    result, _ = await self._timed_run(service)
                 return result
             finally:
                 self.probes_in_flight -= 1
 
-    async def _timed_run(self, service: Service) -> ProbeResult:
-        """One run, marked with the loop stall it overlapped (see ProbeResult.stalled)."""
+    async def _timed_run(self, service: Service) -> tuple[ProbeResult, float]:
+        """One run, marked with the loop time it lost (see ProbeResult.stalled).
+
+        Also returns the part of that time lost to stalls of STALL_THRESHOLD or more each.
+        """
         loop = asyncio.get_running_loop()
         start = loop.time()
         result = await self.runner(
@@ -171,13 +175,15 @@ class Scheduler:
             clock=self.clock,
             heartbeats=self.heartbeats,
         )
-        if self.watch is not None:
-            stalled = self.watch.lost_since(start, loop.time())
-            # A stall that is a small part of a long run changes its duration little; only one
-            # that is a tenth of the run or more marks it (and keeps it out of the latency).
-            if stalled >= max(STALL_THRESHOLD, result.duration * STALLED_SHARE):
-                result = dataclasses.replace(result, stalled=stalled)
-        return result
+        if self.watch is None:
+            return result, 0.0
+        now = loop.time()
+        lost = self.watch.lost_since(start, now)
+        # A stall that is a small part of a long run changes its duration little; only one
+        # that is a tenth of the run or more marks it (and keeps it out of the latency).
+        if lost >= max(STALL_THRESHOLD, result.duration * STALLED_SHARE):
+            result = dataclasses.replace(result, stalled=lost)
+        return result, self.watch.lost_since(start, now, at_least=STALL_THRESHOLD)
 
 
 def _next_slot(now: float, offset: float, interval: float) -> float:

@@ -32,6 +32,8 @@ def test_lost_time_adds_up_the_late_wake_ups_of_a_span() -> None:
     watch.observe(12.0, STALL_THRESHOLD / 2)
     assert watch.lost_since(10.5, 12.1) == 0.3 + STALL_THRESHOLD / 2
     assert watch.lost_since(11.1, 12.1) == STALL_THRESHOLD / 2
+    # Counting stalls only, the jitter-sized wake-up drops out.
+    assert watch.lost_since(10.5, 12.1, at_least=STALL_THRESHOLD) == 0.3
     assert watch.lag.count == 3
     assert watch.lag.counts[-1] == 0  # nothing over 10 s
 

@@ -56,6 +56,8 @@ HELP: dict[str, str] = {
     "probe_ssl_last_chain_expiry_timestamp_seconds": "Earliest expiry in the last certificate chain.",
     "probe_ssl_last_chain_info": "Leaf certificate of the last chain.",
     "probe_tls_version_info": "TLS version used.",
+    "probe_tls_cipher_info": "TLS cipher suite used, by Go's name as blackbox reports it.",
+    "probe_timeout_seconds": "The timeout the probe ran with, in seconds (/probe only).",
     "probe_dns_lookup_time_seconds": "How long resolving the target took.",
     "probe_ip_protocol": "IP version used: 4 or 6.",
     "probe_ip_addr_hash": "Hash of the IP address probed, to notice changes.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from exporter.collector import render_result
 from exporter.config import Config, dump_config
 from exporter.exposition import TEXT_FORMAT, gzip_stream, negotiate
 from exporter.modules import Module
-from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
+from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult, Sample
 from exporter.runner import run_probe
 from exporter.runtime import Exporter
 from exporter.sharding import Shard
@@ -155,6 +156,8 @@ async def probe(request: web.Request) -> web.Response:
     result = await run_probe(
         target, module, timeout, guard=guard, clock=exporter.clock, heartbeats=exporter.heartbeats
     )
+    # blackbox (0.25 and later) reports the timeout it applied beside the probe's values.
+    result = dataclasses.replace(result, samples=(*result.samples, Sample("probe_timeout_seconds", timeout)))
     if query.get("debug", "").lower() == "true":
         return web.Response(text=debug_text(target, module, result))
     body = render_result(result, module.prober)

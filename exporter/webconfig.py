@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from exporter.errors import WebConfigError
-from exporter.modules import TLS_VERSIONS, TLSVersion
+from exporter.modules import CIPHER_SUITES, TLS_VERSIONS, TLSVersion
 from exporter.types import Secret
 from exporter.yamlread import Reader, compose, is_invalid
 
@@ -83,34 +83,6 @@ class HTTPServerConfig:
             yield "http2", "HTTP/2 is not served here (HTTP/1.1 only): set it to false or leave it out"
 
 
-# Go's cipher suite names, as exporter-toolkit takes them, and OpenSSL's names for them. TLS 1.3
-# suites are accepted but, as in Go, do not restrict TLS 1.3 (OpenSSL chooses among its own).
-CIPHER_SUITES: Mapping[str, str | None] = MappingProxyType(
-    {
-        "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
-        "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
-        "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
-        "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
-        "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
-        "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
-        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-        "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
-        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-        "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
-        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
-        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-        "TLS_AES_128_GCM_SHA256": None,
-        "TLS_AES_256_GCM_SHA384": None,
-        "TLS_CHACHA20_POLY1305_SHA256": None,
-    }
-)
 _EXAMPLE_SUITE = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
 # Go's curve names and OpenSSL's.
 CURVES: Mapping[str, str] = MappingProxyType(

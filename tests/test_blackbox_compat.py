@@ -358,6 +358,10 @@ async def test_tls_values_match_blackbox(tmp_path: Path, ca: Any, blackbox_binar
                     serial == format(leaf_serial(leaf), "x").rjust(len(serial), "0") and len(serial) % 2 == 0
                 )
                 assert our_labels == their_labels, module
+                # 0.25 added the cipher by Go's name and the applied timeout; 0.23 has neither.
+                cipher, _ = labelled(answers[1], "probe_tls_cipher_info")
+                assert cipher["cipher"].startswith("TLS_"), cipher
+                assert labelled(answers[1], "probe_timeout_seconds")[1] > 0
                 expiries = [labelled(a, "probe_ssl_last_chain_expiry_timestamp_seconds")[1] for a in answers]
                 assert expiries[0] == expiries[1], module
                 if module == "insecure":

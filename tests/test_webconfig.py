@@ -205,3 +205,11 @@ async def test_password_checks_queue_is_bounded_and_right_verdicts_stay_remember
         assert await auth.check(header("never-seen")) is None
     finally:
         auth.close()
+
+
+def test_go_cipher_names_map_back_from_openssl() -> None:
+    """probe_tls_cipher_info names a TLS 1.2 suite as Go (and so blackbox) does."""
+    from exporter.modules import GO_CIPHER_NAMES
+
+    assert GO_CIPHER_NAMES["ECDHE-RSA-AES128-GCM-SHA256"] == "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+    assert "TLS_AES_128_GCM_SHA256" not in GO_CIPHER_NAMES  # TLS 1.3 names are the same in both

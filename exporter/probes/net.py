@@ -17,7 +17,7 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from exporter.modules import TLS_VERSIONS, TLSConfig
+from exporter.modules import GO_CIPHER_NAMES, TLS_VERSIONS, TLSConfig
 from exporter.result import FailureReason, ProbeResult, Trace
 
 
@@ -315,6 +315,10 @@ def record_tls(trace: Trace, ssl_object: ssl.SSLObject | None) -> None:
         return
     version = ssl_object.version() or ""
     trace.set("probe_tls_version_info", 1, (("version", _VERSION_LABELS.get(version, version)),))
+    cipher = ssl_object.cipher()
+    if cipher is not None:
+        # blackbox (0.25 and later) names the suite as Go does; TLS 1.3 names are the same.
+        trace.set("probe_tls_cipher_info", 1, (("cipher", GO_CIPHER_NAMES.get(cipher[0], cipher[0])),))
     certs = peer_chain(ssl_object)
     if not certs:
         return

@@ -200,10 +200,32 @@ class HTTPProbe:
 
 
 @dataclass(frozen=True)
+class ExpectLabel:
+    """A label of probe_expect_info: its value may use the expect's groups (``${1}``, ``$name``)."""
+
+    name: str
+    value: str = ""
+
+    def check(self) -> Problems:
+        if not LABEL_NAME_RE.match(self.name):
+            yield "name", f"invalid label name {self.name!r}: must match [a-zA-Z_][a-zA-Z0-9_]*"
+
+
+@dataclass(frozen=True)
 class QueryResponse:
     expect: Regex | None = None
+    # Bytes the server must send next, exactly (blackbox 0.25 and later).
+    expect_bytes: str = ""
+    # probe_expect_info's labels, filled from the expect's match.
+    labels: tuple[ExpectLabel, ...] = ()
     send: str = ""
     starttls: bool = False
+
+    def check(self) -> Problems:
+        if self.expect is not None and self.expect.source and self.expect_bytes:
+            yield "expect_bytes", "expect and expect_bytes are mutually exclusive"
+        if self.labels and not (self.expect is not None and self.expect.source):
+            yield "labels", "labels are filled from expect's match: set expect too"
 
 
 @dataclass(frozen=True)
@@ -283,6 +305,7 @@ class DNSProbe:
             yield "dns_over_tls", "needs transport_protocol: tcp"
 
 
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 DNS_CLASSES = ("IN", "CS", "CH", "HS", "NONE", "ANY")
 
 

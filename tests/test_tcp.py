@@ -17,6 +17,7 @@ from cryptography import x509
 
 from exporter.allowlist import Allowlist
 from exporter.config import parse_config
+from exporter.errors import ConfigError
 from exporter.modules import Module, QueryResponse, TCPProbe, TLSConfig
 from exporter.probes.net import ProbeFailure
 from exporter.probes.tcp import expand, split_host_port
@@ -234,6 +235,66 @@ async def test_named_capture_feeds_later_sends(tcp_server: ServerFactory, run_pr
     result = await run_probe(f"127.0.0.1:{listener.port}", module)
     assert result.success, result.message
     await heard(listener, [b"JOIN ab12 n7 $5\n", b"AGAIN ab12\n"])
+
+
+async def test_expect_info_labels_are_filled_from_the_match(
+    tcp_server: ServerFactory, run_probe: ProbeRunner
+) -> None:
+    """``labels`` on a step become probe_expect_info, expanded from that step's match."""
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+        await until_closed(reader, peer)
+
+    listener = await tcp_server(banner)
+    config = parse_config(
+        "modules: {ssh: {prober: tcp, tcp: {query_response: [{expect: '^SSH-2.0-(?P<soft>[^ ]+)',"
+        " labels: [{name: software, value: '${soft}'}, {name: kind, value: ssh}]}]}}}"
+    )
+    result = await run_probe(f"127.0.0.1:{listener.port}", config.modules["ssh"])
+    assert result.success, result.message
+    samples = {s.labels: s.value for s in result.samples if s.name == "probe_expect_info"}
+    assert samples == {(("software", "OpenSSH_9.2p1"), ("kind", "ssh")): 1.0}
+
+
+async def test_expect_bytes_matches_the_next_bytes(tcp_server: ServerFactory, run_probe: ProbeRunner) -> None:
+    """expect_bytes passes on the exact next bytes, fails on others and on a short answer."""
+
+    async def greeting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
+        writer.write(b"\x00\x01PING")
+        await until_closed(reader, peer)
+
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
+        writer.write(b"\x00")
+        writer.close()
+
+    good, short_server = await tcp_server(greeting), await tcp_server(short)
+
+    def module(expected: str) -> Module:
+        return tcp_module(QueryResponse(expect_bytes=expected))
+
+    result = await run_probe(f"127.0.0.1:{good.port}", module("\x00\x01PING"))
+    assert result.success, result.message
+    assert result.value("probe_failed_due_to_bytes") == 0
+    wrong = await run_probe(f"127.0.0.1:{good.port}", module("\x00\x01PONG"))
+    assert wrong.reason == FailureReason.PROTOCOL and wrong.value("probe_failed_due_to_bytes") == 1
+    cut = await run_probe(f"127.0.0.1:{short_server.port}", module("\x00\x01"))
+    assert cut.reason == FailureReason.PROTOCOL and "1 of the 2 bytes" in cut.message
+
+
+def test_expect_and_expect_bytes_are_exclusive_and_labels_need_expect() -> None:
+    """The loader refuses both on one step, and labels without an expect to fill them."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            "modules: {t: {prober: tcp, tcp: {query_response: [{expect: x, expect_bytes: y},"
+            " {labels: [{name: a, value: b}]}, {expect: z, labels: [{name: 'b-c'}]}]}}}"
+        )
+    at = "modules.t.tcp.query_response"
+    assert [str(issue) for issue in info.value.issues] == [
+        f"{at}[0].expect_bytes (line 1): expect and expect_bytes are mutually exclusive",
+        f"{at}[1].labels (line 1): labels are filled from expect's match: set expect too",
+        f"{at}[2].labels[0].name (line 1): invalid label name 'b-c': must match [a-zA-Z_][a-zA-Z0-9_]*",
+    ]
 
 
 async def test_expect_reads_lines_until_one_matches(

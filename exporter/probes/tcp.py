@@ -7,7 +7,7 @@ import logging
 import re
 import ssl
 
-from exporter.modules import TCPProbe
+from exporter.modules import Module, TCPProbe
 from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
@@ -140,6 +140,26 @@ async def _expect(lines: _LineReader, regex: Regex, step: int, trace: Trace) -> 
     )
 
 
+async def _expect_bytes(reader: asyncio.StreamReader, expected: str, step: int, trace: Trace) -> None:
+    """The next bytes from the server must be exactly ``expected`` (surrogates are raw bytes)."""
+    wanted = expected.encode("utf-8", "surrogateescape")
+    try:
+        got = await reader.readexactly(len(wanted))
+    except asyncio.IncompleteReadError as err:
+        raise ProbeFailure(
+            FailureReason.PROTOCOL,
+            f"query_response step {step}: the server sent {len(err.partial)} of the {len(wanted)} "
+            "bytes expect_bytes wants before closing",
+        ) from None
+    if got != wanted:
+        trace.set("probe_failed_due_to_bytes", 1)
+        raise ProbeFailure(
+            FailureReason.PROTOCOL,
+            f"query_response step {step}: the server's next {len(wanted)} bytes are not expect_bytes",
+        )
+    trace.set("probe_failed_due_to_bytes", 0)
+
+
 async def _send(writer: asyncio.StreamWriter, text: str, step: int) -> None:
     # The text itself stays out of the message: a send may carry a credential.
     writer.write(text.encode("utf-8", "surrogateescape") + b"\n")
@@ -184,6 +204,11 @@ async def _dialogue(request: ProbeRequest) -> None:
             # An empty expect means "expect nothing", as in blackbox.
             if expect is not None and expect.source:
                 last_match = await _expect(lines, expect, step_number, trace)
+                if step.labels:
+                    labels = tuple((label.name, expand(label.value, last_match)) for label in step.labels)
+                    trace.set("probe_expect_info", 1, labels)
+            if step.expect_bytes:
+                await _expect_bytes(reader, step.expect_bytes, step_number, trace)
             if step.send:
                 # blackbox expands a send from its own step's match; a send-only step here
                 # reuses the most recent match so a captured token can feed several sends.
@@ -202,8 +227,9 @@ async def _dialogue(request: ProbeRequest) -> None:
 async def probe_tcp(request: ProbeRequest) -> ProbeResult:
     """Connect to ``host:port``, upgrade to TLS if asked, and run the query_response steps."""
     trace = request.trace
-    # blackbox always exports this gauge, 0 unless an expect failed.
+    # blackbox always exports these gauges, 0 unless an expect failed.
     trace.set("probe_failed_due_to_regex", 0)
+    trace.set("probe_failed_due_to_bytes", 0)
     try:
         await _dialogue(request)
     except ProbeFailure as failure:
@@ -214,4 +240,15 @@ async def probe_tcp(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(probe=probe_tcp, reasons=lambda module: NETWORK_REASONS)
+def _quiet_gauges(module: Module) -> frozenset[str]:
+    """The regex and bytes gauges cannot leave 0 without an expect or expect_bytes step."""
+    steps = module.tcp.query_response
+    quiet = set()
+    if not any(step.expect is not None and step.expect.source for step in steps):
+        quiet.add("probe_failed_due_to_regex")
+    if not any(step.expect_bytes for step in steps):
+        quiet.add("probe_failed_due_to_bytes")
+    return frozenset(quiet)
+
+
+KIND = ProberKind(probe=probe_tcp, reasons=lambda module: NETWORK_REASONS, quiet_gauges=_quiet_gauges)

@@ -336,33 +336,12 @@ class Run:
         return out
 
     def setup(self) -> None:
-        port = run.free_port()
-        conf = self.tmp / "nginx.conf"
-        conf.write_text(run.NGINX_CONF.format(tmp=self.tmp, port=port))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        proc = self.start("nginx", [nginx, "-p", str(self.tmp), "-c", str(conf), "-e", "stderr"])
-        self.target = f"http://127.0.0.1:{port}/"
+        argv, self.target = run.nginx_argv(self.tmp)
+        proc = self.start("nginx", argv)
         proc.wait_ready(self.target, timeout=30)
 
-        port = run.free_port()
-        conf = self.tmp / "blackbox.yml"
-        conf.write_text(
-            "modules:\n  http_2xx:\n    prober: http\n    http:\n      preferred_ip_protocol: ip4\n"
-        )
-        binary = shutil.which("prometheus-blackbox-exporter")
-        if binary is None:
-            raise RuntimeError("prometheus-blackbox-exporter is not installed")
-        proc = self.start(
-            "blackbox",
-            [
-                binary,
-                f"--config.file={conf}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--web.config.file={self.web_config}",
-                "--log.level=warn",
-            ],
-        )
-        self.blackbox = f"http://127.0.0.1:{port}"
+        argv, self.blackbox = run.blackbox_argv(self.tmp, f"--web.config.file={self.web_config}")
+        proc = self.start("blackbox", argv)
         wait_ready(proc, f"{self.blackbox}/-/healthy")
 
         services = round(self.rate * self.args.interval)

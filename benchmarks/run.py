@@ -282,31 +282,43 @@ class Bench:
         self.procs.clear()
 
     def start_nginx(self) -> Process:
-        port = free_port()
-        conf = self.tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=self.tmp, port=port))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        proc = self.start("nginx", [nginx, "-p", str(self.tmp), "-c", str(conf), "-e", "stderr"])
-        self.nginx_url = f"http://127.0.0.1:{port}/"
+        argv, self.nginx_url = nginx_argv(self.tmp)
+        proc = self.start("nginx", argv)
         proc.wait_ready(self.nginx_url, timeout=30)
         return proc
 
     def start_blackbox(self) -> tuple[Process, str]:
-        port = free_port()
-        conf = self.tmp / "blackbox.yml"
-        conf.write_text(
-            "modules:\n  http_2xx:\n    prober: http\n    http:\n      preferred_ip_protocol: ip4\n"
-        )
-        binary = shutil.which("prometheus-blackbox-exporter")
-        if binary is None:
-            raise RuntimeError("prometheus-blackbox-exporter is not installed")
-        proc = self.start(
-            "blackbox",
-            [binary, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        )
-        base = f"http://127.0.0.1:{port}"
+        argv, base = blackbox_argv(self.tmp)
+        proc = self.start("blackbox", argv)
         proc.wait_ready(f"{base}/-/healthy")
         return proc, base
+
+
+def nginx_argv(tmp: Path) -> tuple[list[str], str]:
+    """The command line of an nginx serving NGINX_CONF from ``tmp`` on a free port, and its URL."""
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return [nginx, "-p", str(tmp), "-c", str(conf), "-e", "stderr"], f"http://127.0.0.1:{port}/"
+
+
+def blackbox_argv(tmp: Path, *flags: str) -> tuple[list[str], str]:
+    """The command line of a blackbox_exporter with one http_2xx module on a free port, and its URL."""
+    port = free_port()
+    conf = tmp / "blackbox.yml"
+    conf.write_text("modules:\n  http_2xx:\n    prober: http\n    http:\n      preferred_ip_protocol: ip4\n")
+    binary = shutil.which("prometheus-blackbox-exporter")
+    if binary is None:
+        raise RuntimeError("prometheus-blackbox-exporter is not installed")
+    argv = [
+        binary,
+        f"--config.file={conf}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        *flags,
+        "--log.level=warn",
+    ]
+    return argv, f"http://127.0.0.1:{port}"
 
     def start_ours(
         self, name: str, services: int, interval: float, extra: tuple[str, ...] = ()

@@ -15,8 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from exporter import runner
+from exporter.config import parse_config
 from exporter.modules import Module
 from exporter.result import ProbeResult
+from exporter.web import make_app
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +123,14 @@ def blackbox_binary() -> str:
             "prometheus-blackbox-exporter is not installed: apt-get install prometheus-blackbox-exporter"
         )
     return path
+
+
+@pytest.fixture
+async def ours(our_config: str) -> AsyncIterator[str]:
+    """Our exporter's app, with the module's ``our_config``, on a loopback test server; its base URL."""
+    server = TestServer(make_app(parse_config(our_config), schedule=False), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.close()

@@ -168,17 +168,6 @@ def our_config(modules_file: Path) -> str:
     return yaml.safe_dump({"probe_allowlist": ["127.0.0.0/8"], "modules": data["modules"]})
 
 
-@pytest.fixture
-async def ours(our_config: str) -> AsyncIterator[str]:
-    """Our exporter's app on a loopback test server; yields its base URL."""
-    server = TestServer(make_app(parse_config(our_config), schedule=False), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
-
-
 async def probe(session: ClientSession, base: str, target: str, module: str) -> tuple[set[str], Samples]:
     params = {"target": target, "module": module}
     headers = {"X-Prometheus-Scrape-Timeout-Seconds": SCRAPE_TIMEOUT}

@@ -16,8 +16,6 @@ import yaml
 from aiohttp import ClientSession, ClientTimeout, web
 from aiohttp.test_utils import TestServer
 
-from exporter.config import parse_config
-from exporter.web import make_app
 from tests.metrics_util import parse, value
 from tests.stack import Process, free_port, load_verdicts
 
@@ -142,17 +140,6 @@ async def bodies() -> AsyncIterator[str]:
 def our_config(modules_file: Path) -> str:
     data = yaml.safe_load(modules_file.read_text(encoding="utf-8"))
     return yaml.safe_dump({"probe_allowlist": ["127.0.0.0/8"], "modules": data["modules"]})
-
-
-@pytest.fixture
-async def ours(our_config: str) -> AsyncIterator[str]:
-    config = parse_config(our_config)
-    server = TestServer(make_app(config, schedule=False), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
 
 
 async def verdict(session: ClientSession, base: str, bodies: str, n: int) -> bool:

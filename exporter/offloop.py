@@ -58,29 +58,19 @@ _GO_ERRORS = "outage-exporter-go-utf8"
 codecs.register_error(_GO_ERRORS, _one_fffd_per_byte)
 
 
-def decode_utf8(data: bytes, errors: str = _GO_ERRORS) -> str:
-    """``data`` as text, in slices; by default the way Go reads it (each invalid byte U+FFFD)."""
-    if len(data) <= SLICE:
-        return data.decode("utf-8", errors)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors)
-    parts = [decoder.decode(data[i : i + SLICE]) for i in range(0, len(data), SLICE)]
-    parts.append(decoder.decode(b"", final=True))
-    return "".join(parts)
-
-
 def go_subject(data: bytes) -> bytes:
     """The bytes Go's regexp matches in ``data``: each invalid UTF-8 byte read as U+FFFD.
 
     RE2 in UTF-8 mode lets ``.`` and ``[^x]`` skip invalid bytes, where Go matches them as
     U+FFFD; replacing them first makes the verdicts the same. ASCII, the common case, is
-    returned as it is.
+    returned as it is; anything else is decoded and encoded again a slice at a time.
     """
     if data.isascii():
         return data
-    if len(data) <= SLICE:
-        return data.decode("utf-8", _GO_ERRORS).encode("utf-8")
-    text = decode_utf8(data)
-    return b"".join(text[i : i + SLICE].encode("utf-8") for i in range(0, len(text), SLICE))
+    decoder = codecs.getincrementaldecoder("utf-8")(_GO_ERRORS)
+    pieces = [decoder.decode(data[i : i + SLICE]).encode("utf-8") for i in range(0, len(data), SLICE)]
+    pieces.append(decoder.decode(b"", final=True).encode("utf-8"))
+    return b"".join(pieces)
 
 
 def loads_json(data: str | bytes) -> object:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -107,9 +106,6 @@ _RE2_OPTIONS.log_errors = False  # the config loader reports errors; RE2 must no
 # Go refuses \\C (any byte) although the C++ RE2 accepts it.
 _GO_REFUSES = re.compile(r"(?<!\\)(?:\\\\)*\\C")
 
-# A match on more input than this runs in a thread: RE2 releases the GIL while it matches.
-REGEX_INLINE_LIMIT = 64 * 1024
-
 
 class RegexMatch(Protocol):
     """The part of a match object the probes use (Python's re and RE2 agree on it)."""
@@ -160,14 +156,9 @@ class Regex:
         return await self.search_subject(await offloop.off_loop_if_big(len(data), offloop.go_subject, data))
 
     async def search_subject(self, subject: bytes) -> RegexMatch | None:
-        """Search text already made by ``offloop.go_subject``; in a thread when it is big."""
-        if len(subject) <= REGEX_INLINE_LIMIT:
-            return self.search(subject)
-        return await offloop.in_thread(self.search, subject)
-
-    @property
-    def groupindex(self) -> Mapping[str, int]:
-        return self.pattern.groupindex  # type: ignore[no-any-return]
+        """Search text already made by ``offloop.go_subject``; in a thread when it is big
+        (RE2 releases the interpreter lock while it matches)."""
+        return await offloop.off_loop_if_big(len(subject), self.search, subject)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Regex) and other.source == self.source

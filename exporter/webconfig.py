@@ -180,20 +180,13 @@ class BasicAuth:
         self._max_waiting = max_waiting
         self._waiting = 0
         self._dummy: bytes | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        if self._users:
-            # The unknown-user hash is made ahead, so the first unknown user costs one check too.
-            self._pool().submit(self._make_dummy)
-
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, "bcrypt", initializer=_lower_priority)
-        return self._executor
+        self._executor = ThreadPoolExecutor(1, "bcrypt", initializer=_lower_priority)
+        # The unknown-user hash is made ahead (the thread takes jobs in order), so the first
+        # unknown user costs one check too.
+        self._executor.submit(self._make_dummy)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def check(self, header: str | None) -> bool | None:
         """True for a right user and password, False for a wrong one, None when too busy to say."""
@@ -216,11 +209,11 @@ class BasicAuth:
         try:
             if not sep or hashed is None:
                 # Spend what a real check costs so user names cannot be probed by timing.
-                await asyncio.get_running_loop().run_in_executor(self._pool(), self._dummy_check)
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._dummy_check)
                 ok = False
             else:
                 ok = await asyncio.get_running_loop().run_in_executor(
-                    self._pool(), bcrypt.checkpw, password.encode(), hashed
+                    self._executor, bcrypt.checkpw, password.encode(), hashed
                 )
         finally:
             self._waiting -= 1

@@ -235,10 +235,6 @@ class Body:
     data: bytes | None
     error: ProbeFailure | None
 
-    @property
-    def text(self) -> str | None:
-        return None if self.data is None else self.data.decode("utf-8", "replace")
-
 
 class HTTPClient:
     """One request as an HTTP probe makes it: the redirect loop, one fresh connection per hop.

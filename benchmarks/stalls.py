@@ -15,18 +15,14 @@ same command measures before and after a change.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.metrics_util import parse, value  # noqa: E402
-from tests.stack import free_port, server_child  # noqa: E402
-from tests.test_stalls import attack_config  # noqa: E402
+from tests.stack import Process, free_port, server_child  # noqa: E402
+from tests.test_stalls import attack_config, get  # noqa: E402
 
 ATTACKS = ("none", "scheduled", "probe-endpoint", "password-flood")
 GOOD = ("prometheus", "right")
-
-
-def request(url: str, auth: tuple[str, str] | None = None, timeout: float = 5.0) -> tuple[int, str]:
-    req = urllib.request.Request(url)
-    if auth is not None:
-        req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as err:
-        with err:
-            return err.code, ""
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -80,22 +64,14 @@ def run_attack(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(source)}
-    log = (workdir / f"{attack}.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config.file",
-            str(config_path),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            *flags,
-        ],
-        cwd=source,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    argv = [sys.executable, "-m", "exporter", "--config.file", str(config_path)]
+    proc = Process(
+        f"exporter-{attack}",
+        [*argv, "--web.listen-address", f"127.0.0.1:{port}", *flags],
+        base,
+        workdir,
+        env,
+        source,
     )
     stop = threading.Event()
     durations: dict[float, float] = {}
@@ -106,7 +82,7 @@ def run_attack(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if request(f"{base}/-/healthy", auth, timeout=1)[0] == 200:
+                if get(f"{base}/-/healthy", auth, timeout=1)[0] == 200:
                     break
             except OSError:
                 pass
@@ -118,7 +94,7 @@ def run_attack(
             while not stop.wait(0.1):
                 start = time.monotonic()
                 try:
-                    request(f"{base}/-/healthy", auth, timeout=10)
+                    get(f"{base}/-/healthy", auth, timeout=10)
                     health.append(time.monotonic() - start)
                 except OSError:
                     unanswered += 1
@@ -128,13 +104,13 @@ def run_attack(
             while not stop.is_set():
                 n += 1
                 with contextlib.suppress(OSError):
-                    request(f"{base}/-/healthy", ("prometheus", f"wrong-{client}-{n}"), timeout=10)
+                    get(f"{base}/-/healthy", ("prometheus", f"wrong-{client}-{n}"), timeout=10)
 
         def hammer(module: str) -> None:
             web = f"http://127.0.0.1:{ports['http']}"
             while not stop.is_set():
                 with contextlib.suppress(OSError):
-                    request(f"{base}/probe?target={web}/{module}&module={module}", timeout=10)
+                    get(f"{base}/probe?target={web}/{module}&module={module}", timeout=10)
 
         threads.append(threading.Thread(target=watch_health, daemon=True))
         if attack == "password-flood":
@@ -149,7 +125,7 @@ def run_attack(
         end = time.monotonic() + duration
         while time.monotonic() < end:
             try:
-                status, text = request(f"{base}/metrics", auth, timeout=10)
+                status, text = get(f"{base}/metrics", auth, timeout=10)
             except OSError:
                 continue
             if status == 200:
@@ -164,13 +140,7 @@ def run_attack(
         stop.set()
         for thread in threads:
             thread.join(timeout=15)
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        proc.stop()
     canary = list(durations.values())
     return {
         "attack": attack,

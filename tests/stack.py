@@ -111,13 +111,23 @@ def binary(name: str) -> str:
 class Process:
     """A server subprocess whose output goes to files, stopped for sure by ``stop()``."""
 
-    def __init__(self, name: str, args: Sequence[str], url: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        url: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.url = url
         self.stdout_path = log_dir / f"{name}.stdout.log"
         self.stderr_path = log_dir / f"{name}.stderr.log"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.popen = subprocess.Popen(list(args), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            self.popen = subprocess.Popen(
+                list(args), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd
+            )
 
     def wait_ready(self, path: str = "/-/ready", timeout: float = START_TIMEOUT) -> None:
         """Wait until ``path`` answers 200, failing early with the logs if the process exits."""

@@ -17,7 +17,8 @@ from exporter import __version__
 from exporter.config import Config, load_config, parse_config, share_equal_parts
 from exporter.errors import ConfigError, WebConfigError
 from exporter.logs import LEVELS, AccessLogger, setup_logging
-from exporter.modules import KNOWN_PROBERS, Module
+from exporter.modules import Module
+from exporter.probes import PROBERS
 from exporter.sharding import Shard, parse_shard_index
 from exporter.types import Duration
 
@@ -126,7 +127,7 @@ def probe_command(argv: list[str]) -> int:
     parser.add_argument("target")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--module", help="module from the config file (default: http_2xx if defined)")
-    group.add_argument("--prober", choices=KNOWN_PROBERS, help="probe with this kind's defaults")
+    group.add_argument("--prober", choices=list(PROBERS), help="probe with this kind's defaults")
     parser.add_argument("--config.file", dest="config_file", default=None)
     parser.add_argument("--timeout", type=float, default=None, help="seconds (default: from config)")
     _logging_flags(parser)

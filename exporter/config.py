@@ -20,22 +20,19 @@ import yaml
 
 from exporter.errors import ConfigError, ConfigIssue
 from exporter.maintenance import MaintenanceWindow, Schedule, Timestamp, TimeZone
-from exporter.modules import (
-    DNSProbe,
-    FlowProbe,
-    GRPCProbe,
-    HTTPProbe,
-    ICMPProbe,
-    Module,
-    PushProbe,
-    StatuspageProbe,
-    TCPProbe,
-    WebSocketProbe,
-    check_module,
-)
+from exporter.modules import Module, Problems, check_module
 from exporter.pagesettings import StatusPageConfig
 from exporter.probes import PROBERS
-from exporter.types import Duration, HostPattern, Regex, Secret, StatusRange, format_duration, redact_url
+from exporter.types import (
+    Duration,
+    GoDuration,
+    HostPattern,
+    Regex,
+    Secret,
+    StatusRange,
+    format_duration,
+    redact_url,
+)
 from exporter.yamlread import (
     Reader,
     compose,
@@ -106,15 +103,52 @@ class ServiceSpec:
     retries: int | None = None
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     objectives: Objectives = field(default_factory=Objectives)
-    http: HTTPProbe | None = None
-    tcp: TCPProbe | None = None
-    dns: DNSProbe | None = None
-    icmp: ICMPProbe | None = None
-    grpc: GRPCProbe | None = None
-    push: PushProbe | None = None
-    flow: FlowProbe | None = None
-    statuspage: StatuspageProbe | None = None
-    websocket: WebSocketProbe | None = None
+
+    @property
+    def inline(self) -> dict[str, object]:
+        """The kinds' settings written in the service itself, by kind name."""
+        return {kind: value for kind in PROBERS if (value := getattr(self, kind, None)) is not None}
+
+
+@dataclass(frozen=True)
+class _ModuleFields:
+    """A module's own keys; the kinds' sections are added from the registry (ModuleFile)."""
+
+    prober: str
+    timeout: GoDuration | None = None
+    retries: int = 0
+
+
+def _with_kind_sections(name: str, base: type) -> type:
+    """``base`` plus one optional field per registered kind, for the YAML reader.
+
+    The class is made here, from PROBERS, so the file format follows the registry.
+    """
+    fields = [(kind.name, kind.settings | None, field(default=None)) for kind in PROBERS.values()]
+    cls = dataclasses.make_dataclass(name, fields, bases=(base,), frozen=True)
+    cls.__module__ = __name__  # configs cross to child processes; pickle finds it by name
+    return cls
+
+
+# A service and a module as written in the file (the reader's schema).
+ServiceFile = _with_kind_sections("ServiceFile", ServiceSpec)
+ModuleFile = _with_kind_sections("ModuleFile", _ModuleFields)
+
+
+def _module_of(written: Any) -> Module:
+    sections = {kind: value for kind in PROBERS if (value := getattr(written, kind)) is not None}
+    return Module(written.prober, written.timeout, written.retries, MappingProxyType(sections))
+
+
+def module_problems(module: Module) -> Problems:
+    """Every check of a module: its own fields, and its kind's from the registry."""
+    kind = PROBERS.get(module.prober)
+    if kind is None:
+        yield "prober", f"unknown prober {module.prober!r}; expected one of {', '.join(PROBERS)}"
+    yield from check_module(module)
+    if kind is not None:
+        for key, message in kind.required(module.section(kind.settings)):
+            yield (f"{kind.name}.{key}" if key else kind.name), message
 
 
 @dataclass(frozen=True)
@@ -176,7 +210,7 @@ def parse_config(text: str, file: str | None = None) -> Config:
     nodes = _section_nodes(root)
     for name, module in spec.modules.items():
         module_node = find_node(nodes.get("modules"), name)
-        for key, message in check_module(module):
+        for key, message in module_problems(module):
             reader.error(f"modules.{name}.{key}", find_node(module_node, key) or module_node, message)
     services = _resolve_services(spec, reader)
     _check_status_sections(spec, services, nodes, reader)
@@ -273,7 +307,7 @@ class _Sections:
 _SECTION_TYPES: dict[str, object] = {
     "global": GlobalConfig,
     "probe_allowlist": tuple[HostPattern, ...],
-    "modules": Mapping[str, Module],
+    "modules": Mapping[str, ModuleFile],  # type: ignore[valid-type]
     "service_files": tuple[str, ...],
     "maintenance": tuple[MaintenanceWindow, ...],
     "status_page": StatusPageConfig,
@@ -300,6 +334,8 @@ def _read_sections(root: yaml.Node | None, reader: Reader) -> _Sections:
                 services = _read_services(node, reader)
             elif key in _SECTION_TYPES:
                 value = reader.read(_SECTION_TYPES[key], node, key)
+                if key == "modules" and not is_invalid(value):
+                    value = MappingProxyType({name: _module_of(m) for name, m in value.items()})
                 if not is_invalid(value):
                     values[key] = value
             else:
@@ -328,7 +364,7 @@ def _read_services(
         return []
     out: list[tuple[int, ServiceSpec | None, yaml.Node]] = []
     for index, item in enumerate(node.value):
-        spec = reader.read(ServiceSpec, item, f"{prefix}[{index}]")
+        spec = reader.read(ServiceFile, item, f"{prefix}[{index}]")
         # An invalid service stays in the list so a duplicate of its name is still reported.
         out.append((index, None if is_invalid(spec) else spec, item))
     return out
@@ -428,9 +464,6 @@ def _section_nodes(root: yaml.Node | None) -> dict[str, yaml.Node]:
     return {k.value: v for k, v in mapping_items(root) if isinstance(k, yaml.ScalarNode)}
 
 
-_INLINE = ("http", "tcp", "dns", "icmp", "grpc", "push", "flow", "statuspage", "websocket")
-
-
 def _is_push_module(item: ServiceSpec, spec: _Sections) -> bool:
     module = spec.modules.get(item.module or "")
     return module is not None and module.prober == "push"
@@ -519,12 +552,6 @@ def _resolve_services(spec: _Sections, reader: Reader, prefix: str = "services")
             error(key, message)
         if module is None:
             continue
-        if module.prober not in PROBERS:
-            error(
-                "module" if item.module else "prober",
-                f"prober {module.prober!r} is not available in this version of outage-exporter",
-            )
-            continue
         out.append(
             Service(
                 name=item.name,
@@ -544,7 +571,8 @@ def _resolve_services(spec: _Sections, reader: Reader, prefix: str = "services")
 
 
 def _service_module(item: ServiceSpec, spec: _Sections, error: _ServiceErrors) -> Module | None:
-    inline = [k for k in _INLINE if getattr(item, k) is not None]
+    written = item.inline
+    inline = list(written)
     if item.module is not None and item.prober is not None:
         error("prober", "set either module or prober, not both")
         return None
@@ -558,7 +586,7 @@ def _service_module(item: ServiceSpec, spec: _Sections, error: _ServiceErrors) -
             error("module", f"unknown module {item.module!r} (modules: {known})")
         elif item.retries is not None:
             module = dataclasses.replace(module, retries=item.retries)
-            for key, message in check_module(module):
+            for key, message in module_problems(module):
                 error(key, message)
         return module
     if item.prober is None:
@@ -572,9 +600,9 @@ def _service_module(item: ServiceSpec, spec: _Sections, error: _ServiceErrors) -
         prober=item.prober,
         timeout=item.timeout,
         retries=item.retries or 0,
-        **{k: getattr(item, k) for k in inline},
+        sections=MappingProxyType(written),
     )
-    problems = list(check_module(module))
+    problems = list(module_problems(module))
     for key, message in problems:
         error(key, message)
     return None if problems else module
@@ -620,7 +648,7 @@ def _module_data(module: Module) -> dict[str, object]:
     data: dict[str, object] = {"prober": module.prober}
     if module.timeout is not None:
         data["timeout"] = str(module.timeout)
-    section = _plain(getattr(module, module.prober, None))
+    section = _plain(module.sections.get(module.prober))
     if section:
         data[module.prober] = section
     return data

@@ -7,7 +7,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from exporter.types import ByteSize, Duration, GoDuration, Regex, Secret, SecretValues, StatusRange
 
@@ -685,41 +685,41 @@ class WebSocketProbe:
             yield "max_message_size", "must be greater than 0"
 
 
+_S = TypeVar("_S")
+
+
 @dataclass(frozen=True)
 class Module:
-    """A named set of probe settings; blackbox's module."""
+    """A named set of probe settings; blackbox's module.
+
+    ``sections`` holds the settings written for each kind, by kind name (``http``, ``tcp``...);
+    blackbox reads a section for another kind than ``prober`` too, so they are kept and checked.
+    Which kinds exist, and their settings types, is the registry's business (exporter.probes).
+    """
 
     prober: str
     # Read as a Go duration (the first type); a service's inline settings bring a Duration.
     timeout: GoDuration | Duration | None = None
     # Not in blackbox: further attempts after a failure, all within the one timeout.
     retries: int = 0
-    http: HTTPProbe = field(default_factory=HTTPProbe)
-    tcp: TCPProbe = field(default_factory=TCPProbe)
-    icmp: ICMPProbe = field(default_factory=ICMPProbe)
-    dns: DNSProbe = field(default_factory=DNSProbe)
-    grpc: GRPCProbe = field(default_factory=GRPCProbe)
-    push: PushProbe = field(default_factory=PushProbe)
-    flow: FlowProbe = field(default_factory=FlowProbe)
-    statuspage: StatuspageProbe = field(default_factory=StatuspageProbe)
-    websocket: WebSocketProbe = field(default_factory=WebSocketProbe)
+    sections: Mapping[str, object] = field(default_factory=_empty_map)
+
+    def section(self, settings: type[_S]) -> _S:
+        """The settings of type ``settings`` written in this module, or that type's defaults."""
+        for value in self.sections.values():
+            if isinstance(value, settings):
+                return value
+        default = _DEFAULTS.get(settings)
+        if default is None:
+            default = _DEFAULTS[settings] = settings()
+        return cast(_S, default)
 
 
-KNOWN_PROBERS = ("http", "tcp", "dns", "icmp", "grpc", "push", "flow", "statuspage", "websocket")
+# One default instance per settings type: they are frozen, so sharing them is safe.
+_DEFAULTS: dict[type, object] = {}
 
 
 def check_module(module: Module) -> Problems:
-    """Checks that span a module's sections (the loader runs them after each module)."""
-    if module.prober not in KNOWN_PROBERS:
-        yield (
-            "prober",
-            f"unknown prober {module.prober!r}; expected one of {', '.join(KNOWN_PROBERS)}",
-        )
+    """Checks of a module's own fields (the loader adds its kind's, from the registry)."""
     if not 0 <= module.retries <= 10:
         yield "retries", f"must be between 0 and 10, got {module.retries}"
-    if module.prober == "push":
-        yield from ((f"push.{key}", message) for key, message in module.push.required())
-    if module.prober == "flow":
-        yield from ((f"flow.{key}", message) for key, message in module.flow.required())
-    if module.prober == "dns" and not module.dns.query_name:
-        yield "dns", "query_name is required for the dns prober"

@@ -49,6 +49,16 @@ SYSTEM_CLOCK: Clock = SystemClock()
 
 
 @dataclass(frozen=True, slots=True)
+class MetricFamily:
+    """A metric a probe kind writes: its name, help text, labels and Prometheus type."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    type: str = "gauge"
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One per-kind gauge value such as ``probe_http_status_code`` or ``probe_tls_version_info``."""
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Mapping
 
-from exporter.heartbeats import HeartbeatBoard
 from exporter.modules import Module
-from exporter.probes import PROBERS, Prober, ProbeRequest
+from exporter.probes import ProbeDeps, Prober, ProbeRequest, probers
 from exporter.probes.net import TargetGuard
 from exporter.result import SYSTEM_CLOCK, Clock, FailureReason, ProbeResult, Trace
 from exporter.types import format_duration, redact_url
 
 log = logging.getLogger(__name__)
+
+# Kinds made without the running exporter's parts: push services then fail with a clear message.
+STANDALONE_PROBERS: Mapping[str, Prober] = probers(ProbeDeps())
 
 
 async def run_probe(
@@ -22,23 +25,24 @@ async def run_probe(
     timeout: float,
     guard: TargetGuard | None = None,
     clock: Clock = SYSTEM_CLOCK,
-    heartbeats: HeartbeatBoard | None = None,
+    table: Mapping[str, Prober] = STANDALONE_PROBERS,
 ) -> ProbeResult:
     """Probe ``target`` with ``module`` within ``timeout`` seconds and return what was seen.
 
     With ``module.retries``, a failed attempt is followed by another while time remains; the
     result is the last attempt's, its duration spans them all, and the reasons of the failed
-    attempts travel with it so flakiness stays visible.
+    attempts travel with it so flakiness stays visible. ``table`` is the probe of each kind,
+    made with the running exporter's parts (see Exporter.probers).
     """
-    kind = PROBERS.get(module.prober)
-    if kind is None:
+    probe = table.get(module.prober)
+    if probe is None:
         return Trace(clock).fail(FailureReason.OTHER, f"prober {module.prober!r} is not available")
     start = clock.monotonic()
     failed: list[FailureReason] = []
     while True:
         remaining = timeout - (clock.monotonic() - start)
-        request = ProbeRequest(target, module, Trace(clock), remaining, guard, heartbeats)
-        result = await _attempt(kind.probe, request)
+        request = ProbeRequest(target, module, Trace(clock), remaining, guard)
+        result = await _attempt(probe, request)
         if result.success or len(failed) >= module.retries or result.reason is FailureReason.TIMEOUT:
             break
         failed.append(result.reason or FailureReason.OTHER)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -18,7 +20,11 @@ from exporter.errors import ConfigError
 from exporter.heartbeats import HeartbeatBoard
 from exporter.loopwatch import LoopWatch
 from exporter.maintenance import MaintenanceBoard
-from exporter.result import SYSTEM_CLOCK, Clock
+from exporter.modules import Module, PushProbe
+from exporter.probes import ProbeDeps, Prober, probers
+from exporter.probes.net import TargetGuard
+from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
+from exporter.runner import run_probe
 from exporter.scheduler import Scheduler
 from exporter.sharding import Shard
 from exporter.store import Histogram, ResultStore
@@ -34,6 +40,10 @@ def file_digest(path: str) -> bytes | None:
         return None
 
 
+def _probers(board: HeartbeatBoard) -> Mapping[str, Prober]:
+    return probers(ProbeDeps(heartbeats=board))
+
+
 class Exporter:
     """Owns what the exporter is doing now and swaps it safely on reload."""
 
@@ -45,21 +55,25 @@ class Exporter:
         location: str | None = None,
         shard: Shard | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        heartbeats: HeartbeatBoard | None = None,
+        probers: Mapping[str, Prober] | None = None,
     ) -> None:
+        """``probers`` is the probe of each kind, made with ``heartbeats`` (see make_app)."""
         self.config = config
         self.config_file = config_file
         self.location_override = location
         self.shard = shard or Shard()
         self.clock = clock
         self.store = ResultStore()
-        self.heartbeats = HeartbeatBoard(clock)
+        self.heartbeats = heartbeats or HeartbeatBoard(clock)
+        self.probers = probers if probers is not None else _probers(self.heartbeats)
         self.loop_watch = LoopWatch()
         self._loop_watch_task: asyncio.Task[None] | None = None
         self.scheduler = Scheduler(
             self.store,
             config.global_.max_concurrency,
             clock,
-            heartbeats=self.heartbeats,
+            runner=functools.partial(run_probe, table=self.probers),
             watch=self.loop_watch,
         )
         self.allowlist = Allowlist(config.probe_allowlist)
@@ -107,6 +121,12 @@ class Exporter:
     def invalid_service_files(self) -> int:
         return len(self.discovery.invalid_files)
 
+    async def probe(
+        self, target: str, module: Module, timeout: float, guard: TargetGuard | None = None
+    ) -> ProbeResult:
+        """One probe now, with this exporter's kinds (for /probe)."""
+        return await run_probe(target, module, timeout, guard, self.clock, self.probers)
+
     def service(self, name: str) -> Service | None:
         """A service this exporter knows, from the config file or a discovered file."""
         return next((s for s in self.services if s.name == name), None)
@@ -117,7 +137,13 @@ class Exporter:
             self.discovery.refresh(self.config)
         merged = self.discovery.merge(self.config.services)
         self.services = [s for s in merged if self.shard.owns(s.name)]
-        self.heartbeats.forget_except({s.name for s in self.services if s.module.prober == "push"})
+        self.heartbeats.expect(
+            {
+                s.name: s.module.section(PushProbe).token_file
+                for s in self.services
+                if s.module.prober == "push"
+            }
+        )
         if self.started:
             self.scheduler.apply(self.services, self.config.global_.max_concurrency)
         else:

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Iterable
 from typing import Protocol
 
 from exporter.config import Service
-from exporter.heartbeats import HeartbeatBoard
 from exporter.loopwatch import STALL_THRESHOLD, LoopWatch
 from exporter.modules import Module
 from exporter.result import SYSTEM_CLOCK, Clock, FailureReason, ProbeResult
@@ -25,7 +24,7 @@ class Runner(Protocol):
     """The seam between scheduling and probing; tests may pass their own."""
 
     def __call__(
-        self, target: str, module: Module, timeout: float, *, clock: Clock, heartbeats: HeartbeatBoard
+        self, target: str, module: Module, timeout: float, *, clock: Clock
     ) -> Awaitable[ProbeResult]: ...
 
 
@@ -54,13 +53,11 @@ class Scheduler:
         max_concurrency: int,
         clock: Clock = SYSTEM_CLOCK,
         runner: Runner = run_probe,
-        heartbeats: HeartbeatBoard | None = None,
         watch: LoopWatch | None = None,
     ) -> None:
         self.store = store
         self.watch = watch
         self.reruns_after_stall = 0
-        self.heartbeats = heartbeats or HeartbeatBoard(clock)
         self.clock = clock
         self.runner = runner
         self.schedule_lag = Histogram(LAG_BUCKETS)
@@ -168,13 +165,7 @@ class Scheduler:
         """
         loop = asyncio.get_running_loop()
         start = loop.time()
-        result = await self.runner(
-            service.target,
-            service.module,
-            service.timeout,
-            clock=self.clock,
-            heartbeats=self.heartbeats,
-        )
+        result = await self.runner(service.target, service.module, service.timeout, clock=self.clock)
         if self.watch is None:
             return result, 0.0
         now = loop.time()

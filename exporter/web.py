@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,12 +17,13 @@ from exporter.allowlist import Allowlist, target_host
 from exporter.collector import render_result
 from exporter.config import Config, dump_config
 from exporter.exposition import TEXT_FORMAT, gzip_stream, negotiate
+from exporter.heartbeats import HeartbeatBoard
 from exporter.modules import Module
+from exporter.probes import ProbeDeps, probers
 from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult, Sample
-from exporter.runner import run_probe
 from exporter.runtime import Exporter
 from exporter.sharding import Shard
-from exporter.types import read_secret_file, redact_url
+from exporter.types import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,18 @@ def make_app(
     that often.
     """
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
-    exporter = Exporter(config, config_file=config_file, location=location, shard=shard, clock=clock)
+    # Each kind gets the parts it needs here; only the push kind reads the heartbeat board.
+    board = HeartbeatBoard(clock)
+    table = probers(ProbeDeps(heartbeats=board))
+    exporter = Exporter(
+        config,
+        config_file=config_file,
+        location=location,
+        shard=shard,
+        clock=clock,
+        heartbeats=board,
+        probers=table,
+    )
     app[EXPORTER] = exporter
     app[WATCH_INTERVAL] = watch_interval
     if schedule:
@@ -153,9 +164,7 @@ async def probe(request: web.Request) -> web.Response:
             return _bad(400, "X-Prometheus-Scrape-Timeout-Seconds must be positive")
         budget = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
         timeout = min(timeout, budget if budget > 0 else scrape_timeout)
-    result = await run_probe(
-        target, module, timeout, guard=guard, clock=exporter.clock, heartbeats=exporter.heartbeats
-    )
+    result = await exporter.probe(target, module, timeout, guard)
     # blackbox (0.25 and later) reports the timeout it applied beside the probe's values.
     result = dataclasses.replace(result, samples=(*result.samples, Sample("probe_timeout_seconds", timeout)))
     if query.get("debug", "").lower() == "true":
@@ -189,13 +198,8 @@ MAX_PUSH_MESSAGE = 256
 
 async def push(request: web.Request) -> web.Response:
     """A heartbeat from a push service: token required; optional status, duration and message."""
-    exporter = request.app[EXPORTER]
-    board = exporter.heartbeats
+    board = request.app[EXPORTER].heartbeats
     name = request.match_info["service"]
-    service = exporter.service(name)
-    if service is None or service.module.prober != "push":
-        board.rejected["unknown_service"] += 1
-        return _bad(404, f"no push service named {name[:100]!r}")
     fields: dict[str, str] = dict(request.query)
     if request.can_read_body and request.content_type == "application/json":
         try:
@@ -210,17 +214,9 @@ async def push(request: web.Request) -> web.Response:
         fields.update({k: v for k, v in form.items() if isinstance(v, str)})
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else fields.get("token", "")
-    if not token:
-        board.rejected["missing_token"] += 1
-        return _bad(401, "a token is required: Authorization: Bearer <token> or token=<token>")
-    try:
-        expected = read_secret_file(service.module.push.token_file)
-    except OSError:
-        log.error("push service %s: cannot read its token_file", name)
-        return _bad(503, "the exporter cannot read this service's token file")
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        board.rejected["bad_token"] += 1
-        return _bad(401, "wrong token")
+    refusal = board.authorize(name, token)
+    if refusal is not None:
+        return _bad(refusal.status, refusal.message)
     status = fields.get("status", "up").strip().lower()
     if status not in _UP | _DOWN:
         return _bad(400, f"status must be up or down, got {status[:20]!r}")

@@ -231,9 +231,9 @@ def test_valid_config_loads_into_frozen_services(monkeypatch: pytest.MonkeyPatch
     assert login.objectives.latency == 0.8
     assert 0.8 in login.latency_buckets
     assert api.module_name == ""
-    assert api.module.http.basic_auth is not None
-    assert api.module.http.basic_auth.password is not None
-    assert api.module.http.basic_auth.password.reveal() == "hunter2"
+    assert api.module.sections["http"].basic_auth is not None
+    assert api.module.sections["http"].basic_auth.password is not None
+    assert api.module.sections["http"].basic_auth.password.reveal() == "hunter2"
     assert (api.interval, api.timeout) == (30.0, 10.0)
     assert db.group == "default"
     assert config.global_.location == "eu-west"
@@ -254,15 +254,15 @@ def test_blackbox_yml_loads_unchanged() -> None:
     """Debian's blackbox.yml loads as-is and keeps its meaning."""
     config = load_config(BLACKBOX_YML)
     assert set(config.modules) >= {"http_2xx", "http_post_2xx", "tcp_connect", "icmp", "irc_banner"}
-    assert config.modules["http_post_2xx"].http.method == "POST"
+    assert config.modules["http_post_2xx"].sections["http"].method == "POST"
     assert config.modules["icmp_ttl5"].timeout == Duration(5)
-    assert config.modules["icmp_ttl5"].icmp.ttl == 5
-    irc = config.modules["irc_banner"].tcp.query_response
+    assert config.modules["icmp_ttl5"].sections["icmp"].ttl == 5
+    irc = config.modules["irc_banner"].sections["tcp"].query_response
     assert irc[2].send == "PONG ${1}"
     assert irc[2].expect is not None
     match = irc[2].expect.search("PING :abc123")
     assert match is not None and match.group(1) == "abc123"
-    pop3 = config.modules["pop3s_banner"].tcp
+    pop3 = config.modules["pop3s_banner"].sections["tcp"]
     assert pop3.tls and pop3.query_response[0].expect is not None
     # RE2 reads "^+" as a repeated start anchor, so this expects "OK" at the start, as in blackbox.
     assert pop3.query_response[0].expect.search("OK ready")

@@ -98,12 +98,12 @@ def test_config_loads_as_in_blackbox(
 def test_binary_send_is_the_bytes_written() -> None:
     """``send: !!binary`` sends the decoded bytes, undecodable ones included."""
     config = parse_config("modules: {m: {prober: tcp, tcp: {query_response: [{send: !!binary /wBoaQ==}]}}}")
-    send = config.modules["m"].tcp.query_response[0].send
+    send = config.modules["m"].sections["tcp"].query_response[0].send
     assert send.encode("utf-8", "surrogateescape") == b"\xff\x00hi"
 
 
 def test_plain_scalars_are_strings_as_written() -> None:
     """A header value written as a number or a boolean is sent as written, as Go's yaml reads it."""
     config = parse_config("modules: {m: {prober: http, http: {headers: {X-Num: 05, X-On: yes}}}}")
-    headers = config.modules["m"].http.headers
+    headers = config.modules["m"].sections["http"].headers
     assert (headers["X-Num"], headers["X-On"]) == ("05", "yes")

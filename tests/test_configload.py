@@ -45,7 +45,7 @@ async def test_child_process_gives_the_same_config_as_loading_here(config_file: 
     here = load_config(config_file)
     assert from_child == here
     assert [s.name for s in from_child.services] == ["a", "b", "c", "d"]
-    assert from_child.services[0].module.http.headers == {"X-Probe": "one"}
+    assert from_child.services[0].module.sections["http"].headers == {"X-Probe": "one"}
     assert from_child.service("d").labels == {"team": "edge"}  # type: ignore[union-attr]
 
 
@@ -123,10 +123,10 @@ async def test_reload_parses_discovered_files_against_the_new_modules(tmp_path: 
     path = tmp_path / "config.yml"
     path.write_text(CONFIG + 'service_files: ["more.yml"]\n')
     exporter = Exporter(load_config(path), config_file=str(path))
-    assert exporter.service("found").module.http.headers == {"X-Probe": "one"}  # type: ignore[union-attr]
+    assert exporter.service("found").module.sections["http"].headers == {"X-Probe": "one"}  # type: ignore[union-attr]
     path.write_text(CONFIG.replace("X-Probe: one", "X-Probe: two") + 'service_files: ["more.yml"]\n')
     assert await exporter.reload() is None
-    assert exporter.service("found").module.http.headers == {"X-Probe": "two"}  # type: ignore[union-attr]
+    assert exporter.service("found").module.sections["http"].headers == {"X-Probe": "two"}  # type: ignore[union-attr]
 
 
 def test_fingerprints_change_with_any_setting(tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ async def test_reload_keeps_the_objects_of_unchanged_services(tmp_path: Path) ->
         assert await exporter.reload() is None
         after = {s.name: s for s in exporter.services}
         assert [name for name in after if after[name] is not before[name]] == ["a"]
-        assert after["a"].module.http.headers == {"X-Probe": "two"}
+        assert after["a"].module.sections["http"].headers == {"X-Probe": "two"}
         running = {s.name: s for s in exporter.scheduler.services}
         assert all(running[name] is after[name] for name in after)
     finally:
@@ -244,7 +244,7 @@ async def test_exporter_discovers_through_the_child_and_keeps_unchanged_objects(
     path.write_text(path.read_text().replace("X-Probe: one", "X-Probe: two"))
     assert await exporter.reload() is None
     before = {s.name: s for s in exporter.services}
-    assert before["f1"].module.http.headers == {"X-Probe": "two"}
+    assert before["f1"].module.sections["http"].headers == {"X-Probe": "two"}
     # Same modules again: a forced re-read of every file keeps every discovered object.
     assert await exporter.reload() is None
     assert all(exporter.service(name) is before[name] for name in ("f1", "f2", "f3"))

@@ -168,7 +168,7 @@ async def dns_server() -> AsyncIterator[ServerFactory]:
 
 def dns_module(query_name: str = f"www.{ZONE}", query_type: str = "A", **settings: object) -> Module:
     probe = DNSProbe(query_name=query_name, query_type=query_type, **settings)  # type: ignore[arg-type]
-    return Module(prober="dns", dns=probe)
+    return Module(prober="dns", sections={"dns": probe})
 
 
 def regexes(*sources: str) -> tuple[Regex, ...]:

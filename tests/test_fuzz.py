@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import config as config_module
-from exporter import modules
 from exporter.config import Config, parse_config
 from exporter.errors import ConfigError
 from exporter.web import make_app
@@ -46,7 +45,7 @@ EXAMPLES = settings(
 def _schema_keys() -> list[str]:
     """Every key the config schema knows, found by walking its dataclasses."""
     keys: set[str] = {"global", "probe_allowlist", "modules", "services", "service_files", "<<"}
-    pending: list[Any] = [config_module.GlobalConfig, config_module.ServiceSpec, modules.Module]
+    pending: list[Any] = [config_module.GlobalConfig, config_module.ServiceFile, config_module.ModuleFile]
     done: set[Any] = set()
     while pending:
         cls = pending.pop()

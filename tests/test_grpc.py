@@ -159,7 +159,7 @@ async def health_server() -> AsyncIterator[ServerFactory]:
 
 
 def module(**settings: Any) -> Module:
-    return Module(prober="grpc", grpc=GRPCProbe(**settings))
+    return Module(prober="grpc", sections={"grpc": GRPCProbe(**settings)})
 
 
 def serving_states(result: ProbeResult) -> dict[str, float]:
@@ -435,13 +435,13 @@ def test_grpc_service_loads() -> None:
         "     grpc: {service: feed.v1.Feed, metadata: {x-team: core}}}\n"
     )
     (service,) = config.services
-    assert service.module.grpc.service == "feed.v1.Feed"
-    assert list(service.module.grpc.metadata["x-team"]) == ["core"]
+    assert service.module.sections["grpc"].service == "feed.v1.Feed"
+    assert list(service.module.sections["grpc"].metadata["x-team"]) == ["core"]
 
 
 def test_grpc_metadata_takes_lists_of_values() -> None:
     """A metadata key with a list of values loads each value, as blackbox 0.28 takes them."""
     config = parse_config("modules: {g: {prober: grpc, grpc: {metadata: {x-team: [core, edge], x-one: 5}}}}")
-    metadata = config.modules["g"].grpc.metadata
+    metadata = config.modules["g"].sections["grpc"].metadata
     assert (list(metadata["x-team"]), list(metadata["x-one"])) == (["core", "edge"], ["5"])
     assert PROBERS["grpc"] is grpc.KIND

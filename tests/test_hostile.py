@@ -336,16 +336,16 @@ def zoo() -> Iterator[dict[str, int]]:
 
 
 def http(**settings: Any) -> Module:
-    return Module(prober="http", http=HTTPProbe(preferred_ip_protocol="ip4", **settings))
+    return Module(prober="http", sections={"http": HTTPProbe(preferred_ip_protocol="ip4", **settings)})
 
 
 def tcp(**settings: Any) -> Module:
-    return Module(prober="tcp", tcp=TCPProbe(preferred_ip_protocol="ip4", **settings))
+    return Module(prober="tcp", sections={"tcp": TCPProbe(preferred_ip_protocol="ip4", **settings)})
 
 
 def dns(transport: str = "udp") -> Module:
     settings = DNSProbe(query_name="example.org", query_type="A", transport_protocol=transport)  # type: ignore[arg-type]
-    return Module(prober="dns", dns=settings)
+    return Module(prober="dns", sections={"dns": settings})
 
 
 INSECURE = TLSConfig(insecure_skip_verify=True)

@@ -36,7 +36,7 @@ GZIP_PLAIN = b"compressible " * 1000
 
 
 def module(**settings: Any) -> Module:
-    return Module(prober="http", http=HTTPProbe(**settings))
+    return Module(prober="http", sections={"http": HTTPProbe(**settings)})
 
 
 def regex(pattern: str) -> Regex:

@@ -27,7 +27,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need
 
 
 def icmp_module(**settings: object) -> Module:
-    return Module(prober="icmp", icmp=ICMPProbe(**settings))  # type: ignore[arg-type]
+    return Module(prober="icmp", sections={"icmp": ICMPProbe(**settings)})  # type: ignore[arg-type]
 
 
 async def probe_with(

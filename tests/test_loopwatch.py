@@ -74,9 +74,7 @@ class StallingRunner:
         self.results = results
         self.calls = 0
 
-    async def __call__(
-        self, target: str, module: Module, timeout: float, *, clock: Clock, heartbeats: object
-    ) -> ProbeResult:
+    async def __call__(self, target: str, module: Module, timeout: float, *, clock: Clock) -> ProbeResult:
         self.calls += 1
         trace = Trace(clock)
         reason = self.results[min(self.calls - 1, len(self.results) - 1)]

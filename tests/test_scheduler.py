@@ -31,9 +31,7 @@ class FakeRunner:
         self.peak_per_target = 0
         self.calls: Counter[str] = Counter()
 
-    async def __call__(
-        self, target: str, module: Module, timeout: float, *, clock: Clock, heartbeats: object
-    ) -> ProbeResult:
+    async def __call__(self, target: str, module: Module, timeout: float, *, clock: Clock) -> ProbeResult:
         self.active[target] += 1
         self.calls[target] += 1
         self.peak = max(self.peak, sum(self.active.values()))
@@ -128,9 +126,7 @@ class SwallowingRunner:
         self.swallowed = 0
         self.started = 0
 
-    async def __call__(
-        self, target: str, module: Module, timeout: float, *, clock: Clock, heartbeats: object
-    ) -> ProbeResult:
+    async def __call__(self, target: str, module: Module, timeout: float, *, clock: Clock) -> ProbeResult:
         self.started += 1
         try:
             await asyncio.sleep(3600)
@@ -158,9 +154,7 @@ async def test_stop_gives_up_on_tasks_that_never_end(caplog: pytest.LogCaptureFi
     """A task that refuses every cancellation is left after the grace period, with a warning."""
     refusing = True
 
-    async def stubborn(
-        target: str, module: Module, timeout: float, *, clock: Clock, heartbeats: object
-    ) -> ProbeResult:
+    async def stubborn(target: str, module: Module, timeout: float, *, clock: Clock) -> ProbeResult:
         while True:
             try:
                 await asyncio.sleep(3600)

@@ -104,7 +104,7 @@ async def page() -> AsyncIterator[Page]:
 
 
 def module(**settings: Any) -> Module:
-    return Module(prober="statuspage", statuspage=StatuspageProbe(**settings))
+    return Module(prober="statuspage", sections={"statuspage": StatuspageProbe(**settings)})
 
 
 def states(result: ProbeResult, name: str, label: str) -> dict[str, float]:
@@ -280,5 +280,5 @@ def test_config_loads_a_statuspage_service() -> None:
     )
     (service,) = config.services
     assert service.module.prober == "statuspage"
-    assert service.module.statuspage.max_components == 10
+    assert service.module.sections["statuspage"].max_components == 10
     assert PROBERS["statuspage"] is statuspage.KIND

@@ -122,7 +122,7 @@ def leaf_expiry(cert: trustme.LeafCert) -> float:
 
 
 def tcp_module(*steps: QueryResponse, **settings: object) -> Module:
-    return Module(prober="tcp", tcp=TCPProbe(query_response=steps, **settings))  # type: ignore[arg-type]
+    return Module(prober="tcp", sections={"tcp": TCPProbe(query_response=steps, **settings)})  # type: ignore[arg-type]
 
 
 def step(expect: str | None = None, send: str = "", starttls: bool = False) -> QueryResponse:

@@ -165,7 +165,7 @@ def module(*turns: tuple[str | None, str], **settings: Any) -> Module:
         WebSocketMessage(expect=Regex.from_yaml(expect) if expect is not None else None, send=send)
         for expect, send in turns
     )
-    return Module(prober="websocket", websocket=WebSocketProbe(messages=messages, **settings))
+    return Module(prober="websocket", sections={"websocket": WebSocketProbe(messages=messages, **settings)})
 
 
 async def test_echo_dialogue(run_probe: ProbeRunner, site: Site) -> None:
@@ -459,6 +459,6 @@ def test_config_loads_a_websocket_service() -> None:
         '        - expect: \'"type": ?"pong"\'\n'
     )
     (service,) = config.services
-    settings = service.module.websocket
+    settings = service.module.sections["websocket"]
     assert [m.send for m in settings.messages] == ['{"type": "ping"}', ""]
     assert settings.messages[1].expect is not None

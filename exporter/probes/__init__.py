@@ -1,23 +1,36 @@
-"""The probe kinds: each module exposes one async function with the Prober signature.
+"""The probe kinds, registered once: everything else about a kind is derived from its entry.
 
-Adding a kind is one module, one entry in PROBERS, one test file.
+Adding a kind is one module (its probe, its settings dataclass and its ``KIND``), one entry in
+KINDS, one test file (tests/test_<name>.py) and its section of the README; a test checks that
+every entry has all four.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from exporter.probes import dns, flow, grpc, http, icmp, push, statuspage, tcp, websocket
-from exporter.probes.base import Prober, ProbeRequest, ProberKind
+from exporter.probes.base import ProbeDeps, Prober, ProbeRequest, ProberKind
 
-PROBERS: dict[str, ProberKind] = {
-    "http": http.KIND,
-    "tcp": tcp.KIND,
-    "dns": dns.KIND,
-    "icmp": icmp.KIND,
-    "push": push.KIND,
-    "grpc": grpc.KIND,
-    "flow": flow.KIND,
-    "statuspage": statuspage.KIND,
-    "websocket": websocket.KIND,
-}
+KINDS: tuple[ProberKind, ...] = (
+    http.KIND,
+    tcp.KIND,
+    dns.KIND,
+    icmp.KIND,
+    grpc.KIND,
+    push.KIND,
+    flow.KIND,
+    statuspage.KIND,
+    websocket.KIND,
+)
+PROBERS: Mapping[str, ProberKind] = MappingProxyType({kind.name: kind for kind in KINDS})
 
-__all__ = ["PROBERS", "ProbeRequest", "Prober", "ProberKind"]
+
+def probers(deps: ProbeDeps) -> dict[str, Prober]:
+    """The probe function of every kind that can run with ``deps``."""
+    table = {kind.name: kind.make(deps) for kind in KINDS}
+    return {name: probe for name, probe in table.items() if probe is not None}
+
+
+__all__ = ["KINDS", "PROBERS", "ProbeDeps", "ProbeRequest", "Prober", "ProberKind", "probers"]

@@ -1,14 +1,15 @@
-"""The shared probe signature: a ProbeRequest in, a ProbeResult out."""
+"""What a probe kind is: its ProberKind entry, and the ProbeRequest its probe function takes."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from exporter.heartbeats import HeartbeatBoard
 from exporter.modules import Module
 from exporter.probes.net import TargetGuard
-from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +23,16 @@ class ProbeRequest:
     timeout: float
     # Set for on-demand probes: every host and address reached must pass it (redirects too).
     guard: TargetGuard | None = None
-    # Where push services' heartbeats are kept; only the push kind reads it.
-    heartbeats: HeartbeatBoard | None = None
 
 
 Prober = Callable[[ProbeRequest], Awaitable[ProbeResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeDeps:
+    """What the running exporter lends its kinds; each kind's factory takes only what it needs."""
+
+    heartbeats: HeartbeatBoard | None = None
 
 
 ALL_REASONS = frozenset(FailureReason)
@@ -51,9 +57,22 @@ def no_quiet_gauges(module: Module) -> frozenset[str]:
     return frozenset()
 
 
+def no_requirements(settings: Any) -> Iterator[tuple[str, str]]:
+    return iter(())
+
+
 @dataclass(frozen=True, slots=True)
 class ProberKind:
-    """A probe function and the phase metric it fills.
+    """Everything about one probe kind; the registry in ``exporter.probes`` lists them.
+
+    ``name`` is the ``prober:`` value and the YAML key of the kind's settings, whose dataclass is
+    ``settings``: module and inline service sections, the known-kind list and the metric help
+    text are all derived from these entries. The probe is ``probe``, or made by ``factory`` from
+    the running exporter's ProbeDeps when it needs some of them (a kind with neither cannot run).
+    ``required`` lists problems of settings that matter only when the kind is the module's
+    prober (a push module needs a token file; an http module with a push section does not).
+    ``metrics`` are the families the kind writes beyond the ones every probe has (for the help
+    text, the documentation and the registry test).
 
     ``reasons`` says which failure reasons a module's settings can lead to: the other reasons'
     counters would stay 0 forever, so /metrics does not write them until one is counted (the
@@ -62,8 +81,18 @@ class ProberKind:
     blackbox does.
     """
 
-    probe: Prober
+    name: str
+    settings: type
+    probe: Prober | None = None
+    factory: Callable[[ProbeDeps], Prober] | None = None
+    metrics: tuple[MetricFamily, ...] = ()
+    required: Callable[[Any], Iterator[tuple[str, str]]] = no_requirements
     phase_metric: str | None = None
     phases: tuple[str, ...] = ()
     reasons: Callable[[Module], frozenset[FailureReason]] = every_reason
     quiet_gauges: Callable[[Module], frozenset[str]] = no_quiet_gauges
+
+    def make(self, deps: ProbeDeps) -> Prober | None:
+        if self.factory is not None:
+            return self.factory(deps)
+        return self.probe

@@ -30,7 +30,7 @@ from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import Address, ProbeFailure
 from exporter.probes.tcp import split_host_port
-from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 from exporter.types import redact_url
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def _sections(answer: dns.message.Message) -> Iterator[tuple[str, list[dns.rrset
 
 
 async def _query(request: ProbeRequest) -> str:
-    settings = request.module.dns
+    settings = request.module.section(DNSProbe)
     trace = request.trace
     for name in ("probe_dns_answer_rrs", "probe_dns_authority_rrs", "probe_dns_additional_rrs"):
         trace.set(name, 0)
@@ -376,8 +376,25 @@ async def probe_dns(request: ProbeRequest) -> ProbeResult:
 
 
 # blackbox exports probe_dns_duration_seconds{phase="resolve"|"connect"|"request"}.
+def _required(settings: DNSProbe) -> Iterator[tuple[str, str]]:
+    if not settings.query_name:
+        yield "", "query_name is required for the dns prober"
+
+
 KIND = ProberKind(
+    name="dns",
+    settings=DNSProbe,
     probe=probe_dns,
+    required=_required,
+    metrics=(
+        MetricFamily("probe_dns_duration_seconds", "Duration of each DNS phase.", ("phase",)),
+        MetricFamily("probe_dns_query_succeeded", "1 if the server answered the query."),
+        MetricFamily("probe_dns_serial", "Serial of the SOA record answered, when there is one."),
+        MetricFamily("probe_dns_answer_rrs", "Records in the answer section."),
+        MetricFamily("probe_dns_authority_rrs", "Records in the authority section."),
+        MetricFamily("probe_dns_additional_rrs", "Records in the additional section."),
+        *net.ADDRESS_METRICS,
+    ),
     phase_metric="probe_dns_duration_seconds",
     phases=("resolve", "connect", "request"),
     reasons=lambda module: NETWORK_REASONS,

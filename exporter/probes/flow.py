@@ -10,11 +10,19 @@ from types import MappingProxyType
 from urllib.parse import urljoin
 
 from exporter import offloop
-from exporter.modules import VARIABLE_REF_RE, Extract, FlowStep, HTTPProbe, JSONCondition, json_path_parts
-from exporter.probes import http
+from exporter.modules import (
+    VARIABLE_REF_RE,
+    Extract,
+    FlowProbe,
+    FlowStep,
+    HTTPProbe,
+    JSONCondition,
+    json_path_parts,
+)
+from exporter.probes import http, net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
-from exporter.result import FailureReason, Labels, ProbeResult, Trace
+from exporter.result import FailureReason, Labels, MetricFamily, ProbeResult, Trace
 from exporter.types import Secret
 
 # Semantics:
@@ -48,7 +56,7 @@ async def probe_flow(request: ProbeRequest) -> ProbeResult:
     """Run the journey's steps in order; never raises but CancelledError."""
     trace = request.trace
     http.record_defaults(trace)
-    if not request.module.flow.steps:
+    if not request.module.section(FlowProbe).steps:
         # The loader refuses this; a module built in code (probe --prober flow) may not.
         return trace.fail(FailureReason.OTHER, "the journey has no steps")
     try:
@@ -61,7 +69,51 @@ async def probe_flow(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(probe=probe_flow, phase_metric="probe_http_duration_seconds", phases=PHASES)
+KIND = ProberKind(
+    name="flow",
+    settings=FlowProbe,
+    probe=probe_flow,
+    required=FlowProbe.required,
+    metrics=(
+        http.HTTP_METRICS[0],
+        http.HTTP_METRICS[1],
+        MetricFamily(
+            "probe_flow_step_success",
+            "1 if the journey step ran and passed, 0 if it failed or did not run.",
+            ("step",),
+        ),
+        MetricFamily(
+            "probe_flow_step_ran",
+            "1 if the journey step ran, 0 if an earlier step failed first.",
+            ("step",),
+        ),
+        MetricFamily(
+            "probe_flow_failed_step",
+            "1 for the journey step that failed (or was cut off by the timeout), else 0.",
+            ("step",),
+        ),
+        MetricFamily(
+            "probe_flow_step_duration_seconds",
+            "How long the journey step took, 0 when it did not run.",
+            ("step",),
+        ),
+        MetricFamily(
+            "probe_flow_step_http_duration_seconds",
+            "Duration of each HTTP phase of the journey step.",
+            ("step", "phase"),
+        ),
+        MetricFamily(
+            "probe_flow_step_status_code",
+            "Status code of the journey step's final response, 0 without one.",
+            ("step",),
+        ),
+        *net.ADDRESS_METRICS,
+        *net.TLS_METRICS,
+        net.REGEX_METRIC,
+    ),
+    phase_metric="probe_http_duration_seconds",
+    phases=PHASES,
+)
 
 
 class _Journey:
@@ -69,7 +121,7 @@ class _Journey:
 
     def __init__(self, request: ProbeRequest) -> None:
         self.request = request
-        self.settings = request.module.flow
+        self.settings = request.module.section(FlowProbe)
         self.base = http.with_scheme(request.target.strip())
         self.jar = http.CookieJar()
         self.variables: dict[str, str] = {}

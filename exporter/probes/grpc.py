@@ -22,7 +22,7 @@ from exporter.probes import http, net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.probes.tcp import split_host_port
-from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 from exporter.types import redact_url
 
 # Why HTTP/2 through h2 rather than grpcio: a health check is one unary call whose request and
@@ -115,7 +115,29 @@ async def probe_grpc(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(probe=probe_grpc, phase_metric="probe_grpc_duration_seconds", phases=PHASES)
+KIND = ProberKind(
+    name="grpc",
+    settings=GRPCProbe,
+    probe=probe_grpc,
+    metrics=(
+        MetricFamily(
+            "probe_grpc_duration_seconds",
+            "Duration of each phase of the gRPC health check.",
+            ("phase",),
+        ),
+        MetricFamily(
+            "probe_grpc_healthcheck_response",
+            "The health check's serving status: 1 for the current state.",
+            ("serving_status",),
+        ),
+        MetricFamily("probe_grpc_status_code", "gRPC status code of the health check call."),
+        MetricFamily("probe_grpc_ssl", "1 if the health check went over TLS."),
+        *net.ADDRESS_METRICS,
+        *net.TLS_METRICS,
+    ),
+    phase_metric="probe_grpc_duration_seconds",
+    phases=PHASES,
+)
 
 
 def _host_port(target: str) -> tuple[str, int]:
@@ -126,7 +148,7 @@ def _host_port(target: str) -> tuple[str, int]:
 
 
 async def _check(request: ProbeRequest) -> None:
-    settings = request.module.grpc
+    settings = request.module.section(GRPCProbe)
     trace = request.trace
     host, port = _host_port(request.target)
     if request.guard is not None and not request.guard.allows_host(host):

@@ -22,7 +22,7 @@ from exporter.modules import HTTPProbe, Module
 from exporter.probes import http1, net
 from exporter.probes.base import ALL_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
-from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 from exporter.types import read_secret_file
 
 # Semantics, and where they differ from blackbox_exporter:
@@ -85,7 +85,7 @@ async def probe_http(request: ProbeRequest) -> ProbeResult:
     """Fetch ``request.target`` as blackbox's http prober does; never raises but CancelledError."""
     trace = request.trace
     record_defaults(trace)
-    client = HTTPClient(request.module.http, trace, request.guard)
+    client = HTTPClient(request.module.section(HTTPProbe), trace, request.guard)
     try:
         await client.judge(await client.fetch(request.target))
     except ProbeFailure as failure:
@@ -98,7 +98,7 @@ async def probe_http(request: ProbeRequest) -> ProbeResult:
 
 def _reasons(module: Module) -> frozenset[FailureReason]:
     """``header`` comes only from the header checks; every other reason can always happen."""
-    settings = module.http
+    settings = module.section(HTTPProbe)
     if settings.fail_if_header_matches or settings.fail_if_header_not_matches:
         return ALL_REASONS
     return ALL_REASONS - {FailureReason.HEADER}
@@ -106,7 +106,7 @@ def _reasons(module: Module) -> frozenset[FailureReason]:
 
 def _quiet_gauges(module: Module) -> frozenset[str]:
     """probe_failed_due_to_regex can only become 1 when the module has a regular expression."""
-    settings = module.http
+    settings = module.section(HTTPProbe)
     regexes = (
         settings.fail_if_body_matches_regexp,
         settings.fail_if_body_not_matches_regexp,
@@ -116,8 +116,29 @@ def _quiet_gauges(module: Module) -> frozenset[str]:
     return frozenset() if any(regexes) else frozenset({"probe_failed_due_to_regex"})
 
 
+HTTP_METRICS = (
+    MetricFamily(
+        "probe_http_duration_seconds",
+        "Duration of each HTTP phase, summed over redirects.",
+        ("phase",),
+    ),
+    MetricFamily("probe_http_status_code", "Status code of the final HTTP response."),
+    MetricFamily("probe_http_version", "HTTP version of the final response."),
+    MetricFamily("probe_http_redirects", "Number of redirects followed."),
+    MetricFamily("probe_http_ssl", "1 if the final response came over TLS."),
+    MetricFamily("probe_http_content_length", "Content length of the response body, -1 when unknown."),
+    MetricFamily("probe_http_uncompressed_body_length", "Length of the response body after decompression."),
+    MetricFamily(
+        "probe_http_last_modified_timestamp_seconds",
+        "Last-Modified header of the response, as a unix time.",
+    ),
+)
+
 KIND = ProberKind(
+    name="http",
+    settings=HTTPProbe,
     probe=probe_http,
+    metrics=(*HTTP_METRICS, *net.ADDRESS_METRICS, *net.TLS_METRICS, net.REGEX_METRIC),
     phase_metric="probe_http_duration_seconds",
     phases=PHASES,
     reasons=_reasons,

@@ -19,7 +19,7 @@ from exporter.modules import ICMPProbe
 from exporter.probes import net
 from exporter.probes.base import Prober, ProbeRequest, ProberKind
 from exporter.probes.net import Address, ProbeFailure
-from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 from exporter.types import redact_url
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,7 @@ def _why(err: OSError) -> str:
 
 
 async def _ping(request: ProbeRequest, factory: SocketFactory, kinds: Sequence[SocketKind]) -> Reply:
-    settings = request.module.icmp
+    settings = request.module.section(ICMPProbe)
     trace = request.trace
     host = request.target.strip()
     if request.guard is not None and not request.guard.allows_host(host):
@@ -388,7 +388,14 @@ def make_prober(factory: SocketFactory = open_socket, kinds: Sequence[SocketKind
 probe_icmp = make_prober()
 
 KIND = ProberKind(
+    name="icmp",
+    settings=ICMPProbe,
     probe=probe_icmp,
+    metrics=(
+        MetricFamily("probe_icmp_duration_seconds", "Duration of each ICMP phase.", ("phase",)),
+        MetricFamily("probe_icmp_reply_hop_limit", "Hop limit (TTL) of the echo reply."),
+        *net.ADDRESS_METRICS,
+    ),
     phase_metric="probe_icmp_duration_seconds",
     phases=("resolve", "setup", "rtt"),
     reasons=lambda module: frozenset(

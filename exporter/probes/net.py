@@ -18,7 +18,40 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from exporter.modules import GO_CIPHER_NAMES, TLS_VERSIONS, TLSConfig
-from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
+
+# What resolving and connecting write, for every kind that reaches a host over the network.
+ADDRESS_METRICS = (
+    MetricFamily("probe_dns_lookup_time_seconds", "How long resolving the target took."),
+    MetricFamily("probe_ip_protocol", "IP version used: 4 or 6."),
+    MetricFamily("probe_ip_addr_hash", "Hash of the IP address probed, to notice changes."),
+)
+# What a TLS handshake writes (record_tls).
+TLS_METRICS = (
+    MetricFamily(
+        "probe_ssl_earliest_cert_expiry",
+        "Earliest expiry of the certificates the server sent, as a unix time.",
+    ),
+    MetricFamily(
+        "probe_ssl_last_chain_expiry_timestamp_seconds",
+        "Earliest expiry in the last certificate chain.",
+    ),
+    MetricFamily(
+        "probe_ssl_last_chain_info",
+        "Leaf certificate of the last chain.",
+        ("fingerprint_sha256", "subject", "issuer", "subjectalternative", "serialnumber"),
+    ),
+    MetricFamily("probe_tls_version_info", "TLS version used.", ("version",)),
+    MetricFamily(
+        "probe_tls_cipher_info",
+        "TLS cipher suite used, by Go's name as blackbox reports it.",
+        ("cipher",),
+    ),
+)
+REGEX_METRIC = MetricFamily(
+    "probe_failed_due_to_regex",
+    "1 if the probe failed because a regular expression check failed.",
+)
 
 
 def drop_tracebacks(err: BaseException) -> None:

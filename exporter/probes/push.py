@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-from exporter.probes.base import ProbeRequest, ProberKind
-from exporter.result import FailureReason, ProbeResult
+from exporter.heartbeats import HeartbeatBoard
+from exporter.modules import PushProbe
+from exporter.probes.base import ProbeDeps, Prober, ProbeRequest, ProberKind
+from exporter.result import FailureReason, MetricFamily, ProbeResult
 from exporter.types import format_duration
 
 
-async def probe_push(request: ProbeRequest) -> ProbeResult:
+def make_prober(deps: ProbeDeps) -> Prober:
+    """A push prober judging the heartbeats kept on the running exporter's board."""
+    board = deps.heartbeats
+
+    async def probe_push(request: ProbeRequest) -> ProbeResult:
+        if board is None:
+            return request.trace.fail(
+                FailureReason.OTHER, "push services are judged by a running exporter only"
+            )
+        return judge(request, board)
+
+    return probe_push
+
+
+def judge(request: ProbeRequest, board: HeartbeatBoard) -> ProbeResult:
     """Fail when no push arrived within max_silence, or when the last push said down."""
     trace = request.trace
-    settings = request.module.push
-    board = request.heartbeats
-    if board is None:
-        return trace.fail(FailureReason.OTHER, "push services are judged by a running exporter only")
+    settings = request.module.section(PushProbe)
     max_silence = float(settings.max_silence or 0)
     now = trace.clock.wall()
     beat = board.latest(request.target)
@@ -45,6 +58,18 @@ async def probe_push(request: ProbeRequest) -> ProbeResult:
 
 
 KIND = ProberKind(
-    probe=probe_push,
+    name="push",
+    settings=PushProbe,
+    factory=make_prober,
+    required=PushProbe.required,
+    metrics=(
+        MetricFamily(
+            "probe_push_age_seconds",
+            "Seconds since the service last pushed (or since start, before any push).",
+        ),
+        MetricFamily("probe_push_last_timestamp_seconds", "When the service last pushed, as a unix time."),
+        MetricFamily("probe_push_reported_success", "What the last push said: 1 up, 0 down."),
+        MetricFamily("probe_push_reported_duration_seconds", "Duration the last push reported for its job."),
+    ),
     reasons=lambda module: frozenset({FailureReason.TIMEOUT, FailureReason.OTHER}),
 )

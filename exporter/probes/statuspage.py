@@ -12,10 +12,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from exporter import offloop
 from exporter.modules import HTTPProbe, StatuspageProbe
-from exporter.probes import http
+from exporter.probes import http, net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
-from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 from exporter.types import Secret
 
 # Semantics:
@@ -58,7 +58,7 @@ async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
     http.record_defaults(trace)
     for state in INDICATORS:
         trace.set("probe_statuspage_indicator", 0, (("state", state),))
-    settings = request.module.statuspage
+    settings = request.module.section(StatuspageProbe)
     try:
         client = http.HTTPClient(_http_settings(settings), trace, request.guard, keep_body=True)
         response = await client.fetch(summary_url(request.target))
@@ -73,7 +73,42 @@ async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(probe=probe_statuspage, phase_metric="probe_http_duration_seconds", phases=http.PHASES)
+KIND = ProberKind(
+    name="statuspage",
+    settings=StatuspageProbe,
+    probe=probe_statuspage,
+    metrics=(
+        http.HTTP_METRICS[0],
+        MetricFamily(
+            "probe_statuspage_indicator",
+            "The status page's overall indicator: 1 for the current state.",
+            ("state",),
+        ),
+        MetricFamily(
+            "probe_statuspage_component_status",
+            "Each status page component's status: 1 for the current state.",
+            ("component", "state"),
+        ),
+        MetricFamily("probe_statuspage_components_dropped", "Components left out by max_components."),
+        MetricFamily(
+            "probe_statuspage_incidents",
+            "Unresolved incidents on the status page, by impact.",
+            ("impact",),
+        ),
+        MetricFamily(
+            "probe_statuspage_maintenance_in_progress",
+            "Scheduled maintenances in progress on the status page.",
+        ),
+        MetricFamily(
+            "probe_statuspage_page_updated_timestamp_seconds",
+            "When the status page last changed, as a unix time.",
+        ),
+        *net.ADDRESS_METRICS,
+        *net.TLS_METRICS,
+    ),
+    phase_metric="probe_http_duration_seconds",
+    phases=http.PHASES,
+)
 
 
 def summary_url(target: str) -> str:

@@ -11,7 +11,7 @@ from exporter.modules import Module, TCPProbe
 from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
-from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 from exporter.types import Regex, RegexMatch, match_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def _needs_tls(settings: TCPProbe) -> bool:
 
 
 async def _dialogue(request: ProbeRequest) -> None:
-    settings = request.module.tcp
+    settings = request.module.section(TCPProbe)
     trace = request.trace
     host, port = split_host_port(request.target)
     if request.guard is not None and not request.guard.allows_host(host):
@@ -242,7 +242,7 @@ async def probe_tcp(request: ProbeRequest) -> ProbeResult:
 
 def _quiet_gauges(module: Module) -> frozenset[str]:
     """The regex and bytes gauges cannot leave 0 without an expect or expect_bytes step."""
-    steps = module.tcp.query_response
+    steps = module.section(TCPProbe).query_response
     quiet = set()
     if not any(step.expect is not None and step.expect.source for step in steps):
         quiet.add("probe_failed_due_to_regex")
@@ -251,4 +251,20 @@ def _quiet_gauges(module: Module) -> frozenset[str]:
     return frozenset(quiet)
 
 
-KIND = ProberKind(probe=probe_tcp, reasons=lambda module: NETWORK_REASONS, quiet_gauges=_quiet_gauges)
+KIND = ProberKind(
+    name="tcp",
+    settings=TCPProbe,
+    probe=probe_tcp,
+    metrics=(
+        *net.ADDRESS_METRICS,
+        *net.TLS_METRICS,
+        net.REGEX_METRIC,
+        MetricFamily(
+            "probe_failed_due_to_bytes",
+            "1 if the probe failed because expect_bytes did not match.",
+        ),
+        MetricFamily("probe_expect_info", "Labels filled from what a query_response expect matched."),
+    ),
+    reasons=lambda module: NETWORK_REASONS,
+    quiet_gauges=_quiet_gauges,
+)

@@ -16,7 +16,7 @@ from exporter.probes import http, net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.probes.tcp import expand
-from exporter.result import FailureReason, ProbeResult, Trace
+from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 from exporter.types import Regex, RegexMatch
 
 # Semantics:
@@ -64,7 +64,28 @@ async def probe_websocket(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(probe=probe_websocket, phase_metric="probe_websocket_duration_seconds", phases=PHASES)
+KIND = ProberKind(
+    name="websocket",
+    settings=WebSocketProbe,
+    probe=probe_websocket,
+    metrics=(
+        MetricFamily(
+            "probe_websocket_duration_seconds",
+            "Duration of each phase of the WebSocket probe.",
+            ("phase",),
+        ),
+        MetricFamily(
+            "probe_websocket_status_code",
+            "Status code of the answer to the upgrade request (101 when upgraded).",
+        ),
+        MetricFamily("probe_websocket_ssl", "1 if the WebSocket went over TLS."),
+        *net.ADDRESS_METRICS,
+        *net.TLS_METRICS,
+        net.REGEX_METRIC,
+    ),
+    phase_metric="probe_websocket_duration_seconds",
+    phases=PHASES,
+)
 
 
 def _as_http(target: str) -> str:
@@ -78,7 +99,7 @@ def _as_http(target: str) -> str:
 
 
 async def _run(request: ProbeRequest) -> None:
-    settings = request.module.websocket
+    settings = request.module.section(WebSocketProbe)
     trace = request.trace
     url = http.parse_url(_as_http(request.target))
     if request.guard is not None and not request.guard.allows_host(url.host):

@@ -210,6 +210,11 @@ class ServiceCollector:
         self.maintenance = MaintenanceBoard()
         self.wall: Callable[[], float] = time.time
 
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop the rendered lines of changed and removed services (see exporter.reloadplan)."""
+        for name in names:
+            self._cache.pop(name, None)
+
     async def render(self) -> bytes:
         return b"".join([chunk async for chunk in self.stream()])
 

@@ -23,6 +23,7 @@ from exporter.maintenance import MaintenanceBoard
 from exporter.modules import Module, PushProbe
 from exporter.probes import ProbeDeps, Prober, probers
 from exporter.probes.net import TargetGuard
+from exporter.reloadplan import plan_reload
 from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
 from exporter.runner import run_probe
 from exporter.scheduler import Scheduler
@@ -136,7 +137,16 @@ class Exporter:
         if refresh:
             self.discovery.refresh(self.config)
         merged = self.discovery.merge(self.config.services)
-        self.services = [s for s in merged if self.shard.owns(s.name)]
+        plan = plan_reload(self.services, (s for s in merged if self.shard.owns(s.name)))
+        self.services = list(plan.services)
+        if plan.changed or plan.added or plan.removed:
+            log.debug(
+                "services: %d kept, %d changed, %d added, %d removed",
+                len(plan.kept),
+                len(plan.changed),
+                len(plan.added),
+                len(plan.removed),
+            )
         self.heartbeats.expect(
             {
                 s.name: s.module.section(PushProbe).token_file
@@ -144,10 +154,11 @@ class Exporter:
                 if s.module.prober == "push"
             }
         )
+        self.service_collector.forget(plan.retired)
         if self.started:
-            self.scheduler.apply(self.services, self.config.global_.max_concurrency)
+            self.scheduler.apply_plan(plan, self.config.global_.max_concurrency)
         else:
-            self.store.sync(self.services)
+            self.store.apply(plan)
 
     def start(self) -> None:
         self.started = True

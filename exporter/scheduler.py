@@ -13,6 +13,7 @@ from typing import Protocol
 from exporter.config import Service
 from exporter.loopwatch import STALL_THRESHOLD, LoopWatch
 from exporter.modules import Module
+from exporter.reloadplan import ReloadPlan, plan_reload
 from exporter.result import SYSTEM_CLOCK, Clock, FailureReason, ProbeResult
 from exporter.runner import run_probe
 from exporter.store import Histogram, ResultStore
@@ -75,17 +76,20 @@ class Scheduler:
 
     def apply(self, services: Iterable[Service], max_concurrency: int) -> None:
         """Swap in a new service set: unchanged services keep their task and their rhythm."""
+        self.apply_plan(plan_reload(self.services, services), max_concurrency)
+
+    def apply_plan(self, plan: ReloadPlan, max_concurrency: int) -> None:
+        """Take the plan's service set (the store too): kept services keep their task and rhythm."""
         if max_concurrency != self._max_concurrency:
             # Runs already waiting keep the old semaphore; new runs take the new one.
             self._limit = asyncio.Semaphore(max_concurrency)
             self._max_concurrency = max_concurrency
-        wanted = {service.name: service for service in services}
-        self.store.sync(wanted.values())
+        wanted = {service.name: service for service in plan.services}
+        self.store.apply(plan)
         for name in list(self._tasks):
             old, task = self._tasks[name]
-            new = wanted.get(name)
-            # Identity first: after a reload, unchanged services are the very same objects.
-            if new is not old and new != old:
+            # Kept services are the very same objects (exporter.reloadplan's invariant).
+            if wanted.get(name) is not old:
                 task.cancel()
                 del self._tasks[name]
                 self._retiring.add(task)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from exporter.config import Service
 from exporter.history import History
+from exporter.reloadplan import ReloadPlan, plan_reload
 from exporter.result import FailureReason, ProbeResult
 
 
@@ -76,12 +77,19 @@ class ResultStore:
 
     def sync(self, services: Iterable[Service]) -> None:
         """Match the store to a new service set, keeping the state of services that stay."""
+        self.apply(plan_reload(self.services(), services))
+
+    def services(self) -> list[Service]:
+        return [state.service for state in self._states.values()]
+
+    def apply(self, plan: ReloadPlan) -> None:
+        """Take the plan's service set: kept and changed services keep their state (see reloadplan)."""
         states: dict[str, ServiceState] = {}
-        for service in services:
+        for service in plan.services:
             state = self._states.get(service.name)
             if state is None:
                 state = ServiceState(service)
-            elif state.service is not service and state.service != service:
+            elif state.service is not service:  # changed: kept ones are the same object
                 if state.latency.bounds != service.latency_buckets:
                     state.latency = Histogram(service.latency_buckets)
                 if (state.service.group, state.service.target) != (service.group, service.target):

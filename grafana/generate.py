@@ -15,11 +15,13 @@ import argparse
 import difflib
 import importlib.metadata
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from grafana_foundation_sdk.builders import (
     bargauge,
     common,
@@ -75,17 +77,76 @@ JOB = 'job="outage-exporter"'
 # The value a multi-value variable takes when "All" is selected: every value, also none.
 ALL = ".*"
 
-# Thresholds the bundled alerts use, so panels draw the lines the alerts cross.
-BURN_RATE_WINDOWS = (
-    ("1h", "5m", 14.4, "page"),
-    ("6h", "30m", 6.0, "page"),
-    ("1d", "2h", 3.0, "ticket"),
-    ("3d", "6h", 1.0, "ticket"),
+RULES_DIR = Path(__file__).resolve().parent.parent / "prometheus" / "rules"
+
+
+class RulesChanged(Exception):
+    """A bundled alert no longer has the shape its threshold is read from."""
+
+
+def _alerts(rules_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(rules_dir.glob("*.yml")):
+        for group in yaml.safe_load(path.read_text(encoding="utf-8")).get("groups", []):
+            for rule in group.get("rules", []):
+                if "alert" in rule:
+                    found.setdefault(rule["alert"], []).append(rule)
+    return found
+
+
+def _number(alerts: dict[str, list[dict[str, Any]]], name: str, pattern: str) -> float:
+    for rule in alerts.get(name, []):
+        match = re.search(pattern, rule["expr"])
+        if match:
+            value = float(match.group(1))
+            return int(value) if value.is_integer() else value
+    raise RulesChanged(f"alert {name}: no threshold matching {pattern!r} in prometheus/rules")
+
+
+_BURN_CLAUSE = re.compile(
+    r"ratio_avg(\w+)\s*/ on \(service, group\) "
+    r"\(1 - service:probe_objective_availability_ratio:max\) > ([0-9.]+)"
 )
-LATENCY_OBJECTIVE_SHARE = 0.9  # ProbeSlow
-TLS_SOON_DAYS = 14  # ProbeTLSCertificateExpiringSoon
-TLS_VERY_SOON_DAYS = 3  # ProbeTLSCertificateExpiringVerySoon
-STALE_SECONDS = 300  # ProbeStale
+
+
+def read_alert_thresholds(rules_dir: Path = RULES_DIR) -> dict[str, Any]:
+    """The thresholds of the bundled alerts, read from the rules themselves.
+
+    Panels draw the lines the alerts cross; reading them here means a changed rule changes
+    the dashboards on the next generate, and a rule whose shape changed stops the generator
+    with the alert's name instead of drawing a stale line.
+    """
+    alerts = _alerts(rules_dir)
+    windows = []
+    for rule in alerts.get("ProbeErrorBudgetBurn", []):
+        clauses = _BURN_CLAUSE.findall(rule["expr"])
+        if not clauses or len(clauses) % 2:
+            raise RulesChanged("alert ProbeErrorBudgetBurn: expected pairs of long and short burn windows")
+        severity = "page" if rule.get("labels", {}).get("severity") == "critical" else "ticket"
+        for (long, factor), (short, short_factor) in zip(clauses[::2], clauses[1::2], strict=True):
+            if factor != short_factor:
+                raise RulesChanged(f"alert ProbeErrorBudgetBurn: {long}/{short} windows differ in factor")
+            windows.append((long, short, float(factor), severity))
+    if not windows:
+        raise RulesChanged("alert ProbeErrorBudgetBurn: not found in prometheus/rules")
+    return {
+        "burn_rate_windows": tuple(windows),
+        "latency_objective_share": _number(alerts, "ProbeSlow", r"ratio_rate5m < ([0-9.]+)"),
+        "tls_soon_days": _number(alerts, "ProbeTLSCertificateExpiringSoon", r"time\(\) < ([0-9.]+) \* 86400"),
+        "tls_very_soon_days": _number(
+            alerts, "ProbeTLSCertificateExpiringVerySoon", r"time\(\) < ([0-9.]+) \* 86400"
+        ),
+        "stale_seconds": _number(alerts, "ProbeStale", r"clamp_min\(.*, ([0-9.]+)\)"),
+    }
+
+
+# Thresholds the bundled alerts use, so panels draw the lines the alerts cross.
+_THRESHOLDS = read_alert_thresholds()
+BURN_RATE_WINDOWS: tuple[tuple[str, str, float, str], ...] = _THRESHOLDS["burn_rate_windows"]
+LATENCY_OBJECTIVE_SHARE: float = _THRESHOLDS["latency_objective_share"]  # ProbeSlow
+TLS_SOON_DAYS: float = _THRESHOLDS["tls_soon_days"]  # ProbeTLSCertificateExpiringSoon
+TLS_VERY_SOON_DAYS: float = _THRESHOLDS["tls_very_soon_days"]  # ProbeTLSCertificateExpiringVerySoon
+STALE_SECONDS: float = _THRESHOLDS["stale_seconds"]  # ProbeStale
 
 GREEN, ORANGE, RED, BLUE, GREY = "green", "orange", "red", "blue", "text"
 

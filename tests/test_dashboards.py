@@ -88,6 +88,28 @@ def variables(board: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------- generated and well formed
 
 
+def test_thresholds_come_from_the_rules(tmp_path: Path) -> None:
+    """The lines panels draw are read from the alert rules: edit a rule, the reading follows."""
+    generator = load_generator()
+    rules_dir = ROOT / "prometheus" / "rules"
+    read = generator.read_alert_thresholds(rules_dir)
+    assert read["burn_rate_windows"][0] == ("1h", "5m", 14.4, "page")
+    assert {w[3] for w in read["burn_rate_windows"]} == {"page", "ticket"}
+    for path in rules_dir.glob("*.yml"):
+        text = path.read_text()
+        text = text.replace("ratio_rate5m < 0.9", "ratio_rate5m < 0.8")
+        text = text.replace("< 14 * 86400", "< 21 * 86400")
+        (tmp_path / path.name).write_text(text)
+    edited = generator.read_alert_thresholds(tmp_path)
+    assert edited["latency_objective_share"] == 0.8
+    assert edited["tls_soon_days"] == 21
+    assert edited["stale_seconds"] == read["stale_seconds"]
+    for path in tmp_path.glob("*.yml"):
+        path.write_text(path.read_text().replace("clamp_min(", "clamp_max("))
+    with pytest.raises(generator.RulesChanged, match="ProbeStale"):
+        generator.read_alert_thresholds(tmp_path)
+
+
 def test_dashboards_are_generated() -> None:
     """Running grafana/generate.py reproduces the committed JSON exactly, file for file."""
     rendered = load_generator().render_all()

@@ -28,10 +28,8 @@ from exporter import offloop
 from exporter.modules import DNSProbe, DNSRRValidator
 from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
-from exporter.probes.net import Address, ProbeFailure
-from exporter.probes.tcp import split_host_port
+from exporter.probes.net import Address, ProbeFailure, map_exceptions, split_host_port, why
 from exporter.result import FailureReason, ProbeResult, Trace
-from exporter.types import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -161,29 +159,29 @@ async def _open(settings: DNSProbe, address: Address, host: str, port: int, trac
         except ssl.SSLError as err:
             raise ProbeFailure(FailureReason.TLS, f"TLS handshake failed: {err}") from None
         except OSError as err:
-            raise ProbeFailure(FailureReason.CONNECT, f"cannot connect to {where}: {_why(err)}") from None
+            raise ProbeFailure(FailureReason.CONNECT, f"cannot connect to {where}: {why(err)}") from None
 
 
 async def _exchange(
     settings: DNSProbe, query: dns.message.Message, sock: _Socket, address: Address, port: int
 ) -> dns.message.Message:
     where = f"{address.ip}:{port}" if address.version == 4 else f"[{address.ip}]:{port}"
-    try:
+    with map_exceptions(
+        {
+            EOFError: (FailureReason.PROTOCOL, f"{where} closed the connection without a complete answer"),
+            ssl.SSLError: (FailureReason.TLS, lambda err: f"TLS error from {where}: {err}"),
+            OSError: (FailureReason.CONNECT, lambda err: f"{where}: {why(err)}"),
+            dns.exception.DNSException: (
+                FailureReason.PROTOCOL,
+                lambda err: f"{where} sent a malformed answer: {err}",
+            ),
+        }
+    ):
         if isinstance(sock, dns._asyncbackend.DatagramSocket):
             wire = await _ask_udp(sock, query, where)
         else:
             wire = await _ask_stream(sock, query)
         answer = await _parse(wire)
-    except EOFError:
-        raise ProbeFailure(
-            FailureReason.PROTOCOL, f"{where} closed the connection without a complete answer"
-        ) from None
-    except ssl.SSLError as err:
-        raise ProbeFailure(FailureReason.TLS, f"TLS error from {where}: {err}") from None
-    except OSError as err:
-        raise ProbeFailure(FailureReason.CONNECT, f"{where}: {_why(err)}") from None
-    except dns.exception.DNSException as err:
-        raise ProbeFailure(FailureReason.PROTOCOL, f"{where} sent a malformed answer: {err}") from None
     if not query.is_response(answer):
         raise ProbeFailure(
             FailureReason.PROTOCOL,
@@ -254,10 +252,6 @@ async def _close(sock: _Socket) -> None:
         await net.close(writer)
     else:
         await sock.close()  # type: ignore[no-untyped-call]
-
-
-def _why(err: OSError) -> str:
-    return err.strerror or str(err) or type(err).__name__
 
 
 def _sections(answer: dns.message.Message) -> Iterator[tuple[str, list[dns.rrset.RRset]]]:
@@ -364,15 +358,7 @@ def _checks_anything(validator: DNSRRValidator) -> bool:
 
 async def probe_dns(request: ProbeRequest) -> ProbeResult:
     """Send one query to the DNS server ``host[:port]`` and check the answer."""
-    trace = request.trace
-    try:
-        message = await _query(request)
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must not take the scheduler down
-        log.exception("dns probe of %s raised", redact_url(request.target))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
-    return trace.succeed(message)
+    return request.trace.succeed(await _query(request))
 
 
 # blackbox exports probe_dns_duration_seconds{phase="resolve"|"connect"|"request"}.

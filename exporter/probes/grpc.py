@@ -18,12 +18,10 @@ import h2.exceptions
 import h2.settings
 
 from exporter.modules import GRPCProbe
-from exporter.probes import http, net
+from exporter.probes import httpclient, net
 from exporter.probes.base import ProbeRequest, ProberKind
-from exporter.probes.net import ProbeFailure
-from exporter.probes.tcp import split_host_port
+from exporter.probes.net import ProbeFailure, split_host_port
 from exporter.result import FailureReason, ProbeResult, Trace
-from exporter.types import redact_url
 
 # Why HTTP/2 through h2 rather than grpcio: a health check is one unary call whose request and
 # answer are a few bytes of protobuf, which fit in a screenful of code. h2 is pure Python and
@@ -105,13 +103,7 @@ async def probe_grpc(request: ProbeRequest) -> ProbeResult:
         trace.set("probe_grpc_healthcheck_response", 0, (("serving_status", status),))
     trace.set("probe_grpc_ssl", 0)
     trace.set("probe_grpc_status_code", UNAVAILABLE)
-    try:
-        await _check(request)
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must still produce a result, not a crash
-        log.exception("grpc probe of %s raised", redact_url(request.target))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+    await _check(request)
     return trace.succeed()
 
 
@@ -181,7 +173,7 @@ def _request_headers(
         (":authority", authority),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
-        ("user-agent", http.USER_AGENT),
+        ("user-agent", httpclient.USER_AGENT),
         ("grpc-timeout", grpc_timeout(remaining)),
     ]
     headers += [
@@ -240,16 +232,7 @@ class _Call:
                 pass  # the next read says what happened
 
     async def _read(self) -> bytes:
-        try:
-            return await self.reader.read(_READ_SIZE)
-        except ssl.SSLError as err:
-            detail = err.reason.lower().replace("_", " ") if err.reason else str(err)
-            raise ProbeFailure(FailureReason.TLS, f"TLS error during the call: {detail}") from None
-        except OSError as err:
-            raise ProbeFailure(
-                FailureReason.PROTOCOL,
-                f"connection lost during the call: {err.strerror or type(err).__name__}",
-            ) from None
+        return await net.read(self.reader, _READ_SIZE, "during the call")
 
     async def run(self, headers: Headers, message: bytes) -> tuple[Headers, Headers, bytes]:
         """Send the call; the answer's headers, trailers (empty for a trailers-only answer) and body."""

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from exporter import offloop
 from exporter.modules import HTTPProbe, StatuspageProbe
-from exporter.probes import http
+from exporter.probes import httpclient
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, ProbeResult, Trace
@@ -53,32 +53,28 @@ log = logging.getLogger(__name__)
 
 
 async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
-    """Fetch and read a status page's summary; never raises but CancelledError."""
+    """Fetch and read a status page's summary; a failure raises ProbeFailure."""
     trace = request.trace
-    http.record_defaults(trace)
+    httpclient.record_defaults(trace)
     for state in INDICATORS:
         trace.set("probe_statuspage_indicator", 0, (("state", state),))
     settings = request.module.statuspage
-    try:
-        client = http.HTTPClient(_http_settings(settings), trace, request.guard, keep_body=True)
-        response = await client.fetch(summary_url(request.target))
-        await client.judge(response)
-        data = (response.body.data if response.body is not None else None) or b""
-        _record(trace, await offloop.off_loop_if_big(len(data), parse_summary, data), settings)
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must still produce a result, not a crash
-        log.exception("statuspage probe of %s raised", http.redact(request.target))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+    client = httpclient.HTTPClient(_http_settings(settings), trace, request.guard, keep_body=True)
+    response = await client.fetch(summary_url(request.target))
+    await client.judge(response)
+    data = (response.body.data if response.body is not None else None) or b""
+    _record(trace, await offloop.off_loop_if_big(len(data), parse_summary, data), settings)
     return trace.succeed()
 
 
-KIND = ProberKind(probe=probe_statuspage, phase_metric="probe_http_duration_seconds", phases=http.PHASES)
+KIND = ProberKind(
+    probe=probe_statuspage, phase_metric="probe_http_duration_seconds", phases=httpclient.PHASES
+)
 
 
 def summary_url(target: str) -> str:
     """The summary document's URL for a page's base URL; a URL of a .json document as it is."""
-    url = http.with_scheme(target.strip())
+    url = httpclient.with_scheme(target.strip())
     parts = urlsplit(url)
     if parts.path.endswith(".json"):
         return url

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 
 from exporter.modules import Module, TCPProbe
 from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
-from exporter.probes.net import ProbeFailure
+from exporter.probes.net import ProbeFailure, expand, split_host_port, why
 from exporter.result import FailureReason, ProbeResult, Trace
-from exporter.types import Regex, RegexMatch, match_text, redact_url
+from exporter.types import Regex, RegexMatch
 
 log = logging.getLogger(__name__)
 
@@ -22,71 +21,6 @@ MAX_LINE_BYTES = 2**16
 
 # How much of a peer's line a failure message may quote.
 _QUOTE_CHARS = 80
-
-
-def split_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split ``host:port`` or ``[ipv6]:port``; a bare host takes ``default_port`` if one is given.
-
-    As in Go's net.SplitHostPort, a bare IPv6 address (more than one colon, no brackets) is a
-    host without a port.
-    """
-    text = target.strip()
-    port_text = ""
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise _bad_target(target, default_port)
-        port_text = rest[1:] if rest else ""
-        if rest == ":":
-            raise _bad_target(target, default_port)
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        if not port_text:
-            raise _bad_target(target, default_port)
-    else:
-        host = text
-    if not host:
-        raise _bad_target(target, default_port)
-    if not port_text:
-        if default_port is None:
-            raise _bad_target(target, default_port)
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ProbeFailure(FailureReason.OTHER, f"target {target!r} has an invalid port {port_text!r}")
-    return host, int(port_text)
-
-
-def _bad_target(target: str, default_port: int | None) -> ProbeFailure:
-    shape = "host:port or [ipv6]:port" if default_port is None else "host, host:port or [ipv6]:port"
-    return ProbeFailure(FailureReason.OTHER, f"target {target!r} must be {shape}")
-
-
-_TEMPLATE_RE = re.compile(r"\$(?:(\$)|\{(\w+)\}|(\w+))")
-
-
-def expand(template: str, match: RegexMatch) -> str:
-    """Fill ``$1``, ``${1}``, ``$name`` and ``${name}`` from ``match`` as Go's Regexp.Expand does.
-
-    ``$$`` is a literal dollar; a group that does not exist or did not take part in the match
-    expands to nothing; a ``$`` that starts no valid reference is kept as it is.
-    """
-
-    def fill(ref: re.Match[str]) -> str:
-        if ref.group(1):
-            return "$"
-        name = ref.group(2) or ref.group(3)
-        groups = match.re.groups
-        if name.isascii() and name.isdigit():
-            # Go reads a leading zero (``$01``) as a name, never as group 1.
-            if len(name) > 1 and name[0] == "0":
-                return ""
-            number = int(name)
-            return match_text(match.group(number)) if number <= groups else ""
-        if name in match.re.groupindex:
-            return match_text(match.group(name))
-        return ""
-
-    return _TEMPLATE_RE.sub(fill, template)
 
 
 class _LineReader:
@@ -167,14 +101,8 @@ async def _send(writer: asyncio.StreamWriter, text: str, step: int) -> None:
         await writer.drain()
     except (ConnectionError, OSError) as err:
         raise ProbeFailure(
-            FailureReason.PROTOCOL, f"query_response step {step}: cannot send: {_why(err)}"
+            FailureReason.PROTOCOL, f"query_response step {step}: cannot send: {why(err)}"
         ) from None
-
-
-def _why(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return str(err) or type(err).__name__
 
 
 def _needs_tls(settings: TCPProbe) -> bool:
@@ -217,9 +145,9 @@ async def _dialogue(request: ProbeRequest) -> None:
             if step.starttls and context is not None:
                 await net.start_tls(writer, context, server_name, trace)
     except ssl.SSLError as err:
-        raise ProbeFailure(FailureReason.TLS, f"TLS error during the dialogue: {_why(err)}") from None
+        raise ProbeFailure(FailureReason.TLS, f"TLS error during the dialogue: {why(err)}") from None
     except (ConnectionError, OSError) as err:
-        raise ProbeFailure(FailureReason.PROTOCOL, f"connection lost: {_why(err)}") from None
+        raise ProbeFailure(FailureReason.PROTOCOL, f"connection lost: {why(err)}") from None
     finally:
         await net.close(writer)
 
@@ -230,13 +158,7 @@ async def probe_tcp(request: ProbeRequest) -> ProbeResult:
     # blackbox always exports these gauges, 0 unless an expect failed.
     trace.set("probe_failed_due_to_regex", 0)
     trace.set("probe_failed_due_to_bytes", 0)
-    try:
-        await _dialogue(request)
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must not take the scheduler down
-        log.exception("tcp probe of %s raised", redact_url(request.target))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+    await _dialogue(request)
     return trace.succeed()
 
 

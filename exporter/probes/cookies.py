@@ -15,24 +15,14 @@ import functools
 import ipaddress
 from collections.abc import Sequence
 from http.cookies import CookieError, SimpleCookie
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import aiohttp
 from publicsuffixlist import PublicSuffixList
 from yarl import URL as YarlURL
 
-
-class _Where(Protocol):
-    """What the jar needs of a request URL."""
-
-    @property
-    def scheme(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def path(self) -> str: ...
+if TYPE_CHECKING:  # the client imports the jar
+    from exporter.probes.httpclient import URL
 
 
 @functools.cache
@@ -52,7 +42,7 @@ def is_public_suffix(domain: str) -> bool:
     return False
 
 
-def _yarl(url: _Where) -> YarlURL:
+def _yarl(url: URL) -> YarlURL:
     return YarlURL.build(scheme=url.scheme, host=url.host, port=url.port, path=url.path, encoded=True)
 
 
@@ -63,7 +53,7 @@ class CookieJar:
         # unsafe: probes talk to addresses as often as to names, and those cookies count too.
         self._jar = aiohttp.CookieJar(unsafe=True)
 
-    def store(self, url: _Where, headers: Sequence[tuple[str, str]]) -> None:
+    def store(self, url: URL, headers: Sequence[tuple[str, str]]) -> None:
         """Keep the cookies of the Set-Cookie headers among ``headers`` of a response from ``url``."""
         host = url.host.lower()
         for name, value in headers:
@@ -91,7 +81,7 @@ class CookieJar:
                 return morsel.coded_value
         return None
 
-    def header(self, url: _Where) -> str:
+    def header(self, url: URL) -> str:
         """The Cookie header value for a request to ``url``, empty when no cookie applies."""
         found = self._jar.filter_cookies(_yarl(url))
         return "; ".join(f"{morsel.key}={morsel.coded_value}" for morsel in found.values())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import socket
 import ssl
 import struct
@@ -30,8 +29,6 @@ from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import Address, ProbeFailure, map_exceptions, split_host_port, why
 from exporter.result import FailureReason, ProbeResult, Trace
-
-log = logging.getLogger(__name__)
 
 DNS_PORT = 53
 DOT_PORT = 853
@@ -267,8 +264,7 @@ async def _query(request: ProbeRequest) -> str:
         trace.set(name, 0)
     trace.set("probe_dns_query_succeeded", 0)
     host, port = split_host_port(request.target, DOT_PORT if settings.dns_over_tls else DNS_PORT)
-    if request.guard is not None and not request.guard.allows_host(host):
-        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
+    net.check_host(request.guard, host)
     query = _make_query(settings)
     valid_rcodes = _valid_rcodes(settings)
     if settings.dns_over_tls and settings.transport_protocol != "tcp":

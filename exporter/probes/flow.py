@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import operator
 from types import MappingProxyType
 from urllib.parse import urljoin
@@ -41,8 +40,6 @@ PHASES = httpclient.PHASES
 # Combined over steps rather than taken from the last one (see above).
 _EARLIEST = frozenset({"probe_ssl_earliest_cert_expiry", "probe_ssl_last_chain_expiry_timestamp_seconds"})
 _SUMMED = frozenset({"probe_dns_lookup_time_seconds"})
-
-log = logging.getLogger(__name__)
 
 
 async def probe_flow(request: ProbeRequest) -> ProbeResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import ssl
 import zlib
@@ -91,8 +90,6 @@ _HTTP_TO_GRPC = {
     504: UNAVAILABLE,
 }
 
-log = logging.getLogger(__name__)
-
 
 async def probe_grpc(request: ProbeRequest) -> ProbeResult:
     """Call Health/Check on ``request.target``; never raises but CancelledError."""
@@ -121,8 +118,7 @@ async def _check(request: ProbeRequest) -> None:
     settings = request.module.grpc
     trace = request.trace
     host, port = _host_port(request.target)
-    if request.guard is not None and not request.guard.allows_host(host):
-        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
+    net.check_host(request.guard, host)
     # Built before connecting so an unreadable ca_file fails without traffic.
     context = _ssl_context(settings) if settings.tls else None
     addresses = await net.resolve(

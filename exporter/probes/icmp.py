@@ -309,8 +309,7 @@ async def _ping(request: ProbeRequest, factory: SocketFactory, kinds: Sequence[S
     settings = request.module.icmp
     trace = request.trace
     host = request.target.strip()
-    if request.guard is not None and not request.guard.allows_host(host):
-        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
+    net.check_host(request.guard, host)
     addresses = await net.resolve(
         host,
         settings.preferred_ip_protocol,

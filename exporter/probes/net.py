@@ -190,6 +190,12 @@ class TargetGuard(Protocol):
         ...
 
 
+def check_host(guard: TargetGuard | None, host: str) -> None:
+    """Stop an on-demand probe whose target host is outside probe_allowlist, before any traffic."""
+    if guard is not None and not guard.allows_host(host):
+        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A resolved address and the family it belongs to."""

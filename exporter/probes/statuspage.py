@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,8 +47,6 @@ SUMMARY_PATH = "/api/v2/summary.json"
 # Incidents in these states are over; Statuspage's summary lists only open ones anyway.
 _CLOSED_INCIDENTS = frozenset({"resolved", "postmortem", "completed"})
 _ACTIVE_MAINTENANCE = frozenset({"in_progress", "verifying"})
-
-log = logging.getLogger(__name__)
 
 
 async def probe_statuspage(request: ProbeRequest) -> ProbeResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 
 from exporter.modules import Module, TCPProbe
@@ -12,8 +11,6 @@ from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure, expand, split_host_port, why
 from exporter.result import FailureReason, ProbeResult, Trace
 from exporter.types import Regex, RegexMatch
-
-log = logging.getLogger(__name__)
 
 # net.connect caps the stream buffer at this size, so one endless line from a hostile peer
 # cannot grow our memory; blackbox's line scanner has the same 64 KiB ceiling.
@@ -113,8 +110,7 @@ async def _dialogue(request: ProbeRequest) -> None:
     settings = request.module.tcp
     trace = request.trace
     host, port = split_host_port(request.target)
-    if request.guard is not None and not request.guard.allows_host(host):
-        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
+    net.check_host(request.guard, host)
     # Build the TLS context before connecting so an unreadable ca_file fails without traffic.
     context = net.shared_ssl_context(settings.tls_config) if _needs_tls(settings) else None
     server_name = settings.tls_config.server_name or host

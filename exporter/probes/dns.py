@@ -129,34 +129,29 @@ async def _open(settings: DNSProbe, address: Address, host: str, port: int, trac
     context: ssl.SSLContext | None = None
     if settings.dns_over_tls:
         context = net.shared_ssl_context(settings.tls_config)
-    with trace.phase("connect"):
-        try:
-            if settings.transport_protocol == "udp" and not settings.dns_over_tls:
-                # A connected UDP socket hears the ICMP port-unreachable of a server that is
-                # down, so the probe fails at once with "connection refused", as blackbox does.
-                datagram: _Socket = await backend.make_socket(  # type: ignore[no-untyped-call]
-                    address.family, socket.SOCK_DGRAM, 0, source, (address.ip, port)
-                )
-                return datagram
-            stream: _Socket = await backend.make_socket(  # type: ignore[no-untyped-call]
-                address.family,
-                socket.SOCK_STREAM,
-                0,
-                source,
-                (address.ip, port),
-                None,
-                context,
-                (settings.tls_config.server_name or host) if context is not None else None,
+    errors: net.ExceptionMapping = {
+        **net.HANDSHAKE_ERRORS,
+        OSError: (FailureReason.CONNECT, lambda err: f"cannot connect to {where}: {why(err)}"),
+    }
+    with trace.phase("connect"), map_exceptions(errors):
+        if settings.transport_protocol == "udp" and not settings.dns_over_tls:
+            # A connected UDP socket hears the ICMP port-unreachable of a server that is
+            # down, so the probe fails at once with "connection refused", as blackbox does.
+            datagram: _Socket = await backend.make_socket(  # type: ignore[no-untyped-call]
+                address.family, socket.SOCK_DGRAM, 0, source, (address.ip, port)
             )
-            return stream
-        except ssl.SSLCertVerificationError as err:
-            raise ProbeFailure(
-                FailureReason.TLS, f"certificate verification failed: {err.verify_message}"
-            ) from None
-        except ssl.SSLError as err:
-            raise ProbeFailure(FailureReason.TLS, f"TLS handshake failed: {err}") from None
-        except OSError as err:
-            raise ProbeFailure(FailureReason.CONNECT, f"cannot connect to {where}: {why(err)}") from None
+            return datagram
+        stream: _Socket = await backend.make_socket(  # type: ignore[no-untyped-call]
+            address.family,
+            socket.SOCK_STREAM,
+            0,
+            source,
+            (address.ip, port),
+            None,
+            context,
+            (settings.tls_config.server_name or host) if context is not None else None,
+        )
+        return stream
 
 
 async def _exchange(

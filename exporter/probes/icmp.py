@@ -18,7 +18,7 @@ from typing import Literal
 from exporter.modules import ICMPProbe
 from exporter.probes import net
 from exporter.probes.base import Prober, ProbeRequest, ProberKind
-from exporter.probes.net import Address, ProbeFailure, why
+from exporter.probes.net import Address, ProbeFailure, map_exceptions, why
 from exporter.result import FailureReason, ProbeResult, Trace
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,10 @@ def _open(
 def _configure(sock: socket.socket, kind: SocketKind, address: Address, settings: ICMPProbe) -> None:
     sock.setblocking(False)
     v4 = address.family == socket.AF_INET
-    try:
+    setup_errors: net.ExceptionMapping = {
+        OSError: (FailureReason.OTHER, lambda err: f"cannot set up the ICMP socket: {why(err)}")
+    }
+    with map_exceptions(setup_errors):
         if settings.source_ip_address:
             sock.bind((settings.source_ip_address, 0))
         if settings.ttl > 0:
@@ -301,8 +304,6 @@ def _configure(sock: socket.socket, kind: SocketKind, address: Address, settings
         if kind == "datagram":
             # Connected, the kernel reports an ICMP error about our echo as a socket error.
             sock.connect((address.ip, 0))
-    except OSError as err:
-        raise ProbeFailure(FailureReason.OTHER, f"cannot set up the ICMP socket: {why(err)}") from None
 
 
 async def _ping(request: ProbeRequest, factory: SocketFactory, kinds: Sequence[SocketKind]) -> Reply:
@@ -328,21 +329,21 @@ async def _ping(request: ProbeRequest, factory: SocketFactory, kinds: Sequence[S
         packet = echo_request(address.family, identifier, seq, payload)
         sent_at = trace.elapsed()
         trace.add_phase("setup", sent_at - setup_start)
-        try:
+        send_errors: net.ExceptionMapping = {
+            OSError: (
+                FailureReason.CONNECT,
+                lambda err: f"cannot send an echo request to {address.ip}: {why(err)}",
+            )
+        }
+        with map_exceptions(send_errors):
             await _send(sock, packet, address, connected=kind == "datagram")
-        except OSError as err:
-            raise ProbeFailure(
-                FailureReason.CONNECT, f"cannot send an echo request to {address.ip}: {why(err)}"
-            ) from None
         # A datagram socket's kernel puts its own identifier (the socket's port) in the echo.
         ident = sock.getsockname()[1] if kind == "datagram" else identifier
         echo = Echo(address.family, address.ip, ident, seq, payload)
         ip_header = kind == "raw" and address.family == socket.AF_INET
         while True:
-            try:
+            with map_exceptions({OSError: (FailureReason.CONNECT, lambda err: f"{address.ip}: {why(err)}")}):
                 data, ancillary, source = await _recvmsg(sock)
-            except OSError as err:
-                raise ProbeFailure(FailureReason.CONNECT, f"{address.ip}: {why(err)}") from None
             reply = classify(data, source, echo, ip_header, _hop_limit(ancillary))
             if reply is not None:
                 break

@@ -83,7 +83,18 @@ def map_exceptions(mapping: ExceptionMapping) -> Iterator[None]:
             raise
         reason, message = mapping[min(matches, key=mro.index)]
         text = message if isinstance(message, str) else message(err)
+        drop_tracebacks(err)
         raise ProbeFailure(reason, text) from None
+
+
+# How a failed TLS handshake reads, whichever probe started it.
+HANDSHAKE_ERRORS: ExceptionMapping = {
+    ssl.SSLCertVerificationError: (
+        FailureReason.TLS,
+        lambda err: f"certificate verification failed: {err.verify_message}",
+    ),
+    ssl.SSLError: (FailureReason.TLS, lambda err: f"TLS handshake failed: {err}"),
+}
 
 
 def why(err: BaseException) -> str:
@@ -392,15 +403,8 @@ async def start_tls(
     """Upgrade a connection to TLS and record the certificate and version values."""
     start = trace.elapsed()
     try:
-        await writer.start_tls(context, server_hostname=server_name or None)
-    except ssl.SSLCertVerificationError as err:
-        drop_tracebacks(err)
-        raise ProbeFailure(
-            FailureReason.TLS, f"certificate verification failed: {err.verify_message}"
-        ) from None
-    except (ssl.SSLError, ConnectionError, OSError) as err:
-        drop_tracebacks(err)
-        raise ProbeFailure(FailureReason.TLS, f"TLS handshake failed: {err}") from None
+        with map_exceptions({**HANDSHAKE_ERRORS, OSError: HANDSHAKE_ERRORS[ssl.SSLError]}):
+            await writer.start_tls(context, server_hostname=server_name or None)
     finally:
         if phase:
             trace.add_phase(phase, trace.elapsed() - start)

@@ -8,7 +8,7 @@ import ssl
 from exporter.modules import Module, TCPProbe
 from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
-from exporter.probes.net import ProbeFailure, expand, split_host_port, why
+from exporter.probes.net import ProbeFailure, expand, map_exceptions, split_host_port, why
 from exporter.result import FailureReason, ProbeResult, Trace
 from exporter.types import Regex, RegexMatch
 
@@ -94,16 +94,26 @@ async def _expect_bytes(reader: asyncio.StreamReader, expected: str, step: int, 
 async def _send(writer: asyncio.StreamWriter, text: str, step: int) -> None:
     # The text itself stays out of the message: a send may carry a credential.
     writer.write(text.encode("utf-8", "surrogateescape") + b"\n")
-    try:
+    with map_exceptions(
+        {
+            OSError: (
+                FailureReason.PROTOCOL,
+                lambda err: f"query_response step {step}: cannot send: {why(err)}",
+            )
+        }
+    ):
         await writer.drain()
-    except (ConnectionError, OSError) as err:
-        raise ProbeFailure(
-            FailureReason.PROTOCOL, f"query_response step {step}: cannot send: {why(err)}"
-        ) from None
 
 
 def _needs_tls(settings: TCPProbe) -> bool:
     return settings.tls or any(step.starttls for step in settings.query_response)
+
+
+# What a connection can end in once it is open; start_tls maps its own handshake errors.
+_DIALOGUE_ERRORS: net.ExceptionMapping = {
+    ssl.SSLError: (FailureReason.TLS, lambda err: f"TLS error during the dialogue: {why(err)}"),
+    OSError: (FailureReason.PROTOCOL, lambda err: f"connection lost: {why(err)}"),
+}
 
 
 async def _dialogue(request: ProbeRequest) -> None:
@@ -119,31 +129,28 @@ async def _dialogue(request: ProbeRequest) -> None:
     )
     reader, writer = await net.connect(addresses, port, trace, settings.source_ip_address)
     try:
-        if settings.tls and context is not None:
-            await net.start_tls(writer, context, server_name, trace)
-        lines = _LineReader(reader)
-        last_match: RegexMatch | None = None
-        for step_number, step in enumerate(settings.query_response, 1):
-            expect = step.expect
-            # An empty expect means "expect nothing", as in blackbox.
-            if expect is not None and expect.source:
-                last_match = await _expect(lines, expect, step_number, trace)
-                if step.labels:
-                    labels = tuple((label.name, expand(label.value, last_match)) for label in step.labels)
-                    trace.set("probe_expect_info", 1, labels)
-            if step.expect_bytes:
-                await _expect_bytes(reader, step.expect_bytes, step_number, trace)
-            if step.send:
-                # blackbox expands a send from its own step's match; a send-only step here
-                # reuses the most recent match so a captured token can feed several sends.
-                text = expand(step.send, last_match) if last_match is not None else step.send
-                await _send(writer, text, step_number)
-            if step.starttls and context is not None:
+        with map_exceptions(_DIALOGUE_ERRORS):
+            if settings.tls and context is not None:
                 await net.start_tls(writer, context, server_name, trace)
-    except ssl.SSLError as err:
-        raise ProbeFailure(FailureReason.TLS, f"TLS error during the dialogue: {why(err)}") from None
-    except (ConnectionError, OSError) as err:
-        raise ProbeFailure(FailureReason.PROTOCOL, f"connection lost: {why(err)}") from None
+            lines = _LineReader(reader)
+            last_match: RegexMatch | None = None
+            for step_number, step in enumerate(settings.query_response, 1):
+                expect = step.expect
+                # An empty expect means "expect nothing", as in blackbox.
+                if expect is not None and expect.source:
+                    last_match = await _expect(lines, expect, step_number, trace)
+                    if step.labels:
+                        labels = tuple((label.name, expand(label.value, last_match)) for label in step.labels)
+                        trace.set("probe_expect_info", 1, labels)
+                if step.expect_bytes:
+                    await _expect_bytes(reader, step.expect_bytes, step_number, trace)
+                if step.send:
+                    # blackbox expands a send from its own step's match; a send-only step here
+                    # reuses the most recent match so a captured token can feed several sends.
+                    text = expand(step.send, last_match) if last_match is not None else step.send
+                    await _send(writer, text, step_number)
+                if step.starttls and context is not None:
+                    await net.start_tls(writer, context, server_name, trace)
     finally:
         await net.close(writer)
 

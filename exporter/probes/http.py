@@ -26,6 +26,8 @@ from exporter.result import FailureReason, ProbeResult
 # - Credentials (Authorization, Cookie headers) are not sent to a redirect target on a host that
 #   is neither the first host nor a subdomain of it, as Go's own client does for its headers;
 #   blackbox's auth round-tripper would send them to every hop.
+# - Cookies follow RFC 6265, its public-suffix rule included (section 5.3 step 5): a cookie
+#   set for Domain=com or Domain=co.uk is dropped.
 # - DNS values (probe_dns_lookup_time_seconds, probe_ip_protocol, probe_ip_addr_hash) describe the
 #   first hop, as in blackbox; the TLS values describe the last hop that used TLS.
 async def probe_http(request: ProbeRequest) -> ProbeResult:

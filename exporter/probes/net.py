@@ -42,7 +42,12 @@ def drop_tracebacks(err: BaseException) -> None:
 
 
 class ProbeFailure(Exception):
-    """Raised inside a probe to stop it; the probe turns it into a failed result."""
+    """Raised inside a probe to stop it with a reason; the runner turns it into a failed result.
+
+    The probes' errors, all in one place: a probe raises this for what it expected to go wrong
+    (``map_exceptions`` turns a library's errors into it); anything else it lets escape, and
+    the runner reports that as ``internal error: <type>``. CancelledError is never caught.
+    """
 
     def __init__(self, reason: FailureReason, message: str) -> None:
         super().__init__(message)

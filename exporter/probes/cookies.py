@@ -50,8 +50,9 @@ class CookieJar:
     """The cookies one probe collects across its redirects (and a flow across its steps)."""
 
     def __init__(self) -> None:
-        # unsafe: probes talk to addresses as often as to names, and those cookies count too.
-        self._jar = aiohttp.CookieJar(unsafe=True)
+        # Made at the first cookie: most probes see none, and an empty aiohttp jar costs about
+        # a tenth of an HTTP probe's own CPU time.
+        self._jar: aiohttp.CookieJar | None = None
 
     def store(self, url: URL, headers: Sequence[tuple[str, str]]) -> None:
         """Keep the cookies of the Set-Cookie headers among ``headers`` of a response from ``url``."""
@@ -70,18 +71,23 @@ class CookieJar:
                     if domain != host:
                         continue  # a cookie for a whole public suffix
                     morsel["domain"] = ""  # the suffix's own host: host-only (RFC 6265 5.3)
+                if self._jar is None:
+                    # unsafe: probes reach addresses as often as names, and their cookies count.
+                    self._jar = aiohttp.CookieJar(unsafe=True)
                 single: SimpleCookie = SimpleCookie()
                 single[morsel.key] = morsel
                 self._jar.update_cookies(single, _yarl(url))
 
     def get(self, name: str) -> str | None:
         """The value of the cookie ``name``, whatever its domain and path (the first one stored)."""
-        for morsel in self._jar:
+        for morsel in self._jar or ():
             if morsel.key == name:
                 return morsel.coded_value
         return None
 
     def header(self, url: URL) -> str:
         """The Cookie header value for a request to ``url``, empty when no cookie applies."""
+        if self._jar is None:
+            return ""
         found = self._jar.filter_cookies(_yarl(url))
         return "; ".join(f"{morsel.key}={morsel.coded_value}" for morsel in found.values())

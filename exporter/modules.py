@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
 
@@ -119,31 +119,45 @@ class HeaderMatch:
 
 
 @dataclass(frozen=True)
-class HTTPProbe:
-    valid_status_codes: tuple[StatusRange, ...] = ()
-    valid_http_versions: tuple[str, ...] = ()
-    preferred_ip_protocol: IPProtocol = "ip6"
-    ip_protocol_fallback: bool = True
-    fail_if_ssl: bool = False
-    fail_if_not_ssl: bool = False
+class RequestOptions:
+    """One HTTP request and the checks on its answer: what an http module and a flow step share.
+
+    Both embed these under the same YAML keys, so a flow step hands them to the HTTP client as
+    they are. The body is not here: a module's is plain text, a step's a secret with variables.
+    """
+
     method: str = "GET"
     headers: Mapping[str, Secret] = field(default_factory=_empty_map)
-    body: str = ""
     body_file: str = ""
-    compression: Literal["", "gzip", "br", "deflate", "identity"] = ""
-    fail_if_body_matches_regexp: tuple[Regex, ...] = ()
-    fail_if_body_not_matches_regexp: tuple[Regex, ...] = ()
-    fail_if_header_matches: tuple[HeaderMatch, ...] = ()
-    fail_if_header_not_matches: tuple[HeaderMatch, ...] = ()
-    body_size_limit: ByteSize = ByteSize(0)
-    skip_resolve_phase_with_proxy: bool = False
     # blackbox inlines Prometheus' HTTP client options here.
     basic_auth: BasicAuth | None = None
     bearer_token: Secret | None = None
     bearer_token_file: str = ""
     authorization: Authorization | None = None
-    tls_config: TLSConfig = field(default_factory=TLSConfig)
     follow_redirects: bool = True
+    valid_status_codes: tuple[StatusRange, ...] = ()
+    fail_if_body_matches_regexp: tuple[Regex, ...] = ()
+    fail_if_body_not_matches_regexp: tuple[Regex, ...] = ()
+    fail_if_header_matches: tuple[HeaderMatch, ...] = ()
+    fail_if_header_not_matches: tuple[HeaderMatch, ...] = ()
+
+    def request_options(self) -> dict[str, Any]:
+        """These options by field name, to build another RequestOptions from (a step's module)."""
+        return {f.name: getattr(self, f.name) for f in fields(RequestOptions)}
+
+
+@dataclass(frozen=True)
+class HTTPProbe(RequestOptions):
+    valid_http_versions: tuple[str, ...] = ()
+    preferred_ip_protocol: IPProtocol = "ip6"
+    ip_protocol_fallback: bool = True
+    fail_if_ssl: bool = False
+    fail_if_not_ssl: bool = False
+    body: str = ""
+    compression: Literal["", "gzip", "br", "deflate", "identity"] = ""
+    body_size_limit: ByteSize = ByteSize(0)
+    skip_resolve_phase_with_proxy: bool = False
+    tls_config: TLSConfig = field(default_factory=TLSConfig)
     no_follow_redirects: bool | None = None
     max_redirects: int = 10
     enable_http2: bool = True
@@ -160,18 +174,9 @@ class HTTPProbe:
                     f"Accept-Encoding {value.reveal()!r} does not accept compression {self.compression!r}; "
                     "a server that honours it could never send what the probe expects",
                 )
-        auths = [
-            name
-            for name, set_ in (
-                ("basic_auth", self.basic_auth is not None),
-                ("bearer_token", self.bearer_token is not None),
-                ("bearer_token_file", bool(self.bearer_token_file)),
-                ("authorization", self.authorization is not None),
-            )
-            if set_
-        ]
-        if len(auths) > 1:
-            yield auths[1], f"only one of {', '.join(auths)} may be set"
+        yield from _auth_problems(
+            self.basic_auth, self.bearer_token, self.bearer_token_file, self.authorization
+        )
         if not self.method or not self.method.replace("-", "").isalnum():
             yield "method", f"must be an HTTP method such as GET or POST, got {self.method!r}"
         for version in self.valid_http_versions:
@@ -510,28 +515,18 @@ def _auth_problems(
         yield auths[1], f"only one of {', '.join(auths)} may be set"
 
 
-@dataclass(frozen=True)
-class FlowStep:
-    """One HTTP request of a journey, with the http prober's option names where they apply."""
+@dataclass(frozen=True, kw_only=True)
+class FlowStep(RequestOptions):
+    """One HTTP request of a journey, with the http prober's option names where they apply.
+
+    body_file is sent as it is: variables are not expanded in a file (it may be binary, as an
+    upload is).
+    """
 
     name: str
     # Absolute, or relative to the service's target.
     url: str = ""
-    method: str = "GET"
-    headers: Mapping[str, Secret] = field(default_factory=_empty_map)
     body: Secret | None = None
-    # Sent as it is: variables are not expanded in a file (it may be binary, as an upload is).
-    body_file: str = ""
-    basic_auth: BasicAuth | None = None
-    bearer_token: Secret | None = None
-    bearer_token_file: str = ""
-    authorization: Authorization | None = None
-    follow_redirects: bool = True
-    valid_status_codes: tuple[StatusRange, ...] = ()
-    fail_if_body_matches_regexp: tuple[Regex, ...] = ()
-    fail_if_body_not_matches_regexp: tuple[Regex, ...] = ()
-    fail_if_header_matches: tuple[HeaderMatch, ...] = ()
-    fail_if_header_not_matches: tuple[HeaderMatch, ...] = ()
     expect_json: tuple[JSONCondition, ...] = ()
     extract: Mapping[str, Extract] = field(default_factory=_no_extracts)
 

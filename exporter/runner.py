@@ -1,4 +1,8 @@
-"""Runs one probe: picks the probe kind, enforces the timeout, and never lets a probe crash us."""
+"""Runs one probe: picks the probe kind, enforces the timeout, and never lets a probe crash us.
+
+This is the one error boundary of the probes: a probe raises ProbeFailure for what it
+expected to go wrong and lets anything else escape; here both become a failed result.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ from collections.abc import Mapping
 
 from exporter.modules import Module
 from exporter.probes import ProbeDeps, Prober, ProbeRequest, probers
-from exporter.probes.net import TargetGuard
+from exporter.probes.net import ProbeFailure, TargetGuard
 from exporter.result import SYSTEM_CLOCK, Clock, FailureReason, ProbeResult, Trace
-from exporter.types import format_duration, redact_url
+from exporter.types import format_duration, redact_target
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ async def run_probe(
     while True:
         remaining = timeout - (clock.monotonic() - start)
         request = ProbeRequest(target, module, Trace(clock), remaining, guard)
-        result = await _attempt(probe, request)
+        result = await attempt(probe, request)
         if result.success or len(failed) >= module.retries or result.reason is FailureReason.TIMEOUT:
             break
         failed.append(result.reason or FailureReason.OTHER)
@@ -56,7 +60,7 @@ async def run_probe(
     )
 
 
-async def _attempt(probe: Prober, request: ProbeRequest) -> ProbeResult:
+async def attempt(probe: Prober, request: ProbeRequest) -> ProbeResult:
     try:
         async with asyncio.timeout(request.timeout):
             return await probe(request)
@@ -64,6 +68,8 @@ async def _attempt(probe: Prober, request: ProbeRequest) -> ProbeResult:
         return request.trace.fail(
             FailureReason.TIMEOUT, f"no answer within {format_duration(request.timeout)}"
         )
+    except ProbeFailure as failure:
+        return failure.result(request.trace)
     except Exception as err:  # a probe bug must not stop the scheduler
-        log.exception("probe of %s raised", redact_url(request.target))
+        log.exception("%s probe of %s raised", request.module.prober, redact_target(request.target))
         return request.trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")

@@ -270,6 +270,15 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{userinfo.split(':', 1)[0]}:xxxxx@{host}{rest[end:]}"
 
 
+def redact_target(target: str) -> str:
+    """A probe target as log lines show it: the password hidden and no query or fragment.
+
+    A query string may carry a token as well as user info may; every probe kind's log lines
+    go through this one function, whatever the shape of its targets.
+    """
+    return redact_url(target).partition("?")[0].partition("#")[0]
+
+
 def read_secret_file(path: str) -> str:
     """A secret kept in a file, without its trailing newline."""
     return Path(path).read_text(encoding="utf-8").rstrip("\r\n")

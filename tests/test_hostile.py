@@ -313,7 +313,7 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
 from exporter.modules import DNSProbe, HTTPProbe, Module, QueryResponse, TCPProbe, TLSConfig  # noqa: E402
 from exporter.probes import net  # noqa: E402
-from exporter.probes.http import MAX_HEAD_BYTES  # noqa: E402
+from exporter.probes.httpclient import MAX_HEAD_BYTES  # noqa: E402
 from exporter.probes.tcp import MAX_LINE_BYTES  # noqa: E402
 from exporter.result import FailureReason, ProbeResult  # noqa: E402
 from exporter.runner import run_probe  # noqa: E402

@@ -21,7 +21,7 @@ from cryptography import x509
 
 from exporter import __version__
 from exporter.modules import Authorization, BasicAuth, HeaderMatch, HTTPProbe, Module, TLSConfig
-from exporter.probes import http
+from exporter.probes import http, httpclient
 from exporter.probes.base import ProbeRequest
 from exporter.result import FailureReason, ProbeResult, Trace
 from exporter.types import ByteSize, Regex, Secret, StatusRange
@@ -1027,7 +1027,7 @@ async def test_oversized_head(run_probe: ProbeRunner, raw_server: RawServe) -> N
 
     async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (http.MAX_HEAD_BYTES + 10) + b"\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (httpclient.MAX_HEAD_BYTES + 10) + b"\r\n")
         await writer.drain()
         await reader.read()  # hold the connection open until the probe gives up
 

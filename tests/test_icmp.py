@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter import runner
 from exporter.allowlist import Allowlist
 from exporter.modules import ICMPProbe, Module
 from exporter.probes import icmp
@@ -36,11 +37,10 @@ async def probe_with(
     factory: icmp.SocketFactory = icmp.open_socket,
     kinds: Sequence[icmp.SocketKind] = icmp.SOCKET_KINDS,
 ) -> ProbeResult:
-    """Run an icmp prober built on the socket seam, under a deadline as the runner would."""
+    """Run an icmp prober built on the socket seam through the runner's deadline and error boundary."""
     probe = icmp.make_prober(factory, kinds)
     trace = Trace()
-    async with asyncio.timeout(5):
-        return await probe(ProbeRequest(target=target, module=module, trace=trace, timeout=5))
+    return await runner.attempt(probe, ProbeRequest(target=target, module=module, trace=trace, timeout=5))
 
 
 def assert_echoed(result: ProbeResult, version: int) -> None:
@@ -261,7 +261,7 @@ async def test_probe_allowlist_is_enforced() -> None:
     guard = Allowlist([HostPattern.from_yaml("10.0.0.0/8")])
     probe = icmp.make_prober(factory)
     request = ProbeRequest(target="::1", module=icmp_module(), trace=Trace(), timeout=5, guard=guard)
-    result = await probe(request)
+    result = await runner.attempt(probe, request)
     assert result.reason is FailureReason.OTHER
     assert result.message == "target host ::1 is outside probe_allowlist"
     assert factory.attempts == []

@@ -98,3 +98,11 @@ def test_a_module_section_for_another_kind_is_kept_and_checked() -> None:
 def test_section_defaults_are_shared_and_equal() -> None:
     settings = PROBERS["dns"].settings
     assert Module("dns").section(settings) is Module("icmp").section(settings)
+
+
+def test_shared_probe_code_writes_only_declared_metrics() -> None:
+    """The probes' shared modules (client, network helpers) write nothing a kind does not declare."""
+    declared = {family.name for kind in KINDS for family in kind.metrics} | COMMON
+    for path in sorted((ROOT / "exporter" / "probes").glob("*.py")):
+        written = set(re.findall(r'"(probe_[a-z0-9_]+)"', path.read_text(encoding="utf-8")))
+        assert written <= declared, f"{path.name}: undeclared {sorted(written - declared)}"

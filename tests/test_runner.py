@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from exporter import runner
 from exporter.config import parse_config
 from exporter.modules import Module
-from exporter.result import FailureReason
+from exporter.probes.base import ProbeRequest
+from exporter.probes.net import ProbeFailure, map_exceptions, why
+from exporter.result import FailureReason, ProbeResult, Trace
 from exporter.runner import run_probe
 from exporter.web import EXPORTER, make_app
 from tests.conftest import wait_for
@@ -84,6 +89,70 @@ async def test_unknown_prober_fails_cleanly() -> None:
     result = await run_probe("127.0.0.1:1", Module(prober="ftp"), 1.0)
     assert (result.success, result.reason) == (False, FailureReason.OTHER)
     assert result.message == "prober 'ftp' is not available"
+
+
+async def test_probe_failure_becomes_the_result() -> None:
+    """A probe raises ProbeFailure for what it expected; the runner alone makes the result of it."""
+
+    async def probe(request: ProbeRequest) -> ProbeResult:
+        request.trace.set("probe_http_status_code", 503)
+        raise ProbeFailure(FailureReason.HTTP_STATUS, "status code 503 is not 2xx")
+
+    request = ProbeRequest("http://127.0.0.1:1/", Module(prober="http"), Trace(), timeout=1.0)
+    result = await runner.attempt(probe, request)
+    assert (result.success, result.reason) == (False, FailureReason.HTTP_STATUS)
+    assert result.message == "status code 503 is not 2xx"
+    assert result.value("probe_http_status_code") == 503
+
+
+@pytest.mark.parametrize("prober", ["http", "tcp", "dns", "grpc", "icmp"])
+async def test_unexpected_error_is_an_internal_error_logged_redacted(
+    prober: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A probe bug is an internal error, and its log line hides the target's secrets, any kind."""
+
+    async def probe(request: ProbeRequest) -> ProbeResult:
+        raise KeyError("oops")
+
+    target = "https://probe:hunter2@127.0.0.1:1/health?token=sekrit#frag"
+    request = ProbeRequest(target, Module(prober=prober), Trace(), timeout=1.0)
+    with caplog.at_level(logging.ERROR, logger="exporter.runner"):
+        result = await runner.attempt(probe, request)
+    assert (result.reason, result.message) == (FailureReason.OTHER, "internal error: KeyError")
+    assert f"{prober} probe of https://probe:xxxxx@127.0.0.1:1/health raised" in caplog.text
+    assert "hunter2" not in caplog.text
+    assert "sekrit" not in caplog.text
+
+
+def test_map_exceptions_takes_the_closest_type_whatever_the_order() -> None:
+    """As httpx's helper: the entry nearest the error's class wins, not the first listed."""
+    mapping = {
+        OSError: (FailureReason.CONNECT, "some OS error"),
+        ConnectionError: (FailureReason.PROTOCOL, lambda err: f"connection lost: {why(err)}"),
+    }
+    with pytest.raises(ProbeFailure) as lost, map_exceptions(mapping):
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    assert (lost.value.reason, lost.value.message) == (
+        FailureReason.PROTOCOL,
+        "connection lost: Connection reset by peer",
+    )
+    assert lost.value.__suppress_context__
+    with pytest.raises(ProbeFailure) as other, map_exceptions(mapping):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+    assert (other.value.reason, other.value.message) == (FailureReason.CONNECT, "some OS error")
+
+
+def test_map_exceptions_lets_failures_and_unmapped_errors_through() -> None:
+    """A ProbeFailure stays as it was raised; an unmapped error reaches the runner as it is."""
+    mapping = {Exception: (FailureReason.OTHER, "mapped")}
+    original = ProbeFailure(FailureReason.BODY, "body did not match")
+    with pytest.raises(ProbeFailure) as kept, map_exceptions(mapping):
+        raise original
+    assert kept.value is original
+    with pytest.raises(KeyError), map_exceptions({OSError: (FailureReason.CONNECT, "mapped")}):
+        raise KeyError("bug")
+    with map_exceptions(mapping):
+        pass  # nothing raised: nothing mapped
 
 
 async def test_attempt_metrics_show_flakiness(flaky: tuple[str, list[int]]) -> None:

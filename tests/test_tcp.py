@@ -19,8 +19,7 @@ from exporter.allowlist import Allowlist
 from exporter.config import parse_config
 from exporter.errors import ConfigError
 from exporter.modules import Module, QueryResponse, TCPProbe, TLSConfig
-from exporter.probes.net import ProbeFailure
-from exporter.probes.tcp import expand, split_host_port
+from exporter.probes.net import ProbeFailure, expand, split_host_port
 from exporter.result import FailureReason, ProbeResult
 from exporter.types import HostPattern, Regex
 from tests.conftest import ProbeRunner, wait_for

@@ -25,6 +25,8 @@ class ProbeRequest:
     guard: TargetGuard | None = None
 
 
+# A probe returns its result, or raises ProbeFailure to fail with a reason: the runner, the one
+# error boundary, makes the failed result of it (and of any other exception).
 Prober = Callable[[ProbeRequest], Awaitable[ProbeResult]]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import socket
 import ssl
 import struct
@@ -28,12 +27,8 @@ from exporter import offloop
 from exporter.modules import DNSProbe, DNSRRValidator
 from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
-from exporter.probes.net import Address, ProbeFailure
-from exporter.probes.tcp import split_host_port
+from exporter.probes.net import Address, ProbeFailure, map_exceptions, split_host_port, why
 from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
-from exporter.types import redact_url
-
-log = logging.getLogger(__name__)
 
 DNS_PORT = 53
 DOT_PORT = 853
@@ -134,56 +129,51 @@ async def _open(settings: DNSProbe, address: Address, host: str, port: int, trac
     context: ssl.SSLContext | None = None
     if settings.dns_over_tls:
         context = net.shared_ssl_context(settings.tls_config)
-    with trace.phase("connect"):
-        try:
-            if settings.transport_protocol == "udp" and not settings.dns_over_tls:
-                # A connected UDP socket hears the ICMP port-unreachable of a server that is
-                # down, so the probe fails at once with "connection refused", as blackbox does.
-                datagram: _Socket = await backend.make_socket(  # type: ignore[no-untyped-call]
-                    address.family, socket.SOCK_DGRAM, 0, source, (address.ip, port)
-                )
-                return datagram
-            stream: _Socket = await backend.make_socket(  # type: ignore[no-untyped-call]
-                address.family,
-                socket.SOCK_STREAM,
-                0,
-                source,
-                (address.ip, port),
-                None,
-                context,
-                (settings.tls_config.server_name or host) if context is not None else None,
+    errors: net.ExceptionMapping = {
+        **net.HANDSHAKE_ERRORS,
+        OSError: (FailureReason.CONNECT, lambda err: f"cannot connect to {where}: {why(err)}"),
+    }
+    with trace.phase("connect"), map_exceptions(errors):
+        if settings.transport_protocol == "udp" and not settings.dns_over_tls:
+            # A connected UDP socket hears the ICMP port-unreachable of a server that is
+            # down, so the probe fails at once with "connection refused", as blackbox does.
+            datagram: _Socket = await backend.make_socket(  # type: ignore[no-untyped-call]
+                address.family, socket.SOCK_DGRAM, 0, source, (address.ip, port)
             )
-            return stream
-        except ssl.SSLCertVerificationError as err:
-            raise ProbeFailure(
-                FailureReason.TLS, f"certificate verification failed: {err.verify_message}"
-            ) from None
-        except ssl.SSLError as err:
-            raise ProbeFailure(FailureReason.TLS, f"TLS handshake failed: {err}") from None
-        except OSError as err:
-            raise ProbeFailure(FailureReason.CONNECT, f"cannot connect to {where}: {_why(err)}") from None
+            return datagram
+        stream: _Socket = await backend.make_socket(  # type: ignore[no-untyped-call]
+            address.family,
+            socket.SOCK_STREAM,
+            0,
+            source,
+            (address.ip, port),
+            None,
+            context,
+            (settings.tls_config.server_name or host) if context is not None else None,
+        )
+        return stream
 
 
 async def _exchange(
     settings: DNSProbe, query: dns.message.Message, sock: _Socket, address: Address, port: int
 ) -> dns.message.Message:
     where = f"{address.ip}:{port}" if address.version == 4 else f"[{address.ip}]:{port}"
-    try:
+    with map_exceptions(
+        {
+            EOFError: (FailureReason.PROTOCOL, f"{where} closed the connection without a complete answer"),
+            ssl.SSLError: (FailureReason.TLS, lambda err: f"TLS error from {where}: {err}"),
+            OSError: (FailureReason.CONNECT, lambda err: f"{where}: {why(err)}"),
+            dns.exception.DNSException: (
+                FailureReason.PROTOCOL,
+                lambda err: f"{where} sent a malformed answer: {err}",
+            ),
+        }
+    ):
         if isinstance(sock, dns._asyncbackend.DatagramSocket):
             wire = await _ask_udp(sock, query, where)
         else:
             wire = await _ask_stream(sock, query)
         answer = await _parse(wire)
-    except EOFError:
-        raise ProbeFailure(
-            FailureReason.PROTOCOL, f"{where} closed the connection without a complete answer"
-        ) from None
-    except ssl.SSLError as err:
-        raise ProbeFailure(FailureReason.TLS, f"TLS error from {where}: {err}") from None
-    except OSError as err:
-        raise ProbeFailure(FailureReason.CONNECT, f"{where}: {_why(err)}") from None
-    except dns.exception.DNSException as err:
-        raise ProbeFailure(FailureReason.PROTOCOL, f"{where} sent a malformed answer: {err}") from None
     if not query.is_response(answer):
         raise ProbeFailure(
             FailureReason.PROTOCOL,
@@ -256,10 +246,6 @@ async def _close(sock: _Socket) -> None:
         await sock.close()  # type: ignore[no-untyped-call]
 
 
-def _why(err: OSError) -> str:
-    return err.strerror or str(err) or type(err).__name__
-
-
 def _sections(answer: dns.message.Message) -> Iterator[tuple[str, list[dns.rrset.RRset]]]:
     yield "answer", answer.answer
     yield "authority", answer.authority
@@ -273,8 +259,7 @@ async def _query(request: ProbeRequest) -> str:
         trace.set(name, 0)
     trace.set("probe_dns_query_succeeded", 0)
     host, port = split_host_port(request.target, DOT_PORT if settings.dns_over_tls else DNS_PORT)
-    if request.guard is not None and not request.guard.allows_host(host):
-        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
+    net.check_host(request.guard, host)
     query = _make_query(settings)
     valid_rcodes = _valid_rcodes(settings)
     if settings.dns_over_tls and settings.transport_protocol != "tcp":
@@ -364,15 +349,7 @@ def _checks_anything(validator: DNSRRValidator) -> bool:
 
 async def probe_dns(request: ProbeRequest) -> ProbeResult:
     """Send one query to the DNS server ``host[:port]`` and check the answer."""
-    trace = request.trace
-    try:
-        message = await _query(request)
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must not take the scheduler down
-        log.exception("dns probe of %s raised", redact_url(request.target))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
-    return trace.succeed(message)
+    return request.trace.succeed(await _query(request))
 
 
 # blackbox exports probe_dns_duration_seconds{phase="resolve"|"connect"|"request"}.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import operator
 from types import MappingProxyType
 from urllib.parse import urljoin
@@ -19,8 +18,9 @@ from exporter.modules import (
     JSONCondition,
     json_path_parts,
 )
-from exporter.probes import http, net
+from exporter.probes import httpclient, net
 from exporter.probes.base import ProbeRequest, ProberKind
+from exporter.probes.cookies import CookieJar
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, Labels, MetricFamily, ProbeResult, Trace
 from exporter.types import Secret
@@ -44,28 +44,20 @@ from exporter.types import Secret
 #   missing extract source is ``body`` (json, regexp) or ``header`` (header, cookie); the rest are
 #   the http prober's reasons.
 
-PHASES = http.PHASES
+PHASES = httpclient.PHASES
 # Combined over steps rather than taken from the last one (see above).
 _EARLIEST = frozenset({"probe_ssl_earliest_cert_expiry", "probe_ssl_last_chain_expiry_timestamp_seconds"})
 _SUMMED = frozenset({"probe_dns_lookup_time_seconds"})
 
-log = logging.getLogger(__name__)
-
 
 async def probe_flow(request: ProbeRequest) -> ProbeResult:
-    """Run the journey's steps in order; never raises but CancelledError."""
+    """Run the journey's steps in order; the failing step raises ProbeFailure."""
     trace = request.trace
-    http.record_defaults(trace)
+    httpclient.record_defaults(trace)
     if not request.module.section(FlowProbe).steps:
         # The loader refuses this; a module built in code (probe --prober flow) may not.
         return trace.fail(FailureReason.OTHER, "the journey has no steps")
-    try:
-        await _Journey(request).run()
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must still produce a result, not a crash
-        log.exception("flow probe of %s raised", http.redact(request.target))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+    await _Journey(request).run()
     return trace.succeed()
 
 
@@ -75,8 +67,8 @@ KIND = ProberKind(
     probe=probe_flow,
     required=FlowProbe.required,
     metrics=(
-        http.HTTP_METRICS[0],
-        http.HTTP_METRICS[1],
+        httpclient.HTTP_METRICS[0],
+        httpclient.HTTP_METRICS[1],
         MetricFamily(
             "probe_flow_step_success",
             "1 if the journey step ran and passed, 0 if it failed or did not run.",
@@ -122,8 +114,8 @@ class _Journey:
     def __init__(self, request: ProbeRequest) -> None:
         self.request = request
         self.settings = request.module.section(FlowProbe)
-        self.base = http.with_scheme(request.target.strip())
-        self.jar = http.CookieJar()
+        self.base = httpclient.with_scheme(request.target.strip())
+        self.jar = CookieJar()
         self.variables: dict[str, str] = {}
         # The steps that started, in order, with their traces and durations.
         self.traces: dict[str, Trace] = {}
@@ -134,7 +126,7 @@ class _Journey:
         try:
             for step in self.settings.steps:
                 trace = Trace(self.request.trace.clock)
-                http.record_defaults(trace)
+                httpclient.record_defaults(trace)
                 self.traces[step.name] = trace
                 try:
                     await self._step(step, trace)
@@ -150,7 +142,9 @@ class _Journey:
     async def _step(self, step: FlowStep, trace: Trace) -> None:
         url = urljoin(self.base, self._expand(step.url))
         needs_body = bool(step.expect_json) or any(e.json or e.regexp for e in step.extract.values())
-        client = http.HTTPClient(self._http_settings(step), trace, self.request.guard, self.jar, needs_body)
+        client = httpclient.HTTPClient(
+            self._http_settings(step), trace, self.request.guard, self.jar, needs_body
+        )
         response = await client.fetch(url)
         await client.judge(response)
         data = (response.body.data if response.body is not None else None) or b""
@@ -171,21 +165,14 @@ class _Journey:
         headers: dict[str, tuple[str, Secret]] = {}
         for name, value in (*flow.headers.items(), *step.headers.items()):
             headers[name.lower()] = (name, Secret(self._expand(value.reveal())))
+        # The step's options, with the module's headers under its own and variables expanded.
+        options = {
+            **step.request_options(),
+            "headers": MappingProxyType(dict(headers.values())),
+            "body": self._expand(step.body.reveal()) if step.body is not None else "",
+        }
         return HTTPProbe(
-            method=step.method,
-            headers=MappingProxyType(dict(headers.values())),
-            body=self._expand(step.body.reveal()) if step.body is not None else "",
-            body_file=step.body_file,
-            valid_status_codes=step.valid_status_codes,
-            fail_if_body_matches_regexp=step.fail_if_body_matches_regexp,
-            fail_if_body_not_matches_regexp=step.fail_if_body_not_matches_regexp,
-            fail_if_header_matches=step.fail_if_header_matches,
-            fail_if_header_not_matches=step.fail_if_header_not_matches,
-            basic_auth=step.basic_auth,
-            bearer_token=step.bearer_token,
-            bearer_token_file=step.bearer_token_file,
-            authorization=step.authorization,
-            follow_redirects=step.follow_redirects,
+            **options,
             max_redirects=flow.max_redirects,
             body_size_limit=flow.body_size_limit,
             preferred_ip_protocol=flow.preferred_ip_protocol,
@@ -198,7 +185,7 @@ class _Journey:
         return VARIABLE_REF_RE.sub(lambda m: self.variables.get(m.group(1), m.group(0)), text)
 
     async def _extract(
-        self, name: str, extract: Extract, document: object, data: bytes, response: http.Response
+        self, name: str, extract: Extract, document: object, data: bytes, response: httpclient.Response
     ) -> str:
         # Messages name the variable and its source, never the value: it may be a credential.
         if extract.json:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import ssl
 import zlib
@@ -18,12 +17,10 @@ import h2.exceptions
 import h2.settings
 
 from exporter.modules import GRPCProbe
-from exporter.probes import http, net
+from exporter.probes import httpclient, net
 from exporter.probes.base import ProbeRequest, ProberKind
-from exporter.probes.net import ProbeFailure
-from exporter.probes.tcp import split_host_port
+from exporter.probes.net import ProbeFailure, split_host_port
 from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
-from exporter.types import redact_url
 
 # Why HTTP/2 through h2 rather than grpcio: a health check is one unary call whose request and
 # answer are a few bytes of protobuf, which fit in a screenful of code. h2 is pure Python and
@@ -93,8 +90,6 @@ _HTTP_TO_GRPC = {
     504: UNAVAILABLE,
 }
 
-log = logging.getLogger(__name__)
-
 
 async def probe_grpc(request: ProbeRequest) -> ProbeResult:
     """Call Health/Check on ``request.target``; never raises but CancelledError."""
@@ -105,13 +100,7 @@ async def probe_grpc(request: ProbeRequest) -> ProbeResult:
         trace.set("probe_grpc_healthcheck_response", 0, (("serving_status", status),))
     trace.set("probe_grpc_ssl", 0)
     trace.set("probe_grpc_status_code", UNAVAILABLE)
-    try:
-        await _check(request)
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must still produce a result, not a crash
-        log.exception("grpc probe of %s raised", redact_url(request.target))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+    await _check(request)
     return trace.succeed()
 
 
@@ -151,8 +140,7 @@ async def _check(request: ProbeRequest) -> None:
     settings = request.module.section(GRPCProbe)
     trace = request.trace
     host, port = _host_port(request.target)
-    if request.guard is not None and not request.guard.allows_host(host):
-        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
+    net.check_host(request.guard, host)
     # Built before connecting so an unreadable ca_file fails without traffic.
     context = _ssl_context(settings) if settings.tls else None
     addresses = await net.resolve(
@@ -203,7 +191,7 @@ def _request_headers(
         (":authority", authority),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
-        ("user-agent", http.USER_AGENT),
+        ("user-agent", httpclient.USER_AGENT),
         ("grpc-timeout", grpc_timeout(remaining)),
     ]
     headers += [
@@ -262,16 +250,7 @@ class _Call:
                 pass  # the next read says what happened
 
     async def _read(self) -> bytes:
-        try:
-            return await self.reader.read(_READ_SIZE)
-        except ssl.SSLError as err:
-            detail = err.reason.lower().replace("_", " ") if err.reason else str(err)
-            raise ProbeFailure(FailureReason.TLS, f"TLS error during the call: {detail}") from None
-        except OSError as err:
-            raise ProbeFailure(
-                FailureReason.PROTOCOL,
-                f"connection lost during the call: {err.strerror or type(err).__name__}",
-            ) from None
+        return await net.read(self.reader, _READ_SIZE, "during the call")
 
     async def run(self, headers: Headers, message: bytes) -> tuple[Headers, Headers, bytes]:
         """Send the call; the answer's headers, trailers (empty for a trailers-only answer) and body."""

@@ -18,9 +18,8 @@ from typing import Literal
 from exporter.modules import ICMPProbe
 from exporter.probes import net
 from exporter.probes.base import Prober, ProbeRequest, ProberKind
-from exporter.probes.net import Address, ProbeFailure
+from exporter.probes.net import Address, ProbeFailure, map_exceptions, why
 from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
-from exporter.types import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +271,7 @@ def _open(
         except OSError as err:
             if err.errno not in (errno.EPERM, errno.EACCES):
                 raise ProbeFailure(
-                    FailureReason.OTHER, f"cannot open a {kind} ICMP socket: {_why(err)}"
+                    FailureReason.OTHER, f"cannot open a {kind} ICMP socket: {why(err)}"
                 ) from None
             log.debug("%s ICMP socket refused: %s", kind, err)
     raise ProbeFailure(
@@ -284,7 +283,10 @@ def _open(
 def _configure(sock: socket.socket, kind: SocketKind, address: Address, settings: ICMPProbe) -> None:
     sock.setblocking(False)
     v4 = address.family == socket.AF_INET
-    try:
+    setup_errors: net.ExceptionMapping = {
+        OSError: (FailureReason.OTHER, lambda err: f"cannot set up the ICMP socket: {why(err)}")
+    }
+    with map_exceptions(setup_errors):
         if settings.source_ip_address:
             sock.bind((settings.source_ip_address, 0))
         if settings.ttl > 0:
@@ -302,20 +304,13 @@ def _configure(sock: socket.socket, kind: SocketKind, address: Address, settings
         if kind == "datagram":
             # Connected, the kernel reports an ICMP error about our echo as a socket error.
             sock.connect((address.ip, 0))
-    except OSError as err:
-        raise ProbeFailure(FailureReason.OTHER, f"cannot set up the ICMP socket: {_why(err)}") from None
-
-
-def _why(err: OSError) -> str:
-    return err.strerror or str(err) or type(err).__name__
 
 
 async def _ping(request: ProbeRequest, factory: SocketFactory, kinds: Sequence[SocketKind]) -> Reply:
     settings = request.module.section(ICMPProbe)
     trace = request.trace
     host = request.target.strip()
-    if request.guard is not None and not request.guard.allows_host(host):
-        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
+    net.check_host(request.guard, host)
     addresses = await net.resolve(
         host,
         settings.preferred_ip_protocol,
@@ -334,21 +329,21 @@ async def _ping(request: ProbeRequest, factory: SocketFactory, kinds: Sequence[S
         packet = echo_request(address.family, identifier, seq, payload)
         sent_at = trace.elapsed()
         trace.add_phase("setup", sent_at - setup_start)
-        try:
+        send_errors: net.ExceptionMapping = {
+            OSError: (
+                FailureReason.CONNECT,
+                lambda err: f"cannot send an echo request to {address.ip}: {why(err)}",
+            )
+        }
+        with map_exceptions(send_errors):
             await _send(sock, packet, address, connected=kind == "datagram")
-        except OSError as err:
-            raise ProbeFailure(
-                FailureReason.CONNECT, f"cannot send an echo request to {address.ip}: {_why(err)}"
-            ) from None
         # A datagram socket's kernel puts its own identifier (the socket's port) in the echo.
         ident = sock.getsockname()[1] if kind == "datagram" else identifier
         echo = Echo(address.family, address.ip, ident, seq, payload)
         ip_header = kind == "raw" and address.family == socket.AF_INET
         while True:
-            try:
+            with map_exceptions({OSError: (FailureReason.CONNECT, lambda err: f"{address.ip}: {why(err)}")}):
                 data, ancillary, source = await _recvmsg(sock)
-            except OSError as err:
-                raise ProbeFailure(FailureReason.CONNECT, f"{address.ip}: {_why(err)}") from None
             reply = classify(data, source, echo, ip_header, _hop_limit(ancillary))
             if reply is not None:
                 break
@@ -369,13 +364,7 @@ def make_prober(factory: SocketFactory = open_socket, kinds: Sequence[SocketKind
     async def probe_icmp(request: ProbeRequest) -> ProbeResult:
         """Ping the target host once and time the reply."""
         trace: Trace = request.trace
-        try:
-            reply = await _ping(request, factory, kinds)
-        except ProbeFailure as failure:
-            return failure.result(trace)
-        except Exception as err:  # a bug here must not take the scheduler down
-            log.exception("icmp probe of %s raised", redact_url(request.target))
-            return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+        reply = await _ping(request, factory, kinds)
         if reply.error is not None:
             return trace.fail(FailureReason.CONNECT, reply.error)
         if reply.hop_limit is not None:

@@ -7,18 +7,20 @@ import contextlib
 import functools
 import ipaddress
 import os
+import re
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from exporter.modules import GO_CIPHER_NAMES, TLS_VERSIONS, TLSConfig
 from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
+from exporter.types import RegexMatch, match_text
 
 # What resolving and connecting write, for every kind that reaches a host over the network.
 ADDRESS_METRICS = (
@@ -73,7 +75,12 @@ def drop_tracebacks(err: BaseException) -> None:
 
 
 class ProbeFailure(Exception):
-    """Raised inside a probe to stop it; the probe turns it into a failed result."""
+    """Raised inside a probe to stop it with a reason; the runner turns it into a failed result.
+
+    The probes' errors, all in one place: a probe raises this for what it expected to go wrong
+    (``map_exceptions`` turns a library's errors into it); anything else it lets escape, and
+    the runner reports that as ``internal error: <type>``. CancelledError is never caught.
+    """
 
     def __init__(self, reason: FailureReason, message: str) -> None:
         super().__init__(message)
@@ -90,6 +97,138 @@ class ProbeFailure(Exception):
         return trace.fail(self.reason, self.message)
 
 
+ExceptionMapping = Mapping[type[BaseException], tuple[FailureReason, str | Callable[[Any], str]]]
+
+
+@contextlib.contextmanager
+def map_exceptions(mapping: ExceptionMapping) -> Iterator[None]:
+    """Turn the errors of a block into ProbeFailure, as httpx's ``map_exceptions`` does.
+
+    ``mapping`` gives, per exception type, the reason and the message: a text, or a function of
+    the error that makes it. The entry for the closest type in the error's class hierarchy
+    wins (an ``ssl.SSLError`` entry beats an ``OSError`` one, whatever their order). A
+    ProbeFailure and errors of unmapped types pass through: the runner turns the latter into
+    an internal error.
+    """
+    try:
+        yield
+    except ProbeFailure:
+        raise
+    except Exception as err:
+        mro = type(err).__mro__
+        matches = [kind for kind in mapping if kind in mro]
+        if not matches:
+            raise
+        reason, message = mapping[min(matches, key=mro.index)]
+        text = message if isinstance(message, str) else message(err)
+        drop_tracebacks(err)
+        raise ProbeFailure(reason, text) from None
+
+
+# How a failed TLS handshake reads, whichever probe started it.
+HANDSHAKE_ERRORS: ExceptionMapping = {
+    ssl.SSLCertVerificationError: (
+        FailureReason.TLS,
+        lambda err: f"certificate verification failed: {err.verify_message}",
+    ),
+    ssl.SSLError: (FailureReason.TLS, lambda err: f"TLS handshake failed: {err}"),
+}
+
+
+def why(err: BaseException) -> str:
+    """An error in a few words: the OS's text for it, else its own, else its type's name."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+def tls_detail(err: ssl.SSLError) -> str:
+    """OpenSSL's reason (``tlsv13 alert certificate required``), else the error's text."""
+    return err.reason.lower().replace("_", " ") if err.reason else str(err)
+
+
+async def read(reader: asyncio.StreamReader, size: int, when: str) -> bytes:
+    """Read from a connection; TLS errors are ``tls``, a lost connection ``protocol``.
+
+    With TLS 1.3 a rejected client certificate only shows up here, after the handshake.
+    """
+    with map_exceptions(
+        {
+            ssl.SSLError: (FailureReason.TLS, lambda err: f"TLS error {when}: {tls_detail(err)}"),
+            OSError: (
+                FailureReason.PROTOCOL,
+                lambda err: f"connection lost {when}: {err.strerror or type(err).__name__}",
+            ),
+        }
+    ):
+        return await reader.read(size)
+
+
+def split_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port`` or ``[ipv6]:port``; a bare host takes ``default_port`` if one is given.
+
+    As in Go's net.SplitHostPort, a bare IPv6 address (more than one colon, no brackets) is a
+    host without a port.
+    """
+    text = target.strip()
+    port_text = ""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise _bad_target(target, default_port)
+        port_text = rest[1:] if rest else ""
+        if rest == ":":
+            raise _bad_target(target, default_port)
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if not port_text:
+            raise _bad_target(target, default_port)
+    else:
+        host = text
+    if not host:
+        raise _bad_target(target, default_port)
+    if not port_text:
+        if default_port is None:
+            raise _bad_target(target, default_port)
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ProbeFailure(FailureReason.OTHER, f"target {target!r} has an invalid port {port_text!r}")
+    return host, int(port_text)
+
+
+def _bad_target(target: str, default_port: int | None) -> ProbeFailure:
+    shape = "host:port or [ipv6]:port" if default_port is None else "host, host:port or [ipv6]:port"
+    return ProbeFailure(FailureReason.OTHER, f"target {target!r} must be {shape}")
+
+
+_TEMPLATE_RE = re.compile(r"\$(?:(\$)|\{(\w+)\}|(\w+))")
+
+
+def expand(template: str, match: RegexMatch) -> str:
+    """Fill ``$1``, ``${1}``, ``$name`` and ``${name}`` from ``match`` as Go's Regexp.Expand does.
+
+    ``$$`` is a literal dollar; a group that does not exist or did not take part in the match
+    expands to nothing; a ``$`` that starts no valid reference is kept as it is.
+    """
+
+    def fill(ref: re.Match[str]) -> str:
+        if ref.group(1):
+            return "$"
+        name = ref.group(2) or ref.group(3)
+        groups = match.re.groups
+        if name.isascii() and name.isdigit():
+            # Go reads a leading zero (``$01``) as a name, never as group 1.
+            if len(name) > 1 and name[0] == "0":
+                return ""
+            number = int(name)
+            return match_text(match.group(number)) if number <= groups else ""
+        if name in match.re.groupindex:
+            return match_text(match.group(name))
+        return ""
+
+    return _TEMPLATE_RE.sub(fill, template)
+
+
 class TargetGuard(Protocol):
     """Decides which hosts and addresses an on-demand probe may reach."""
 
@@ -98,6 +237,12 @@ class TargetGuard(Protocol):
     def allows_address(self, host: str, address: str) -> bool:
         """May ``host``, resolved to ``address``, be probed?"""
         ...
+
+
+def check_host(guard: TargetGuard | None, host: str) -> None:
+    """Stop an on-demand probe whose target host is outside probe_allowlist, before any traffic."""
+    if guard is not None and not guard.allows_host(host):
+        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,15 +441,8 @@ async def start_tls(
     """Upgrade a connection to TLS and record the certificate and version values."""
     start = trace.elapsed()
     try:
-        await writer.start_tls(context, server_hostname=server_name or None)
-    except ssl.SSLCertVerificationError as err:
-        drop_tracebacks(err)
-        raise ProbeFailure(
-            FailureReason.TLS, f"certificate verification failed: {err.verify_message}"
-        ) from None
-    except (ssl.SSLError, ConnectionError, OSError) as err:
-        drop_tracebacks(err)
-        raise ProbeFailure(FailureReason.TLS, f"TLS handshake failed: {err}") from None
+        with map_exceptions({**HANDSHAKE_ERRORS, OSError: HANDSHAKE_ERRORS[ssl.SSLError]}):
+            await writer.start_tls(context, server_hostname=server_name or None)
     finally:
         if phase:
             trace.add_phase(phase, trace.elapsed() - start)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from exporter import offloop
 from exporter.modules import HTTPProbe, StatuspageProbe
-from exporter.probes import http, net
+from exporter.probes import httpclient, net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
@@ -49,27 +48,19 @@ SUMMARY_PATH = "/api/v2/summary.json"
 _CLOSED_INCIDENTS = frozenset({"resolved", "postmortem", "completed"})
 _ACTIVE_MAINTENANCE = frozenset({"in_progress", "verifying"})
 
-log = logging.getLogger(__name__)
-
 
 async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
-    """Fetch and read a status page's summary; never raises but CancelledError."""
+    """Fetch and read a status page's summary; a failure raises ProbeFailure."""
     trace = request.trace
-    http.record_defaults(trace)
+    httpclient.record_defaults(trace)
     for state in INDICATORS:
         trace.set("probe_statuspage_indicator", 0, (("state", state),))
     settings = request.module.section(StatuspageProbe)
-    try:
-        client = http.HTTPClient(_http_settings(settings), trace, request.guard, keep_body=True)
-        response = await client.fetch(summary_url(request.target))
-        await client.judge(response)
-        data = (response.body.data if response.body is not None else None) or b""
-        _record(trace, await offloop.off_loop_if_big(len(data), parse_summary, data), settings)
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must still produce a result, not a crash
-        log.exception("statuspage probe of %s raised", http.redact(request.target))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+    client = httpclient.HTTPClient(_http_settings(settings), trace, request.guard, keep_body=True)
+    response = await client.fetch(summary_url(request.target))
+    await client.judge(response)
+    data = (response.body.data if response.body is not None else None) or b""
+    _record(trace, await offloop.off_loop_if_big(len(data), parse_summary, data), settings)
     return trace.succeed()
 
 
@@ -78,7 +69,7 @@ KIND = ProberKind(
     settings=StatuspageProbe,
     probe=probe_statuspage,
     metrics=(
-        http.HTTP_METRICS[0],
+        httpclient.HTTP_METRICS[0],
         MetricFamily(
             "probe_statuspage_indicator",
             "The status page's overall indicator: 1 for the current state.",
@@ -107,13 +98,13 @@ KIND = ProberKind(
         *net.TLS_METRICS,
     ),
     phase_metric="probe_http_duration_seconds",
-    phases=http.PHASES,
+    phases=httpclient.PHASES,
 )
 
 
 def summary_url(target: str) -> str:
     """The summary document's URL for a page's base URL; a URL of a .json document as it is."""
-    url = http.with_scheme(target.strip())
+    url = httpclient.with_scheme(target.strip())
     parts = urlsplit(url)
     if parts.path.endswith(".json"):
         return url

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
 import ssl
 
 from exporter.modules import Module, TCPProbe
 from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
-from exporter.probes.net import ProbeFailure
+from exporter.probes.net import ProbeFailure, expand, map_exceptions, split_host_port, why
 from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
-from exporter.types import Regex, RegexMatch, match_text, redact_url
-
-log = logging.getLogger(__name__)
+from exporter.types import Regex, RegexMatch
 
 # net.connect caps the stream buffer at this size, so one endless line from a hostile peer
 # cannot grow our memory; blackbox's line scanner has the same 64 KiB ceiling.
@@ -22,71 +18,6 @@ MAX_LINE_BYTES = 2**16
 
 # How much of a peer's line a failure message may quote.
 _QUOTE_CHARS = 80
-
-
-def split_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split ``host:port`` or ``[ipv6]:port``; a bare host takes ``default_port`` if one is given.
-
-    As in Go's net.SplitHostPort, a bare IPv6 address (more than one colon, no brackets) is a
-    host without a port.
-    """
-    text = target.strip()
-    port_text = ""
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise _bad_target(target, default_port)
-        port_text = rest[1:] if rest else ""
-        if rest == ":":
-            raise _bad_target(target, default_port)
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        if not port_text:
-            raise _bad_target(target, default_port)
-    else:
-        host = text
-    if not host:
-        raise _bad_target(target, default_port)
-    if not port_text:
-        if default_port is None:
-            raise _bad_target(target, default_port)
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ProbeFailure(FailureReason.OTHER, f"target {target!r} has an invalid port {port_text!r}")
-    return host, int(port_text)
-
-
-def _bad_target(target: str, default_port: int | None) -> ProbeFailure:
-    shape = "host:port or [ipv6]:port" if default_port is None else "host, host:port or [ipv6]:port"
-    return ProbeFailure(FailureReason.OTHER, f"target {target!r} must be {shape}")
-
-
-_TEMPLATE_RE = re.compile(r"\$(?:(\$)|\{(\w+)\}|(\w+))")
-
-
-def expand(template: str, match: RegexMatch) -> str:
-    """Fill ``$1``, ``${1}``, ``$name`` and ``${name}`` from ``match`` as Go's Regexp.Expand does.
-
-    ``$$`` is a literal dollar; a group that does not exist or did not take part in the match
-    expands to nothing; a ``$`` that starts no valid reference is kept as it is.
-    """
-
-    def fill(ref: re.Match[str]) -> str:
-        if ref.group(1):
-            return "$"
-        name = ref.group(2) or ref.group(3)
-        groups = match.re.groups
-        if name.isascii() and name.isdigit():
-            # Go reads a leading zero (``$01``) as a name, never as group 1.
-            if len(name) > 1 and name[0] == "0":
-                return ""
-            number = int(name)
-            return match_text(match.group(number)) if number <= groups else ""
-        if name in match.re.groupindex:
-            return match_text(match.group(name))
-        return ""
-
-    return _TEMPLATE_RE.sub(fill, template)
 
 
 class _LineReader:
@@ -163,30 +94,33 @@ async def _expect_bytes(reader: asyncio.StreamReader, expected: str, step: int, 
 async def _send(writer: asyncio.StreamWriter, text: str, step: int) -> None:
     # The text itself stays out of the message: a send may carry a credential.
     writer.write(text.encode("utf-8", "surrogateescape") + b"\n")
-    try:
+    with map_exceptions(
+        {
+            OSError: (
+                FailureReason.PROTOCOL,
+                lambda err: f"query_response step {step}: cannot send: {why(err)}",
+            )
+        }
+    ):
         await writer.drain()
-    except (ConnectionError, OSError) as err:
-        raise ProbeFailure(
-            FailureReason.PROTOCOL, f"query_response step {step}: cannot send: {_why(err)}"
-        ) from None
-
-
-def _why(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return str(err) or type(err).__name__
 
 
 def _needs_tls(settings: TCPProbe) -> bool:
     return settings.tls or any(step.starttls for step in settings.query_response)
 
 
+# What a connection can end in once it is open; start_tls maps its own handshake errors.
+_DIALOGUE_ERRORS: net.ExceptionMapping = {
+    ssl.SSLError: (FailureReason.TLS, lambda err: f"TLS error during the dialogue: {why(err)}"),
+    OSError: (FailureReason.PROTOCOL, lambda err: f"connection lost: {why(err)}"),
+}
+
+
 async def _dialogue(request: ProbeRequest) -> None:
     settings = request.module.section(TCPProbe)
     trace = request.trace
     host, port = split_host_port(request.target)
-    if request.guard is not None and not request.guard.allows_host(host):
-        raise ProbeFailure(FailureReason.OTHER, f"target host {host} is outside probe_allowlist")
+    net.check_host(request.guard, host)
     # Build the TLS context before connecting so an unreadable ca_file fails without traffic.
     context = net.shared_ssl_context(settings.tls_config) if _needs_tls(settings) else None
     server_name = settings.tls_config.server_name or host
@@ -195,31 +129,28 @@ async def _dialogue(request: ProbeRequest) -> None:
     )
     reader, writer = await net.connect(addresses, port, trace, settings.source_ip_address)
     try:
-        if settings.tls and context is not None:
-            await net.start_tls(writer, context, server_name, trace)
-        lines = _LineReader(reader)
-        last_match: RegexMatch | None = None
-        for step_number, step in enumerate(settings.query_response, 1):
-            expect = step.expect
-            # An empty expect means "expect nothing", as in blackbox.
-            if expect is not None and expect.source:
-                last_match = await _expect(lines, expect, step_number, trace)
-                if step.labels:
-                    labels = tuple((label.name, expand(label.value, last_match)) for label in step.labels)
-                    trace.set("probe_expect_info", 1, labels)
-            if step.expect_bytes:
-                await _expect_bytes(reader, step.expect_bytes, step_number, trace)
-            if step.send:
-                # blackbox expands a send from its own step's match; a send-only step here
-                # reuses the most recent match so a captured token can feed several sends.
-                text = expand(step.send, last_match) if last_match is not None else step.send
-                await _send(writer, text, step_number)
-            if step.starttls and context is not None:
+        with map_exceptions(_DIALOGUE_ERRORS):
+            if settings.tls and context is not None:
                 await net.start_tls(writer, context, server_name, trace)
-    except ssl.SSLError as err:
-        raise ProbeFailure(FailureReason.TLS, f"TLS error during the dialogue: {_why(err)}") from None
-    except (ConnectionError, OSError) as err:
-        raise ProbeFailure(FailureReason.PROTOCOL, f"connection lost: {_why(err)}") from None
+            lines = _LineReader(reader)
+            last_match: RegexMatch | None = None
+            for step_number, step in enumerate(settings.query_response, 1):
+                expect = step.expect
+                # An empty expect means "expect nothing", as in blackbox.
+                if expect is not None and expect.source:
+                    last_match = await _expect(lines, expect, step_number, trace)
+                    if step.labels:
+                        labels = tuple((label.name, expand(label.value, last_match)) for label in step.labels)
+                        trace.set("probe_expect_info", 1, labels)
+                if step.expect_bytes:
+                    await _expect_bytes(reader, step.expect_bytes, step_number, trace)
+                if step.send:
+                    # blackbox expands a send from its own step's match; a send-only step here
+                    # reuses the most recent match so a captured token can feed several sends.
+                    text = expand(step.send, last_match) if last_match is not None else step.send
+                    await _send(writer, text, step_number)
+                if step.starttls and context is not None:
+                    await net.start_tls(writer, context, server_name, trace)
     finally:
         await net.close(writer)
 
@@ -230,13 +161,7 @@ async def probe_tcp(request: ProbeRequest) -> ProbeResult:
     # blackbox always exports these gauges, 0 unless an expect failed.
     trace.set("probe_failed_due_to_regex", 0)
     trace.set("probe_failed_due_to_bytes", 0)
-    try:
-        await _dialogue(request)
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must not take the scheduler down
-        log.exception("tcp probe of %s raised", redact_url(request.target))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+    await _dialogue(request)
     return trace.succeed()
 
 

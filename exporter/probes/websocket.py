@@ -12,10 +12,10 @@ import ssl
 import h11
 
 from exporter.modules import WebSocketProbe
-from exporter.probes import http, net
+from exporter.probes import httpclient as http
+from exporter.probes import net
 from exporter.probes.base import ProbeRequest, ProberKind
-from exporter.probes.net import ProbeFailure
-from exporter.probes.tcp import expand
+from exporter.probes.net import ProbeFailure, expand
 from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 from exporter.types import Regex, RegexMatch
 

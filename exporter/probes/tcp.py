@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 
-from exporter.modules import Module, TCPProbe
+from exporter.modules import Module, QueryResponse, TCPProbe
 from exporter.probes import net
 from exporter.probes.base import NETWORK_REASONS, ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure, expand, map_exceptions, split_host_port, why
@@ -128,13 +129,29 @@ async def _dialogue(request: ProbeRequest) -> None:
         host, settings.preferred_ip_protocol, settings.ip_protocol_fallback, trace, request.guard
     )
     reader, writer = await net.connect(addresses, port, trace, settings.source_ip_address)
+    await converse(reader, writer, settings.tls, settings.query_response, context, server_name, trace)
+
+
+async def converse(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    tls: bool,
+    steps: Sequence[QueryResponse],
+    context: ssl.SSLContext | None,
+    server_name: str,
+    trace: Trace,
+) -> None:
+    """On an open connection: TLS first when ``tls``, then the query_response ``steps``; closes it.
+
+    Shared with the kinds that reach their peer another way (the unix socket prober).
+    """
     try:
         with map_exceptions(_DIALOGUE_ERRORS):
-            if settings.tls and context is not None:
+            if tls and context is not None:
                 await net.start_tls(writer, context, server_name, trace)
             lines = _LineReader(reader)
             last_match: RegexMatch | None = None
-            for step_number, step in enumerate(settings.query_response, 1):
+            for step_number, step in enumerate(steps, 1):
                 expect = step.expect
                 # An empty expect means "expect nothing", as in blackbox.
                 if expect is not None and expect.source:

@@ -52,6 +52,7 @@ class FakeTimer:
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, waking each sleeper at its own end on the way."""
         end = self._now + seconds
+        await self._settle()  # tasks started just now ask for their slots first
         while (next_end := self._next_end()) is not None and next_end <= end:
             await self._step()
         self._now = end

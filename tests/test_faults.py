@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import dns.rrset
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from exporter.config import parse_config
 from exporter.runtime import Exporter
@@ -29,9 +29,10 @@ from tests.test_cli import free_port
 class Target:
     """An HTTP server on a fixed port that can be stopped and started again."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, serve: AiohttpServer, port: int) -> None:
+        self.serve = serve
         self.port = port
-        self.runner: web.AppRunner | None = None
+        self.server: TestServer | None = None
 
     async def start(self) -> None:
         async def ok(request: web.Request) -> web.Response:
@@ -39,14 +40,12 @@ class Target:
 
         app = web.Application()
         app.router.add_get("/ok", ok)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.server = await self.serve(app, port=self.port)
 
     async def stop(self) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
-        self.runner = None
+        assert self.server is not None
+        await self.server.close()
+        self.server = None
 
 
 class DNSAnswers(asyncio.DatagramProtocol):
@@ -89,18 +88,11 @@ def free_udp_port() -> int:
 
 
 @pytest.fixture
-async def exporter_client() -> AsyncIterator[Any]:
-    clients: list[TestClient[Any, Any]] = []
-
+def exporter_client(aiohttp_client: AiohttpClient) -> Any:
     async def make(text: str) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(make_app(parse_config(text)), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await aiohttp_client(make_app(parse_config(text)))
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 def last_ok(exporter: Exporter, name: str) -> bool | None:
@@ -119,9 +111,11 @@ async def scrape(client: TestClient[Any, Any]) -> dict[Any, float]:
     return parse(await response.text())
 
 
-async def test_metrics_served_while_targets_and_dns_come_and_go(exporter_client: Any) -> None:
+async def test_metrics_served_while_targets_and_dns_come_and_go(
+    exporter_client: Any, aiohttp_server: AiohttpServer
+) -> None:
     """An HTTP target and a DNS server stop and start twice; /metrics answers at every step."""
-    target = Target(free_port())
+    target = Target(aiohttp_server, free_port())
     dns_server = DNSServer(free_udp_port())
     await target.start()
     await dns_server.start()
@@ -161,7 +155,7 @@ services:
         await wait_for(lambda: last_ok(exporter, "web") and last_ok(exporter, "resolver"), what="both back")
         assert value(await scrape(client), "probe_success", service="web") == 1
     finally:
-        if target.runner is not None:
+        if target.server is not None:
             await target.stop()
         if dns_server.transport is not None:
             await dns_server.stop()

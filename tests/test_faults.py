@@ -23,7 +23,6 @@ from exporter.runtime import Exporter
 from exporter.web import EXPORTER, make_app
 from tests.conftest import wait_for
 from tests.metrics_util import parse, value
-from tests.test_cli import free_port
 
 
 class Target:
@@ -79,14 +78,6 @@ class DNSServer:
         self.transport = None
 
 
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def exporter_client(aiohttp_client: AiohttpClient) -> Any:
     async def make(text: str) -> TestClient[Any, Any]:
@@ -112,11 +103,11 @@ async def scrape(client: TestClient[Any, Any]) -> dict[Any, float]:
 
 
 async def test_metrics_served_while_targets_and_dns_come_and_go(
-    exporter_client: Any, aiohttp_server: AiohttpServer
+    exporter_client: Any, aiohttp_server: AiohttpServer, unused_tcp_port: int, unused_udp_port: int
 ) -> None:
     """An HTTP target and a DNS server stop and start twice; /metrics answers at every step."""
-    target = Target(aiohttp_server, free_port())
-    dns_server = DNSServer(free_udp_port())
+    target = Target(aiohttp_server, unused_tcp_port)
+    dns_server = DNSServer(unused_udp_port)
     await target.start()
     await dns_server.start()
     client = await exporter_client(
@@ -180,7 +171,7 @@ services:
     assert after >= before + 5
 
 
-async def test_sigterm_with_probes_in_flight_exits_cleanly(tmp_path: Path) -> None:
+async def test_sigterm_with_probes_in_flight_exits_cleanly(tmp_path: Path, unused_tcp_port: int) -> None:
     """SIGTERM while 200 probes hang on a silent target: exit code 0 and "stopped" in the log."""
     held: list[asyncio.StreamWriter] = []
 
@@ -197,7 +188,7 @@ async def test_sigterm_with_probes_in_flight_exits_cleanly(tmp_path: Path) -> No
     )
     config = tmp_path / "config.yml"
     config.write_text(f"global: {{interval: 2s, timeout: 1900ms}}\nservices:\n{services}\n")
-    port = free_port()
+    port = unused_tcp_port
     listen = f"127.0.0.1:{port}"
     log = tmp_path / "exporter.log"
     with log.open("w") as stderr:

@@ -29,6 +29,33 @@ class Runner(Protocol):
     ) -> Awaitable[ProbeResult]: ...
 
 
+class Timer(Protocol):
+    """The seam for the scheduler's own time: when slots fall and how it waits for one.
+
+    Slots are placed on ``now()`` and waited for with ``sleep()``; the default is the event
+    loop's time. Tests pass a fake whose time they advance, so a schedule of many intervals
+    runs without waiting for real time. The runner's ``Clock`` (durations, timestamps) and the
+    loop watch (stalls of the real loop) are separate and unaffected.
+    """
+
+    def now(self) -> float: ...
+
+    def sleep(self, delay: float) -> Awaitable[None]: ...
+
+
+class LoopTimer:
+    """The running event loop's time, and asyncio's sleep."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def sleep(self, delay: float) -> Awaitable[None]:
+        return asyncio.sleep(delay)
+
+
+LOOP_TIMER: Timer = LoopTimer()
+
+
 # How long stop() waits for probe tasks to wind up after cancelling them.
 STOP_GRACE = 10.0
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -55,8 +82,10 @@ class Scheduler:
         clock: Clock = SYSTEM_CLOCK,
         runner: Runner = run_probe,
         watch: LoopWatch | None = None,
+        timer: Timer = LOOP_TIMER,
     ) -> None:
         self.store = store
+        self.timer = timer
         self.watch = watch
         self.reruns_after_stall = 0
         self.clock = clock
@@ -119,12 +148,12 @@ class Scheduler:
             _, pending = await asyncio.wait(pending, timeout=min(left, 0.5))
 
     async def _run_forever(self, service: Service) -> None:
-        loop = asyncio.get_running_loop()
+        timer = self.timer
         task = asyncio.current_task()
         offset = phase_offset(service.name, service.interval)
-        due = _next_slot(loop.time(), offset, service.interval)
+        due = _next_slot(timer.now(), offset, service.interval)
         while True:
-            await asyncio.sleep(max(due - loop.time(), 0.0))
+            await timer.sleep(max(due - timer.now(), 0.0))
             result = await self._run_once(service, due)
             if task is not None and task.cancelling():
                 # The probe lost our cancellation on its way out; end as if it had arrived, and
@@ -132,12 +161,11 @@ class Scheduler:
                 raise asyncio.CancelledError
             self.store.record(service.name, result)
             # A run that overshot its slots (waiting for the cap) skips them rather than bunching up.
-            due = _next_slot(max(loop.time(), due + service.interval * 0.5), offset, service.interval)
+            due = _next_slot(max(timer.now(), due + service.interval * 0.5), offset, service.interval)
 
     async def _run_once(self, service: Service, due: float) -> ProbeResult:
-        loop = asyncio.get_running_loop()
         async with self._limit:
-            self.schedule_lag.observe(max(loop.time() - due, 0.0))
+            self.schedule_lag.observe(max(self.timer.now() - due, 0.0))
             self.probes_in_flight += 1
             try:
                 result, stalls = await self._timed_run(service)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import shutil
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from exporter import runner
 from exporter.config import parse_config
@@ -72,7 +72,7 @@ class TargetState:
 
 
 @pytest.fixture
-async def http_target() -> AsyncIterator[tuple[str, TargetState]]:
+async def http_target(aiohttp_server: AiohttpServer) -> tuple[str, TargetState]:
     """A real local HTTP server: /ok, /slow, /status/{code} and /flip (status set by the test)."""
     state = TargetState()
 
@@ -96,12 +96,8 @@ async def http_target() -> AsyncIterator[tuple[str, TargetState]]:
     app.router.add_get("/slow", slow)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/flip", flip)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}", state
-    finally:
-        await server.close()
+    server = await aiohttp_server(app)
+    return f"http://127.0.0.1:{server.port}", state
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
@@ -126,11 +122,7 @@ def blackbox_binary() -> str:
 
 
 @pytest.fixture
-async def ours(our_config: str) -> AsyncIterator[str]:
+async def ours(our_config: str, aiohttp_server: AiohttpServer) -> str:
     """Our exporter's app, with the module's ``our_config``, on a loopback test server; its base URL."""
-    server = TestServer(make_app(parse_config(our_config), schedule=False), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
+    server = await aiohttp_server(make_app(parse_config(our_config), schedule=False))
+    return f"http://127.0.0.1:{server.port}"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from pytest_aiohttp import AiohttpServer
 
 from exporter import exposition
 from exporter.config import parse_config
@@ -42,7 +41,7 @@ def config_text(base: str, services: int) -> str:
 
 
 @pytest.fixture
-async def exporter_url(http_target: tuple[str, TargetState]) -> AsyncIterator[str]:
+async def exporter_url(http_target: tuple[str, TargetState], aiohttp_server: AiohttpServer) -> str:
     """An exporter app on a real socket whose services each hold a result of a real probe."""
     base, _ = http_target
     config = parse_config(config_text(base, 30))
@@ -52,12 +51,8 @@ async def exporter_url(http_target: tuple[str, TargetState]) -> AsyncIterator[st
         for _ in range(2 if service.name == "broken" else 1):
             result = await run_probe(service.target, service.module, service.timeout)
             exporter.store.record(service.name, result)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
+    server = await aiohttp_server(app)
+    return f"http://127.0.0.1:{server.port}"
 
 
 async def get(url: str, headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, bytes]:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,22 @@ import dns.rrset
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from exporter.config import parse_config
 from exporter.runtime import Exporter
 from exporter.web import EXPORTER, make_app
 from tests.conftest import wait_for
 from tests.metrics_util import parse, value
-from tests.test_cli import free_port
 
 
 class Target:
     """An HTTP server on a fixed port that can be stopped and started again."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, serve: AiohttpServer, port: int) -> None:
+        self.serve = serve
         self.port = port
-        self.runner: web.AppRunner | None = None
+        self.server: TestServer | None = None
 
     async def start(self) -> None:
         async def ok(request: web.Request) -> web.Response:
@@ -39,14 +39,12 @@ class Target:
 
         app = web.Application()
         app.router.add_get("/ok", ok)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.server = await self.serve(app, port=self.port)
 
     async def stop(self) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
-        self.runner = None
+        assert self.server is not None
+        await self.server.close()
+        self.server = None
 
 
 class DNSAnswers(asyncio.DatagramProtocol):
@@ -80,27 +78,12 @@ class DNSServer:
         self.transport = None
 
 
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-async def exporter_client() -> AsyncIterator[Any]:
-    clients: list[TestClient[Any, Any]] = []
-
+def exporter_client(aiohttp_client: AiohttpClient) -> Any:
     async def make(text: str) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(make_app(parse_config(text)), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await aiohttp_client(make_app(parse_config(text)))
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 def last_ok(exporter: Exporter, name: str) -> bool | None:
@@ -119,10 +102,12 @@ async def scrape(client: TestClient[Any, Any]) -> dict[Any, float]:
     return parse(await response.text())
 
 
-async def test_metrics_served_while_targets_and_dns_come_and_go(exporter_client: Any) -> None:
+async def test_metrics_served_while_targets_and_dns_come_and_go(
+    exporter_client: Any, aiohttp_server: AiohttpServer, unused_tcp_port: int, unused_udp_port: int
+) -> None:
     """An HTTP target and a DNS server stop and start twice; /metrics answers at every step."""
-    target = Target(free_port())
-    dns_server = DNSServer(free_udp_port())
+    target = Target(aiohttp_server, unused_tcp_port)
+    dns_server = DNSServer(unused_udp_port)
     await target.start()
     await dns_server.start()
     client = await exporter_client(
@@ -161,7 +146,7 @@ services:
         await wait_for(lambda: last_ok(exporter, "web") and last_ok(exporter, "resolver"), what="both back")
         assert value(await scrape(client), "probe_success", service="web") == 1
     finally:
-        if target.runner is not None:
+        if target.server is not None:
             await target.stop()
         if dns_server.transport is not None:
             await dns_server.stop()
@@ -186,7 +171,7 @@ services:
     assert after >= before + 5
 
 
-async def test_sigterm_with_probes_in_flight_exits_cleanly(tmp_path: Path) -> None:
+async def test_sigterm_with_probes_in_flight_exits_cleanly(tmp_path: Path, unused_tcp_port: int) -> None:
     """SIGTERM while 200 probes hang on a silent target: exit code 0 and "stopped" in the log."""
     held: list[asyncio.StreamWriter] = []
 
@@ -203,7 +188,7 @@ async def test_sigterm_with_probes_in_flight_exits_cleanly(tmp_path: Path) -> No
     )
     config = tmp_path / "config.yml"
     config.write_text(f"global: {{interval: 2s, timeout: 1900ms}}\nservices:\n{services}\n")
-    port = free_port()
+    port = unused_tcp_port
     listen = f"127.0.0.1:{port}"
     log = tmp_path / "exporter.log"
     with log.open("w") as stderr:

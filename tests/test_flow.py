@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import trustme
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from cryptography import x509
+from pytest_aiohttp import AiohttpServer
 
 from exporter.allowlist import Allowlist
 from exporter.collector import render_result
@@ -133,16 +133,12 @@ class Site:
 
 
 @pytest.fixture
-async def site() -> AsyncIterator[Site]:
+async def site(aiohttp_server: AiohttpServer) -> AsyncIterator[Site]:
     """The journey test app on 127.0.0.1."""
     seen = Seen()
-    server = TestServer(make_app(seen), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield Site(f"http://127.0.0.1:{server.port}", seen, server.port or 0)
-    finally:
-        seen.release.set()
-        await server.close()
+    server = await aiohttp_server(make_app(seen))
+    yield Site(f"http://127.0.0.1:{server.port}", seen, server.port or 0)
+    seen.release.set()  # held requests end before the server closes
 
 
 def journey(text: str) -> Module:
@@ -480,25 +476,23 @@ async def test_timeout_shows_the_step_it_stopped(run_probe: ProbeRunner, site: S
     )
 
 
-async def test_absolute_step_urls_and_redirects(run_probe: ProbeRunner, site: Site) -> None:
+async def test_absolute_step_urls_and_redirects(
+    run_probe: ProbeRunner, site: Site, aiohttp_server: AiohttpServer
+) -> None:
     """A step may name another host; redirects are followed unless the step says not to."""
     other_seen = Seen()
-    other = TestServer(make_app(other_seen), host="127.0.0.1")
-    await other.start_server()
-    try:
-        module = journey(
-            f"""
-            prober: flow
-            flow:
-              steps:
-                - {{name: elsewhere, url: "http://127.0.0.1:{other.port}/text"}}
-                - {{name: held, url: /api/redirect, follow_redirects: false, valid_status_codes: [302]}}
-                - {{name: followed, url: /api/redirect, valid_status_codes: [403]}}
-            """
-        )
-        result = await run_probe(site.url + "/ignored/path", module)
-    finally:
-        await other.close()
+    other = await aiohttp_server(make_app(other_seen))
+    module = journey(
+        f"""
+        prober: flow
+        flow:
+          steps:
+            - {{name: elsewhere, url: "http://127.0.0.1:{other.port}/text"}}
+            - {{name: held, url: /api/redirect, follow_redirects: false, valid_status_codes: [302]}}
+            - {{name: followed, url: /api/redirect, valid_status_codes: [403]}}
+        """
+    )
+    result = await run_probe(site.url + "/ignored/path", module)
     assert result.success, result.message
     assert other_seen.paths == ["/text"]
     assert site.seen.paths == ["/api/redirect", "/api/redirect", "/api/feed"]
@@ -527,14 +521,13 @@ async def test_every_step_host_must_pass_the_allowlist(run_probe: ProbeRunner, s
 
 
 async def test_tls_steps_report_certificates(
-    run_probe: ProbeRunner, server_cert: trustme.LeafCert, ca_file: Path
+    run_probe: ProbeRunner, server_cert: trustme.LeafCert, ca_file: Path, aiohttp_server: AiohttpServer
 ) -> None:
     """Over TLS each step's phases include tls and the whole probe reports the certificate."""
     seen = Seen()
-    server = TestServer(make_app(seen), host="127.0.0.1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_cert.configure_cert(context)
-    await server.start_server(ssl=context)
+    server = await aiohttp_server(make_app(seen), ssl=context)
     try:
         module = journey(
             f"""
@@ -547,7 +540,6 @@ async def test_tls_steps_report_certificates(
         result = await run_probe(f"https://127.0.0.1:{server.port}", module)
     finally:
         seen.release.set()
-        await server.close()
     assert result.success, result.message
     assert result.value("probe_http_ssl") == 1
     assert step_phase(result, "one", "tls") > 0 and step_phase(result, "two", "tls") > 0

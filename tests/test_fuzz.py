@@ -17,6 +17,7 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from exporter import config as config_module
 from exporter.config import Config, parse_config
@@ -464,18 +465,16 @@ def test_malformed_requests_never_fail_the_server(fuzz_config: tuple[Config, Pat
         "target=1&target=2&target=3",
     ],
 )
-async def test_bad_probe_queries_are_client_errors(fuzz_config: tuple[Config, Path], query: str) -> None:
+async def test_bad_probe_queries_are_client_errors(
+    fuzz_config: tuple[Config, Path], query: str, aiohttp_server: AiohttpServer
+) -> None:
     """Each odd /probe query is refused with a 4xx that says why."""
     config, _ = fuzz_config
-    client: TestClient[Any, Any] = TestClient(TestServer(make_app(config, schedule=False), host="127.0.0.1"))
-    await client.start_server()
-    try:
-        assert client.server.port is not None
-        request = f"GET /probe?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
-        status = status_of(await exchange(client.server.port, request))
-        assert 400 <= status < 500
-    finally:
-        await client.close()
+    server = await aiohttp_server(make_app(config, schedule=False))
+    assert server.port is not None
+    request = f"GET /probe?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    status = status_of(await exchange(server.port, request))
+    assert 400 <= status < 500
 
 
 @pytest.mark.parametrize(
@@ -492,16 +491,12 @@ async def test_bad_probe_queries_are_client_errors(fuzz_config: tuple[Config, Pa
     ],
 )
 async def test_scrape_timeout_header_values(
-    fuzz_config: tuple[Config, Path], value: str, expected: int
+    fuzz_config: tuple[Config, Path], value: str, expected: int, aiohttp_client: AiohttpClient
 ) -> None:
     """NaN, negative and zero scrape timeouts are 400; huge, infinite and tiny ones still probe."""
     config, _ = fuzz_config
-    client: TestClient[Any, Any] = TestClient(TestServer(make_app(config, schedule=False), host="127.0.0.1"))
-    await client.start_server()
-    try:
-        response = await client.get(
-            "/probe", params={"service": "refused"}, headers={"X-Prometheus-Scrape-Timeout-Seconds": value}
-        )
-        assert response.status == expected, await response.text()
-    finally:
-        await client.close()
+    client = await aiohttp_client(make_app(config, schedule=False))
+    response = await client.get(
+        "/probe", params={"service": "refused"}, headers={"X-Prometheus-Scrape-Timeout-Seconds": value}
+    )
+    assert response.status == expected, await response.text()

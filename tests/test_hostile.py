@@ -308,7 +308,9 @@ async def _serve_zoo(lifetime: float) -> None:
 
 # --- the tests (in the test process) -----------------------------------------------------------
 
-from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+from aiohttp import web  # noqa: E402
+from aiohttp.test_utils import RawTestServer, TestClient  # noqa: E402
+from pytest_aiohttp import AiohttpClient, AiohttpRawServer  # noqa: E402
 
 from exporter.config import parse_config  # noqa: E402
 from exporter.modules import DNSProbe, HTTPProbe, Module, QueryResponse, TCPProbe, TLSConfig  # noqa: E402
@@ -639,16 +641,13 @@ async def forbidden() -> AsyncIterator[Listener]:
     await listener.close()
 
 
-async def redirector(location: str) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await read_head(reader)
-            writer.write(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode())
-            await writer.drain()
-        finally:
-            writer.transport.abort()
+async def redirector(serve: AiohttpRawServer, location: str) -> RawTestServer:
+    """An HTTP server that answers every request with a redirect to ``location``, as written."""
 
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
+    async def handle(request: web.BaseRequest) -> web.Response:
+        return web.Response(status=302, headers={"Location": location})
+
+    return await serve(handle)
 
 
 ALLOW_LOOPBACK_ONE = """
@@ -662,14 +661,9 @@ modules:
 
 
 @pytest.fixture
-async def guarded() -> AsyncIterator[TestClient[Any, Any]]:
+async def guarded(aiohttp_client: AiohttpClient) -> TestClient[Any, Any]:
     """The web app with probe_allowlist [127.0.0.1/32] and no scheduled services."""
-    client: TestClient[Any, Any] = TestClient(
-        TestServer(make_app(parse_config(ALLOW_LOOPBACK_ONE), schedule=False), host="127.0.0.1")
-    )
-    await client.start_server()
-    yield client
-    await client.close()
+    return await aiohttp_client(make_app(parse_config(ALLOW_LOOPBACK_ONE), schedule=False))
 
 
 @pytest.mark.parametrize(
@@ -686,22 +680,18 @@ async def guarded() -> AsyncIterator[TestClient[Any, Any]]:
     ],
 )
 async def test_redirect_to_forbidden_host_is_not_followed(
-    guarded: TestClient[Any, Any], forbidden: Listener, location: str
+    guarded: TestClient[Any, Any], forbidden: Listener, location: str, aiohttp_raw_server: AiohttpRawServer
 ) -> None:
     """An allowed target that redirects outside the allowlist fails, and the forbidden host sees nothing."""
-    server = await redirector(location.format(port=forbidden.port))
-    try:
-        port = server.sockets[0].getsockname()[1]
-        response = await guarded.get(
-            "/probe", params={"target": f"http://127.0.0.1:{port}/", "module": "http_2xx", "debug": "true"}
-        )
-        text = await response.text()
-        assert response.status == 200, text
-        assert "success: no" in text and "reason: other" in text
-        assert "outside probe_allowlist" in text
-    finally:
-        server.close()
-        await server.wait_closed()
+    server = await redirector(aiohttp_raw_server, location.format(port=forbidden.port))
+    response = await guarded.get(
+        "/probe", params={"target": f"http://127.0.0.1:{server.port}/", "module": "http_2xx", "debug": "true"}
+    )
+    text = await response.text()
+    assert response.status == 200, text
+    assert "success: no" in text and "reason: other" in text
+    assert "outside probe_allowlist" in text
+    await server.close()
     assert await forbidden.connections_before_now("127.0.0.2") == []
 
 
@@ -733,14 +723,11 @@ async def test_disguised_forbidden_addresses_are_refused(
     assert await forbidden.connections_before_now("127.0.0.2") == []
 
 
-async def test_name_resolving_outside_allowlist_is_refused() -> None:
+async def test_name_resolving_outside_allowlist_is_refused(aiohttp_client: AiohttpClient) -> None:
     """`localhost` resolves to 127.0.0.1, outside a documentation-network allowlist: 403, no connection."""
     listener = await Listener().start("127.0.0.1")
     text = ALLOW_LOOPBACK_ONE.replace("[127.0.0.1/32]", "[192.0.2.0/24]")
-    client: TestClient[Any, Any] = TestClient(
-        TestServer(make_app(parse_config(text), schedule=False), host="127.0.0.1")
-    )
-    await client.start_server()
+    client = await aiohttp_client(make_app(parse_config(text), schedule=False))
     try:
         for target, module in (
             (f"http://localhost:{listener.port}/", "http_2xx"),
@@ -750,7 +737,6 @@ async def test_name_resolving_outside_allowlist_is_refused() -> None:
             assert response.status == 403, target
         assert await listener.connections_before_now("127.0.0.1") == []
     finally:
-        await client.close()
         await listener.close()
 
 

@@ -12,6 +12,7 @@ from exporter.result import Clock, FailureReason, ProbeResult, Trace
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
 from tests.conftest import wait_for
+from tests.fake_timer import FakeTimer
 
 
 def service(timeout: str = "1s") -> Service:
@@ -89,10 +90,13 @@ async def run_with_watch(runner: StallingRunner, svc: Service) -> ResultStore:
     store = ResultStore()
     watch = LoopWatch()
     watch_task = asyncio.create_task(watch.run())
-    scheduler = Scheduler(store, 10, runner=runner, watch=watch)
+    # The slot comes from a fake timer (no waiting for it); the stall and the watch are real.
+    timer = FakeTimer()
+    scheduler = Scheduler(store, 10, runner=runner, watch=watch, timer=timer)
     try:
         await wait_for(lambda: watch.lag.count >= 1, what="the watch to start")
         scheduler.apply([svc], 10)
+        await timer.advance(svc.interval)
         await wait_for(lambda: (state := store.get("target")) is not None and state.runs >= 1, 10, "a run")
     finally:
         await scheduler.stop()

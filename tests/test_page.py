@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import bcrypt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpClient
 
 from exporter.config import parse_config
 from exporter.page.routes import access_middleware
@@ -67,9 +68,7 @@ Client = Callable[..., Coroutine[Any, Any, TestClient[Any, Any]]]
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[Callable[..., Coroutine[Any, Any, TestClient[Any, Any]]]]:
-    clients: list[TestClient[Any, Any]] = []
-
+def client(aiohttp_client: AiohttpClient) -> Client:
     async def make(text: str = CONFIG, users: dict[str, str] | None = None) -> TestClient[Any, Any]:
         hashed = {
             u: Secret(bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()) for u, p in (users or {}).items()
@@ -77,14 +76,9 @@ async def client() -> AsyncIterator[Callable[..., Coroutine[Any, Any, TestClient
         web_config = WebConfig(basic_auth_users=hashed)
         app = make_app(parse_config(text), schedule=False, middlewares=(access_middleware(web_config),))
         fill(app)
-        test_client = TestClient(TestServer(app))
-        await test_client.start_server()
-        clients.append(test_client)
-        return test_client
+        return await aiohttp_client(app)
 
-    yield make
-    for test_client in clients:
-        await test_client.close()
+    return make
 
 
 def auth(user: str = "admin") -> dict[str, str]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from exporter.config import parse_config
 from exporter.result import FailureReason
@@ -19,7 +19,7 @@ TOKEN = "push-token-7d1f"
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def client(tmp_path: Path, aiohttp_client: AiohttpClient) -> TestClient[web.Request, web.Application]:
     """An exporter with one push service allowed 600 ms of silence, checked every 100 ms."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
@@ -34,11 +34,7 @@ services:
   - {{name: web, prober: tcp, target: "127.0.0.1:1"}}
 """
     )
-    app = make_app(config)
-    test_client: TestClient[web.Request, web.Application] = TestClient(TestServer(app, host="127.0.0.1"))
-    await test_client.start_server()
-    yield test_client
-    await test_client.close()
+    return await aiohttp_client(make_app(config))
 
 
 def last(client: TestClient[web.Request, web.Application]) -> object:

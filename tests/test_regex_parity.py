@@ -8,13 +8,13 @@ holds patterns, and whether each loads at all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from aiohttp import ClientSession, ClientTimeout, web
-from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from tests.metrics_util import parse, value
 from tests.stack import Process, free_port, load_verdicts
@@ -122,18 +122,14 @@ def blackbox(blackbox_binary: str, modules_file: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-async def bodies() -> AsyncIterator[str]:
+async def bodies(aiohttp_server: AiohttpServer) -> str:
     async def case(request: web.Request) -> web.Response:
         return web.Response(body=MATCHES[int(request.match_info["n"])][1], content_type="text/plain")
 
     app = web.Application()
     app.router.add_get("/{n}", case)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
+    server = await aiohttp_server(app)
+    return f"http://127.0.0.1:{server.port}"
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from exporter import runner
 from exporter.config import parse_config
@@ -24,7 +23,7 @@ from tests.metrics_util import labelsets, parse, value
 
 
 @pytest.fixture
-async def flaky() -> AsyncIterator[tuple[str, list[int]]]:
+async def flaky(aiohttp_server: AiohttpServer) -> tuple[str, list[int]]:
     """A server that fails with 503 while its queue of statuses lasts, then answers 200."""
     queue: list[int] = []
 
@@ -33,12 +32,8 @@ async def flaky() -> AsyncIterator[tuple[str, list[int]]]:
 
     app = web.Application()
     app.router.add_get("/", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}/", queue
-    finally:
-        await server.close()
+    server = await aiohttp_server(app)
+    return f"http://127.0.0.1:{server.port}/", queue
 
 
 async def test_retry_succeeds_and_keeps_the_failed_attempt(flaky: tuple[str, list[int]]) -> None:
@@ -155,7 +150,9 @@ def test_map_exceptions_lets_failures_and_unmapped_errors_through() -> None:
         pass  # nothing raised: nothing mapped
 
 
-async def test_attempt_metrics_show_flakiness(flaky: tuple[str, list[int]]) -> None:
+async def test_attempt_metrics_show_flakiness(
+    flaky: tuple[str, list[int]], aiohttp_client: AiohttpClient
+) -> None:
     """Services with retries export attempts and failed attempts; others do not."""
     url, queue = flaky
     queue.extend([503, 503])
@@ -169,14 +166,10 @@ services:
 """
     )
     app = make_app(config)
-    client: TestClient[web.Request, web.Application] = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    try:
-        exporter = app[EXPORTER]
-        await wait_for(lambda: not queue and exporter.store.get("flaky").runs >= 1, what="retries used")  # type: ignore[union-attr]
-        series = parse(await (await client.get("/metrics")).text())
-    finally:
-        await client.close()
+    client = await aiohttp_client(app)
+    exporter = app[EXPORTER]
+    await wait_for(lambda: not queue and exporter.store.get("flaky").runs >= 1, what="retries used")  # type: ignore[union-attr]
+    series = parse(await (await client.get("/metrics")).text())
     attempts = value(series, "probe_attempts_total", service="flaky")
     failed = value(series, "probe_attempt_failures_total", service="flaky", reason="http_status")
     runs = value(series, "probe_runs_total", service="flaky")

@@ -12,7 +12,7 @@ from exporter.modules import Module
 from exporter.result import Clock, ProbeResult, Trace
 from exporter.scheduler import Scheduler, _next_slot, phase_offset
 from exporter.store import ResultStore
-from tests.conftest import wait_for
+from tests.fake_timer import FakeTimer
 
 
 def services(count: int, interval: str = "200ms", timeout: str = "100ms") -> tuple[Service, ...]:
@@ -22,9 +22,13 @@ def services(count: int, interval: str = "200ms", timeout: str = "100ms") -> tup
 
 
 class FakeRunner:
-    """Stands in for probing at the scheduler's runner seam; records concurrency."""
+    """Stands in for probing at the scheduler's runner seam; records concurrency.
 
-    def __init__(self, hold: float = 0.0) -> None:
+    Each probe holds for ``hold`` seconds of the fake ``timer``'s time.
+    """
+
+    def __init__(self, timer: FakeTimer, hold: float = 0.0) -> None:
+        self.timer = timer
         self.hold = hold
         self.active: Counter[str] = Counter()
         self.peak = 0
@@ -37,7 +41,7 @@ class FakeRunner:
         self.peak = max(self.peak, sum(self.active.values()))
         self.peak_per_target = max(self.peak_per_target, self.active[target])
         try:
-            await asyncio.sleep(self.hold)
+            await self.timer.sleep(self.hold)
         finally:
             self.active[target] -= 1
         return Trace(clock).succeed()
@@ -62,13 +66,14 @@ def test_next_slot_is_aligned_to_offset() -> None:
 
 async def test_concurrency_cap_is_never_exceeded() -> None:
     """With a cap of 2, no more than 2 probes run at once, and the cap is reached."""
-    runner = FakeRunner(hold=0.05)
+    timer = FakeTimer()
+    runner = FakeRunner(timer, hold=0.05)
     store = ResultStore()
     targets = services(8)
-    scheduler = Scheduler(store, max_concurrency=2, runner=runner)
+    scheduler = Scheduler(store, max_concurrency=2, runner=runner, timer=timer)
     scheduler.apply([s for s in targets], 2)
     try:
-        await wait_for(lambda: sum(runner.calls.values()) >= 16, what="16 probes")
+        await timer.run_until(lambda: sum(runner.calls.values()) >= 16, what="16 probes")
     finally:
         await scheduler.stop()
     assert runner.peak == 2
@@ -77,13 +82,16 @@ async def test_concurrency_cap_is_never_exceeded() -> None:
 
 async def test_runs_of_one_service_never_overlap() -> None:
     """A probe that uses its whole timeout is never overlapped by the next run of its service."""
-    runner = FakeRunner(hold=0.09)
+    timer = FakeTimer()
+    runner = FakeRunner(timer, hold=0.09)
     store = ResultStore()
-    scheduler = Scheduler(store, max_concurrency=100, runner=runner)
+    scheduler = Scheduler(store, max_concurrency=100, runner=runner, timer=timer)
     one = services(1, interval="100ms", timeout="90ms")
     scheduler.apply(one, 100)
     try:
-        await wait_for(lambda: store.get("s0") is not None and store.get("s0").runs >= 5, what="5 runs")
+        await timer.run_until(
+            lambda: store.get("s0") is not None and store.get("s0").runs >= 5, what="5 runs"
+        )
     finally:
         await scheduler.stop()
     assert runner.peak_per_target == 1
@@ -91,13 +99,14 @@ async def test_runs_of_one_service_never_overlap() -> None:
 
 async def test_apply_keeps_unchanged_services_and_restarts_changed_ones() -> None:
     """Reapplying keeps the task of an unchanged service and replaces a changed one's."""
-    runner = FakeRunner()
+    timer = FakeTimer()
+    runner = FakeRunner(timer)
     store = ResultStore()
-    scheduler = Scheduler(store, max_concurrency=10, runner=runner)
+    scheduler = Scheduler(store, max_concurrency=10, runner=runner, timer=timer)
     first = services(2)
     scheduler.apply(first, 10)
     try:
-        await wait_for(lambda: all(store.get(s.name).runs >= 1 for s in first), what="first runs")
+        await timer.run_until(lambda: all(store.get(s.name).runs >= 1 for s in first), what="first runs")
         tasks = dict(scheduler._tasks)
         changed = parse_config(
             "global: {interval: 300ms, timeout: 100ms}\nservices:\n"
@@ -137,11 +146,12 @@ class SwallowingRunner:
 
 async def test_stop_finishes_when_a_probe_swallows_its_cancellation() -> None:
     """Every task ends even if each probe ignores the first cancel; stop() cancels again."""
+    timer = FakeTimer()
     store = ResultStore()
     runner = SwallowingRunner()
-    scheduler = Scheduler(store, max_concurrency=100, runner=runner)
+    scheduler = Scheduler(store, max_concurrency=100, runner=runner, timer=timer)
     scheduler.apply(services(20, interval="10ms", timeout="5ms"), 100)
-    await wait_for(lambda: runner.started == 20, what="every probe running")
+    await timer.run_until(lambda: runner.started == 20, what="every probe running")
     tasks = [task for _, task in scheduler._tasks.values()]
     await scheduler.stop()
     assert runner.swallowed == 20
@@ -162,9 +172,10 @@ async def test_stop_gives_up_on_tasks_that_never_end(caplog: pytest.LogCaptureFi
                 if not refusing:
                     raise
 
-    scheduler = Scheduler(ResultStore(), max_concurrency=10, runner=stubborn)
+    timer = FakeTimer()
+    scheduler = Scheduler(ResultStore(), max_concurrency=10, runner=stubborn, timer=timer)
     scheduler.apply(services(2, interval="10ms", timeout="5ms"), 10)
-    await wait_for(lambda: scheduler.probes_in_flight == 2, what="both probes running")
+    await timer.run_until(lambda: scheduler.probes_in_flight == 2, what="both probes running")
     tasks = [task for _, task in scheduler._tasks.values()]
     await scheduler.stop(grace=0.2)
     assert "2 probe tasks did not stop within 0.2s; leaving them" in caplog.text

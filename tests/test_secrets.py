@@ -10,12 +10,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import bcrypt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import web
+from pytest_aiohttp import AiohttpClient, AiohttpRawServer, AiohttpServer
 
 from exporter.config import load_config, parse_config
 from exporter.errors import ConfigError, WebConfigError
@@ -73,34 +73,19 @@ class Refusing:
     def __init__(self) -> None:
         self.authorizations: list[str] = []
         self.api_keys: list[str] = []
-        self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            for line in head.decode("latin-1").split("\r\n"):
-                name, _, value = line.partition(":")
-                if name.lower() == "authorization":
-                    self.authorizations.append(value.strip())
-                if name.lower() == "x-api-key":
-                    self.api_keys.append(value.strip())
-            writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\nConnection: close\r\n\r\ndenied")
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            writer.close()
+    async def handle(self, request: web.BaseRequest) -> web.Response:
+        self.authorizations += [value.strip() for value in request.headers.getall("Authorization", ())]
+        self.api_keys += [value.strip() for value in request.headers.getall("X-Api-Key", ())]
+        return web.Response(status=401, text="denied", headers={"Connection": "close"})
 
 
 @pytest.fixture
-async def refusing() -> AsyncIterator[Refusing]:
+async def refusing(aiohttp_raw_server: AiohttpRawServer) -> Refusing:
     target = Refusing()
-    target.server = await asyncio.start_server(target.handle, "127.0.0.1", 0)
-    target.port = target.server.sockets[0].getsockname()[1]
-    yield target
-    target.server.close()
-    await target.server.wait_closed()
+    target.port = (await aiohttp_raw_server(target.handle)).port
+    return target
 
 
 def config_text(port: int, files: dict[str, Path]) -> str:
@@ -168,6 +153,8 @@ async def test_secrets_stay_out_of_every_endpoint_and_log(
     refusing: Refusing,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    aiohttp_server: AiohttpServer,
+    aiohttp_client: AiohttpClient,
 ) -> None:
     """Probes send every credential and are refused; no endpoint, message or log line shows one."""
     caplog.set_level(logging.DEBUG)
@@ -176,10 +163,7 @@ async def test_secrets_stay_out_of_every_endpoint_and_log(
     config = load_config(path)
     app = make_app(config, config_file=str(path))
     # Served with the access log class the command line uses, so its lines are checked too.
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server(access_log_class=AccessLogger)
-    client: TestClient[object, object] = TestClient(server)
-    await client.start_server()
+    client = await aiohttp_client(await aiohttp_server(app, access_log_class=AccessLogger))
     try:
         exporter = app[EXPORTER]
         probed = [s.name for s in config.services if s.module.prober == "http"]

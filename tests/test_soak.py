@@ -10,13 +10,12 @@ import asyncio
 import random
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from exporter.config import load_config
 from exporter.configload import ISOLATE_ABOVE_BYTES
@@ -33,7 +32,15 @@ RUNS_RE = re.compile(r'^probe_runs_total\{service="([^"]*)"[^}]*\} (\S+)$', re.M
 
 
 @pytest.fixture
-async def targets() -> AsyncIterator[tuple[int, int]]:
+def refused_port() -> Iterator[int]:
+    """A port bound but not listening: connections to it are refused."""
+    with socket.socket() as refused:
+        refused.bind(("127.0.0.1", 0))
+        yield refused.getsockname()[1]
+
+
+@pytest.fixture
+async def targets(aiohttp_server: AiohttpServer, refused_port: int) -> tuple[int, int]:
     """An HTTP server (/ok, /error) and a port that refuses connections."""
 
     async def ok(request: web.Request) -> web.Response:
@@ -45,17 +52,8 @@ async def targets() -> AsyncIterator[tuple[int, int]]:
     app = web.Application()
     app.router.add_get("/ok", ok)
     app.router.add_get("/error", error)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    refused = socket.socket()
-    refused.bind(("127.0.0.1", 0))
-    try:
-        yield runner.addresses[0][1], refused.getsockname()[1]
-    finally:
-        refused.close()
-        await runner.cleanup()
+    server = await aiohttp_server(app, access_log=None)
+    return server.port, refused_port
 
 
 def service_line(name: str, http_port: int, refused_port: int) -> str:
@@ -78,7 +76,7 @@ def write_config(path: Path, names: list[str], ports: tuple[int, int]) -> None:
 
 
 async def test_reloads_under_load_lose_no_series_and_leak_no_tasks(
-    targets: tuple[int, int], tmp_path: Path
+    targets: tuple[int, int], tmp_path: Path, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
 ) -> None:
     """Eight reloads of 300 services: every scrape has exactly the configured services, counters of
     unchanged services never go back, the scheduler runs one task per service, none is left after stop."""
@@ -89,8 +87,7 @@ async def test_reloads_under_load_lose_no_series_and_leak_no_tasks(
     app = make_app(load_config(path), config_file=str(path))
     # A short shutdown timeout bounds the close: aiohttp waits up to a minute for open
     # connections by default, which a loaded machine can turn into a test timeout.
-    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", shutdown_timeout=5.0))
-    await client.start_server()
+    client = await aiohttp_client(await aiohttp_server(app, shutdown_timeout=5.0))
     exporter = app[EXPORTER]
     scheduler = exporter.scheduler
     last_runs: dict[str, float] = {}

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from exporter.collector import render_result
 from exporter.config import parse_config
@@ -80,7 +79,7 @@ class Page:
 
 
 @pytest.fixture
-async def page() -> AsyncIterator[Page]:
+async def page(aiohttp_server: AiohttpServer) -> Page:
     """Serves the document at /api/v2/summary.json and /custom/summary.json."""
     state = Page("")
 
@@ -94,13 +93,9 @@ async def page() -> AsyncIterator[Page]:
     app.router.add_get("/api/v2/summary.json", summary)
     app.router.add_get("/status/api/v2/summary.json", summary)
     app.router.add_get("/custom/summary.json", summary)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    server = await aiohttp_server(app)
     state.base = f"http://127.0.0.1:{server.port}"
-    try:
-        yield state
-    finally:
-        await server.close()
+    return state
 
 
 def module(**settings: Any) -> Module:

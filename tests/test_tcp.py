@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -149,14 +148,6 @@ async def until_closed(reader: asyncio.StreamReader, peer: Peer) -> None:
 async def listen_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
     """A server that accepts, says nothing and notes what it hears until the prober leaves."""
     await until_closed(reader, peer)
-
-
-def free_port() -> int:
-    """A port nobody listens on: bound to learn its number, then released."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def assert_phases_fit(result: ProbeResult) -> None:
@@ -389,9 +380,9 @@ async def test_silent_server_times_out(tcp_server: ServerFactory, run_probe: Pro
     assert result.message == "no answer within 300ms"
 
 
-async def test_refused_connection(run_probe: ProbeRunner) -> None:
+async def test_refused_connection(run_probe: ProbeRunner, unused_tcp_port: int) -> None:
     """Nobody listening: reason connect with the system's words."""
-    port = free_port()
+    port = unused_tcp_port
     result = await run_probe(f"127.0.0.1:{port}", tcp_module())
     assert result.reason is FailureReason.CONNECT
     assert result.message.startswith(f"cannot connect to 127.0.0.1:{port}: ")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from exporter.config import parse_config
 from exporter.web import EXPORTER, make_app
@@ -18,23 +19,17 @@ ClientFactory = Callable[..., Awaitable[TestClient[object, object]]]
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[ClientFactory]:
+def make_client(aiohttp_client: AiohttpClient) -> ClientFactory:
     """Builds the exporter app from config text and returns a client bound to it."""
-    clients: list[TestClient[object, object]] = []
 
     async def make(
         text: str, config_file: Path | None = None, **kwargs: object
     ) -> TestClient[object, object]:
         config = parse_config(text, str(config_file) if config_file else None)
         app = make_app(config, config_file=str(config_file) if config_file else None, **kwargs)  # type: ignore[arg-type]
-        client: TestClient[object, object] = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await aiohttp_client(app)  # type: ignore[return-value]
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 async def scrape(client: TestClient[object, object]) -> Series:

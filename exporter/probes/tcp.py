@@ -183,8 +183,11 @@ async def probe_tcp(request: ProbeRequest) -> ProbeResult:
 
 
 def _quiet_gauges(module: Module) -> frozenset[str]:
+    return quiet_gauges_for(module.section(TCPProbe).query_response)
+
+
+def quiet_gauges_for(steps: Sequence[QueryResponse]) -> frozenset[str]:
     """The regex and bytes gauges cannot leave 0 without an expect or expect_bytes step."""
-    steps = module.section(TCPProbe).query_response
     quiet = set()
     if not any(step.expect is not None and step.expect.source for step in steps):
         quiet.add("probe_failed_due_to_regex")

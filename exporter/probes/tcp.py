@@ -196,20 +196,19 @@ def quiet_gauges_for(steps: Sequence[QueryResponse]) -> frozenset[str]:
     return frozenset(quiet)
 
 
+# What TLS and the query_response dialogue write (converse), for every kind that holds one.
+DIALOGUE_METRICS = (
+    *net.TLS_METRICS,
+    net.REGEX_METRIC,
+    MetricFamily("probe_failed_due_to_bytes", "1 if the probe failed because expect_bytes did not match."),
+    MetricFamily("probe_expect_info", "Labels filled from what a query_response expect matched."),
+)
+
 KIND = ProberKind(
     name="tcp",
     settings=TCPProbe,
     probe=probe_tcp,
-    metrics=(
-        *net.ADDRESS_METRICS,
-        *net.TLS_METRICS,
-        net.REGEX_METRIC,
-        MetricFamily(
-            "probe_failed_due_to_bytes",
-            "1 if the probe failed because expect_bytes did not match.",
-        ),
-        MetricFamily("probe_expect_info", "Labels filled from what a query_response expect matched."),
-    ),
+    metrics=(*net.ADDRESS_METRICS, *DIALOGUE_METRICS),
     reasons=lambda module: NETWORK_REASONS,
     quiet_gauges=_quiet_gauges,
 )

@@ -8,12 +8,16 @@ import pytest
 
 from exporter.config import dump_config, load_config, parse_config
 from exporter.errors import ConfigError
+from exporter.probes import PROBERS
 from exporter.types import Duration
 
 DATA = Path(__file__).parent / "testdata"
 BLACKBOX_YML = Path("/etc/prometheus/blackbox.yml")
 
 BODY_REGEX = "modules.body_check.http.fail_if_body_not_matches_regexp[0]"
+
+# The registry's kinds, in its order: the message lists whatever is registered.
+KNOWN_KINDS = ", ".join(PROBERS)
 
 INVALID = {
     "invalid-unknown-key.yml": ["services[0].tiemout (line 7): unknown key (did you mean 'timeout'?)"],
@@ -74,8 +78,7 @@ INVALID = {
     ],
     "invalid-service-name.yml": ["services[0].name (line 2): must match [a-zA-Z0-9_.-]+, got 'api login'"],
     "invalid-unknown-prober.yml": [
-        "modules.ftp_banner.prober (line 3): unknown prober 'ftp'; "
-        "expected one of http, tcp, dns, icmp, grpc, push, flow, statuspage, websocket"
+        f"modules.ftp_banner.prober (line 3): unknown prober 'ftp'; expected one of {KNOWN_KINDS}"
     ],
     "invalid-missing-target.yml": ["services[0].target (line 2): is required"],
     "invalid-yaml-syntax.yml": [
@@ -185,8 +188,7 @@ INVALID = {
         "must match [a-zA-Z_][a-zA-Z0-9_]*"
     ],
     "invalid-service-all-errors.yml": [
-        "services[0].prober (line 4): unknown prober 'nosuch'; expected one of http, tcp, dns, icmp, grpc, "
-        "push, flow, statuspage, websocket",
+        f"services[0].prober (line 4): unknown prober 'nosuch'; expected one of {KNOWN_KINDS}",
         "services[0].bogus_key (line 6): unknown key",
         "services[0].timeout (line 8): must be less than interval 5s, got 10s",
     ],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from exporter.probes import dns, flow, grpc, http, icmp, push, statuspage, tcp, websocket
+from exporter.probes import dns, flow, grpc, http, icmp, push, statuspage, tcp, unix, websocket
 from exporter.probes.base import ProbeDeps, Prober, ProbeRequest, ProberKind
 
 KINDS: tuple[ProberKind, ...] = (
@@ -23,6 +23,7 @@ KINDS: tuple[ProberKind, ...] = (
     flow.KIND,
     statuspage.KIND,
     websocket.KIND,
+    unix.KIND,
 )
 PROBERS: Mapping[str, ProberKind] = MappingProxyType({kind.name: kind for kind in KINDS})
 

@@ -12,6 +12,7 @@ from exporter.config import Config, keep_unchanged, load_config, share_equal_par
 from exporter.configload import load_config_async, parse_files_async
 from exporter.discovery import Scan, ServiceFiles, parse_files
 from exporter.errors import ConfigError
+from exporter.probes import PROBERS
 from exporter.runtime import Exporter
 
 CONFIG = """
@@ -70,8 +71,7 @@ async def test_child_process_reports_every_problem_with_its_line(tmp_path: Path)
     messages = [str(issue) for issue in from_child.value.issues]
     assert messages == [
         "services[1].name (line 4): duplicate service name 'a' (first on line 3)",
-        "services[1].prober (line 4): unknown prober 'htp';"
-        " expected one of http, tcp, dns, icmp, grpc, push, flow, statuspage, websocket",
+        f"services[1].prober (line 4): unknown prober 'htp'; expected one of {', '.join(PROBERS)}",
     ]
 
 

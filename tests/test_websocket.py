@@ -18,6 +18,7 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
+from wsproto.frame_protocol import Opcode
 
 from exporter.collector import render_result
 from exporter.config import parse_config
@@ -373,10 +374,10 @@ async def test_fragmented_message_is_reassembled(run_probe: ProbeRunner, raw_pee
 
     async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(
-            server_frame(websocket.OP_TEXT, b"sta", fin=False)
-            + server_frame(websocket.OP_PING, b"p")
-            + server_frame(websocket.OP_CONTINUATION, b"tus: ", fin=False)
-            + server_frame(websocket.OP_CONTINUATION, b"up")
+            server_frame(Opcode.TEXT, b"sta", fin=False)
+            + server_frame(Opcode.PING, b"p")
+            + server_frame(Opcode.CONTINUATION, b"tus: ", fin=False)
+            + server_frame(Opcode.CONTINUATION, b"up")
         )
 
     url = await raw_peer(peer)
@@ -387,14 +388,14 @@ async def test_fragmented_message_is_reassembled(run_probe: ProbeRunner, raw_pee
 @pytest.mark.parametrize(
     ("frames", "message"),
     [
-        (server_frame(websocket.OP_TEXT, b"hi", masked=True), "message 1: the server masked a frame"),
+        (server_frame(Opcode.TEXT, b"hi", masked=True), "message 1: the server masked a frame"),
         (server_frame(0x3, b"hi"), "message 1: the server sent a frame with unknown opcode 3"),
         (
-            server_frame(websocket.OP_CONTINUATION, b"hi"),
+            server_frame(Opcode.CONTINUATION, b"hi"),
             "message 1: the server interleaved or mis-continued fragmented messages",
         ),
         (
-            server_frame(websocket.OP_PING, b"x", fin=False),
+            server_frame(Opcode.PING, b"x", fin=False),
             "message 1: the server sent a fragmented or oversized control frame",
         ),
         (

@@ -425,6 +425,10 @@ async def test_fragmented_message_is_reassembled(run_probe: ProbeRunner, raw_pee
             "message 1: the server sent a broken frame: CLOSE with invalid code",
         ),
         (b"", "message 1: the server hung up before a message matched expect 'never'; it sent none"),
+        (
+            server_frame(Opcode.CLOSE, b""),
+            "message 1: the server hung up before a message matched expect 'never'; it sent none",
+        ),
     ],
 )
 async def test_broken_frames(run_probe: ProbeRunner, raw_peer: RawPeer, frames: bytes, message: str) -> None:

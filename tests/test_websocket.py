@@ -18,6 +18,7 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
+from wsproto.frame_protocol import Opcode
 
 from exporter.collector import render_result
 from exporter.config import parse_config
@@ -111,6 +112,14 @@ def make_app(seen: Seen) -> web.Application:
         await dialogue(request, ws, "hello")
         return ws
 
+    async def kinds(request: web.Request) -> web.WebSocketResponse:
+        # Records each message's type and data as received.
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            seen.messages.append(f"{message.type.name.lower()}:{message.data!r}")
+        return ws
+
     async def plain(request: web.Request) -> web.Response:
         return web.Response(text="not a websocket")
 
@@ -124,6 +133,7 @@ def make_app(seen: Seen) -> web.Application:
         ("/silent", silent),
         ("/protocols", protocols),
         ("/guarded", guarded),
+        ("/kinds", kinds),
         ("/plain", plain),
     ):
         app.router.add_get(path, handler)
@@ -373,10 +383,10 @@ async def test_fragmented_message_is_reassembled(run_probe: ProbeRunner, raw_pee
 
     async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(
-            server_frame(websocket.OP_TEXT, b"sta", fin=False)
-            + server_frame(websocket.OP_PING, b"p")
-            + server_frame(websocket.OP_CONTINUATION, b"tus: ", fin=False)
-            + server_frame(websocket.OP_CONTINUATION, b"up")
+            server_frame(Opcode.TEXT, b"sta", fin=False)
+            + server_frame(Opcode.PING, b"p")
+            + server_frame(Opcode.CONTINUATION, b"tus: ", fin=False)
+            + server_frame(Opcode.CONTINUATION, b"up")
         )
 
     url = await raw_peer(peer)
@@ -387,21 +397,38 @@ async def test_fragmented_message_is_reassembled(run_probe: ProbeRunner, raw_pee
 @pytest.mark.parametrize(
     ("frames", "message"),
     [
-        (server_frame(websocket.OP_TEXT, b"hi", masked=True), "message 1: the server masked a frame"),
+        (server_frame(Opcode.TEXT, b"hi", masked=True), "message 1: the server masked a frame"),
         (server_frame(0x3, b"hi"), "message 1: the server sent a frame with unknown opcode 3"),
         (
-            server_frame(websocket.OP_CONTINUATION, b"hi"),
+            server_frame(Opcode.CONTINUATION, b"hi"),
             "message 1: the server interleaved or mis-continued fragmented messages",
         ),
         (
-            server_frame(websocket.OP_PING, b"x", fin=False),
+            server_frame(Opcode.PING, b"x", fin=False),
             "message 1: the server sent a fragmented or oversized control frame",
         ),
         (
             bytes([0xC1, 0x02]) + b"hi",
             "message 1: the server set reserved frame bits, though no extension was agreed",
         ),
+        (
+            server_frame(Opcode.TEXT, b"caf\xe9"),
+            "message 1: the server sent a text message that is not UTF-8",
+        ),
+        (
+            bytes([0x81, 126, 0, 2]) + b"hi",
+            "message 1: the server sent a broken frame:"
+            " Payload length used 2 bytes when 1 would have sufficed",
+        ),
+        (
+            server_frame(Opcode.CLOSE, (999).to_bytes(2, "big")),
+            "message 1: the server sent a broken frame: CLOSE with invalid code",
+        ),
         (b"", "message 1: the server hung up before a message matched expect 'never'; it sent none"),
+        (
+            server_frame(Opcode.CLOSE, b""),
+            "message 1: the server hung up before a message matched expect 'never'; it sent none",
+        ),
     ],
 )
 async def test_broken_frames(run_probe: ProbeRunner, raw_peer: RawPeer, frames: bytes, message: str) -> None:
@@ -433,6 +460,135 @@ async def test_bad_accept_key(run_probe: ProbeRunner, raw_peer: RawPeer) -> None
         "the 101 answer has a wrong Sec-WebSocket-Accept",
     )
     assert result.value("probe_websocket_status_code") == 101
+
+
+def handshake_answer(head: bytes, **fields: bytes) -> bytes:
+    """A 101 answer to the request ``head`` with a right accept key unless ``fields`` override."""
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    values = {
+        "Upgrade": b"websocket",
+        "Connection": b"Upgrade",
+        "Sec-WebSocket-Accept": base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        ),
+    }
+    values.update({name.replace("_", "-"): value for name, value in fields.items()})
+    lines = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in values.items() if value)
+    return b"HTTP/1.1 101 Switching Protocols\r\n" + lines + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"Connection": b""}, "the 101 answer lacks Connection: Upgrade"),
+        ({"Upgrade": b"h2c"}, "the 101 answer does not upgrade to websocket"),
+        (
+            {"Sec_WebSocket_Extensions": b"permessage-deflate"},
+            "the server chose an extension the probe did not offer",
+        ),
+        ({"Sec_WebSocket_Protocol": b"chat.v9"}, "the server chose subprotocol 'chat.v9', not offered"),
+        ({"Sec_WebSocket_Protocol": b"caf\xe9"}, "the 101 answer has a WebSocket header that is not ASCII"),
+    ],
+)
+async def test_bad_upgrade_answers(
+    run_probe: ProbeRunner, raw_peer: RawPeer, fields: dict[str, bytes], message: str
+) -> None:
+    """Each check of the 101 answer fails with protocol and its own message; the status is kept."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(handshake_answer(await reader.readuntil(b"\r\n\r\n"), **fields))
+
+    result = await run_probe(await raw_peer(peer, handshake=False), module(subprotocols=("chat.v1",)))
+    assert (result.reason, result.message) == (FailureReason.PROTOCOL, message)
+    assert result.value("probe_websocket_status_code") == 101
+
+
+async def test_malformed_upgrade_answer(run_probe: ProbeRunner, raw_peer: RawPeer) -> None:
+    """An answer that is not HTTP fails with protocol, saying what was wrong, and no status."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 abc\r\n\r\n")
+
+    result = await run_probe(await raw_peer(peer, handshake=False), module())
+    assert result.reason == FailureReason.PROTOCOL
+    assert result.message.startswith("bad answer to the upgrade request: illegal status line"), result.message
+    assert result.value("probe_websocket_status_code") == 0
+
+
+async def test_informational_answers_before_101(run_probe: ProbeRunner, raw_peer: RawPeer) -> None:
+    """1xx answers before the 101 are skipped, as they are no answer to the upgrade."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+        writer.write(handshake_answer(head) + server_frame(Opcode.TEXT, b"ready"))
+
+    result = await run_probe(await raw_peer(peer, handshake=False), module(("^ready$", "")))
+    assert result.success, result.message
+    assert result.value("probe_websocket_status_code") == 101
+
+
+async def test_fragmented_message_over_the_limit(run_probe: ProbeRunner, raw_peer: RawPeer) -> None:
+    """The limit holds for a message's fragments together, each of them being under it."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            server_frame(Opcode.TEXT, b"a" * 40, fin=False)
+            + server_frame(Opcode.CONTINUATION, b"b" * 40, fin=False)
+            + server_frame(Opcode.CONTINUATION, b"c" * 40)
+        )
+
+    url = await raw_peer(peer)
+    result = await run_probe(url, module(("a", ""), max_message_size=ByteSize(100)))
+    assert (result.reason, result.message) == (
+        FailureReason.PROTOCOL,
+        "message 1: the server sent a message larger than max_message_size (100 bytes)",
+    )
+    result = await run_probe(url, module(("^a{40}b{40}c{40}$", ""), max_message_size=ByteSize(120)))
+    assert result.success, result.message
+
+
+async def test_oversized_message_fails_before_it_has_arrived(
+    run_probe: ProbeRunner, raw_peer: RawPeer
+) -> None:
+    """A frame announcing 1 GiB fails once the limit is passed, without waiting for the rest."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The rest of the payload never comes: the fixture holds the connection open.
+        writer.write(bytes([0x82, 127]) + (1 << 30).to_bytes(8, "big") + b"z" * 70_000)
+
+    result = await run_probe(await raw_peer(peer), module(("z", ""), max_message_size=ByteSize(65536)))
+    assert (result.reason, result.message) == (
+        FailureReason.PROTOCOL,
+        "message 1: the server sent a message larger than max_message_size (65536 bytes)",
+    )
+
+
+async def test_close_frame_behind_the_match(run_probe: ProbeRunner, raw_peer: RawPeer) -> None:
+    """A close frame that arrives with the matching message does not fail the probe."""
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            server_frame(Opcode.TEXT, b"ready") + server_frame(Opcode.CLOSE, (1000).to_bytes(2, "big"))
+        )
+
+    result = await run_probe(await raw_peer(peer), module(("^ready$", "bye")))
+    assert result.success, result.message
+
+
+async def test_sends_that_are_not_utf8_go_as_binary(run_probe: ProbeRunner, site: Site) -> None:
+    """A send keeps its bytes: text when they are UTF-8, otherwise a binary message."""
+    result = await run_probe(
+        site.base + "/kinds", module((None, "caf\udce9"), (None, "caf\udcc3\udca9"), (None, "plain"))
+    )
+    assert result.success, result.message
+    await wait_for(lambda: len(site.seen.messages) == 3)
+    assert site.seen.messages == ["binary:b'caf\\xe9'", "text:'café'", "text:'plain'"]
 
 
 async def test_metrics_exposition(run_probe: ProbeRunner, site: Site) -> None:

@@ -1,15 +1,26 @@
-"""The websocket probe: the upgrade handshake over h11, then a dialogue of expected and sent messages."""
+"""The websocket probe: handshake and frames on wsproto, then a dialogue of expected and sent messages."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
-import os
 import ssl
 
 import h11
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from exporter.modules import WebSocketProbe
 from exporter.probes import httpclient as http
@@ -25,23 +36,41 @@ from exporter.types import Regex, RegexMatch
 #   request to the end of the 101 response's head; messages for the whole dialogue.
 # - The dialogue is the tcp prober's query_response for messages: each turn waits for a text (or
 #   binary, read as UTF-8) message matching ``expect``, skipping others, then sends ``send`` as a
-#   text message, expanded from the turn's match (or the latest one). Pings are answered.
-#   Afterwards the probe sends a close frame and hangs up without waiting for the answer.
-# - No extension is offered, so frames are never compressed; a message (all its fragments) over
-#   max_message_size fails the probe before its payload is read.
-# - Reasons: a refused upgrade (any status but 101) is ``http_status``; a bad handshake answer,
-#   a broken frame, a message over max_message_size or the server closing before an expect
-#   matched is ``protocol``; the rest come from resolving, connecting and TLS.
+#   text message, expanded from the turn's match (or the latest one); a ``send`` whose bytes are
+#   not UTF-8 (``!!binary``) goes as a binary message. Pings are answered. Afterwards the probe
+#   sends a close frame and hangs up without waiting for the answer.
+# - Handshake and framing are wsproto's, which holds to RFC 6455 strictly (a text message that is
+#   not UTF-8 is a broken frame). No extension is offered, so frames are never compressed.
+#   Messages are read as they arrive: one (all its fragments) over max_message_size fails the
+#   probe as soon as more than that has arrived, so no more than the limit and one read is held.
+# - Reasons: a refused upgrade (any final status but 101; 1xx answers before it are skipped) is
+#   ``http_status``, its code in probe_websocket_status_code; a bad handshake answer, a broken
+#   frame, a message over max_message_size or the server closing before an expect matched is
+#   ``protocol``; the rest come from resolving, connecting and TLS.
 
 PHASES = ("resolve", "connect", "tls", "upgrade", "messages")
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _READ_SIZE = 64 * 1024
 # How much of a peer's message a failure may quote.
 _QUOTE_CHARS = 80
 
-OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-_DATA_OPCODES = frozenset({OP_TEXT, OP_BINARY})
-_CONTROL_OPCODES = frozenset({OP_CLOSE, OP_PING, OP_PONG})
+# wsproto tells why it refused a 101 answer or a frame only in the text of its exception or
+# close reason; known texts become our messages, an unknown one is quoted as it is.
+_UPGRADE_ERRORS = (
+    ("Missing header, 'Connection: Upgrade'", "the 101 answer lacks Connection: Upgrade"),
+    ("Missing header, 'Upgrade: ", "the 101 answer does not upgrade to websocket"),
+    ("Bad accept token", "the 101 answer has a wrong Sec-WebSocket-Accept"),
+    ("unrecognized extension", "the server chose an extension the probe did not offer"),
+)
+_INTERLEAVED = "the server interleaved or mis-continued fragmented messages"
+_BAD_CONTROL = "the server sent a fragmented or oversized control frame"
+_FRAME_ERRORS = (
+    ("client received unexpected masked frame", "the server masked a frame"),
+    ("Reserved bit set unexpectedly", "the server set reserved frame bits, though no extension was agreed"),
+    ("unexpected CONTINUATION", _INTERLEAVED),
+    ("expected CONTINUATION", _INTERLEAVED),
+    ("Invalid attempt to fragment control frame", _BAD_CONTROL),
+    ("Control frame with payload len > 125", _BAD_CONTROL),
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +143,12 @@ async def _run(request: ProbeRequest) -> None:
         if context is not None:
             await net.start_tls(writer, context, settings.tls_config.server_name or url.host, trace)
             trace.set("probe_websocket_ssl", 1)
+        socket = _WebSocket(reader, writer, int(settings.max_message_size))
         with trace.phase("upgrade"):
-            buffered = await _handshake(reader, writer, url, settings, trace)
+            await socket.handshake(url, settings, trace)
         with trace.phase("messages"):
-            frames = _Frames(reader, writer, buffered, int(settings.max_message_size))
-            await _dialogue(frames, settings, trace)
-            await frames.close()
+            await _dialogue(socket, settings, trace)
+            await socket.close()
     finally:
         writer.transport.abort()
 
@@ -129,100 +158,9 @@ def _ssl_context(settings: WebSocketProbe) -> ssl.SSLContext:
     return net.shared_ssl_context(settings.tls_config, ("http/1.1",))
 
 
-def _accept_key(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
-
-
-async def _handshake(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    url: http.URL,
-    settings: WebSocketProbe,
-    trace: Trace,
-) -> bytes:
-    """Send the upgrade request and check the 101 answer; the bytes read past its head."""
-    key = base64.b64encode(os.urandom(16)).decode("ascii")
-    headers: dict[str, tuple[str, str]] = {"user-agent": ("User-Agent", http.USER_AGENT)}
-    for name, value in settings.headers.items():
-        headers[name.lower()] = (name, value.reveal())
-    fixed = [
-        ("Host", url.authority),
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", key),
-        ("Sec-WebSocket-Version", "13"),
-    ]
-    if settings.subprotocols:
-        fixed.append(("Sec-WebSocket-Protocol", ", ".join(settings.subprotocols)))
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=http.MAX_HEAD_BYTES)
+async def _read(reader: asyncio.StreamReader, when: str) -> bytes:
     try:
-        payload = conn.send(
-            h11.Request(
-                method="GET",
-                target=url.target,
-                headers=[(n.encode("ascii"), v.encode("utf-8")) for n, v in (*fixed, *headers.values())],
-            )
-        )
-        payload = (payload or b"") + (conn.send(h11.EndOfMessage()) or b"")
-    except (h11.LocalProtocolError, UnicodeError):
-        # h11's message quotes the offending value, which may be a credential.
-        raise ProbeFailure(
-            FailureReason.OTHER, "cannot build the upgrade request: a header is not valid HTTP"
-        ) from None
-    try:
-        writer.write(payload)
-        await writer.drain()
-    except (ConnectionError, OSError):
-        pass  # the read below tells what happened
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as err:
-            raise ProbeFailure(FailureReason.PROTOCOL, f"bad answer to the upgrade request: {err}") from None
-        if event is h11.NEED_DATA:
-            data = await _read(reader, "before the upgrade answer")
-            if not data:
-                raise ProbeFailure(
-                    FailureReason.PROTOCOL, f"{url.authority} closed the connection without an answer"
-                )
-            conn.receive_data(data)
-            continue
-        if isinstance(event, h11.Response):
-            trace.set("probe_websocket_status_code", event.status_code)
-            raise ProbeFailure(
-                FailureReason.HTTP_STATUS, f"upgrade refused: status code {event.status_code}, expected 101"
-            )
-        if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
-            trace.set("probe_websocket_status_code", 101)
-            _check_upgrade(event, key, settings)
-            break
-    return bytes(conn.trailing_data[0])
-
-
-def _check_upgrade(event: h11.InformationalResponse, key: str, settings: WebSocketProbe) -> None:
-    values: dict[str, list[str]] = {}
-    for name, value in event.headers:
-        values.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1").strip())
-
-    def tokens(name: str) -> list[str]:
-        return [t.strip().lower() for v in values.get(name, []) for t in v.split(",") if t.strip()]
-
-    if "websocket" not in tokens("upgrade"):
-        raise ProbeFailure(FailureReason.PROTOCOL, "the 101 answer does not upgrade to websocket")
-    if "upgrade" not in tokens("connection"):
-        raise ProbeFailure(FailureReason.PROTOCOL, "the 101 answer lacks Connection: Upgrade")
-    if values.get("sec-websocket-accept", [""])[0] != _accept_key(key):
-        raise ProbeFailure(FailureReason.PROTOCOL, "the 101 answer has a wrong Sec-WebSocket-Accept")
-    if values.get("sec-websocket-extensions"):
-        raise ProbeFailure(FailureReason.PROTOCOL, "the server chose an extension the probe did not offer")
-    chosen = values.get("sec-websocket-protocol", [""])[0]
-    if chosen and chosen not in settings.subprotocols:
-        raise ProbeFailure(FailureReason.PROTOCOL, f"the server chose subprotocol {chosen!r}, not offered")
-
-
-async def _read(reader: asyncio.StreamReader, when: str, size: int = _READ_SIZE) -> bytes:
-    try:
-        return await reader.read(size)
+        return await reader.read(_READ_SIZE)
     except ssl.SSLError as err:
         detail = err.reason.lower().replace("_", " ") if err.reason else str(err)
         raise ProbeFailure(FailureReason.TLS, f"TLS error {when}: {detail}") from None
@@ -240,118 +178,185 @@ class _Closed(Exception):
         self.code = code
 
 
-class _Frames:
-    """RFC 6455 framing for a client: masked frames out, whole messages in, never over the limit."""
+class _WebSocket:
+    """A client's wsproto connection on a stream: whole messages in, never over the limit."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, buffered: bytes, limit: int
-    ) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
         self.reader = reader
         self.writer = writer
-        self.buffer = bytearray(buffered)
         self.limit = limit
-        self.closed = False
+        self.conn = WSConnection(ConnectionType.CLIENT)
 
-    async def _exactly(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            data = await _read(self.reader, "in the dialogue", max(size - len(self.buffer), _READ_SIZE))
+    async def handshake(self, url: http.URL, settings: WebSocketProbe, trace: Trace) -> None:
+        """Send the upgrade request and wait for its 101 answer, which wsproto checks."""
+        headers: dict[str, tuple[str, str]] = {"user-agent": ("User-Agent", http.USER_AGENT)}
+        for name, value in settings.headers.items():
+            headers[name.lower()] = (name, value.reveal())
+        try:
+            payload = self.conn.send(
+                Request(
+                    host=url.authority,
+                    target=url.target,
+                    subprotocols=list(settings.subprotocols),
+                    extra_headers=[(n.encode("ascii"), v.encode("utf-8")) for n, v in headers.values()],
+                )
+            )
+        except (h11.LocalProtocolError, LocalProtocolError, UnicodeError):
+            # h11's message quotes the offending value, which may be a credential.
+            raise ProbeFailure(
+                FailureReason.OTHER, "cannot build the upgrade request: a header is not valid HTTP"
+            ) from None
+        try:
+            self.writer.write(payload)
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the read below tells what happened
+        while True:
+            for event in self.conn.events():
+                if isinstance(event, AcceptConnection):
+                    trace.set("probe_websocket_status_code", 101)
+                    return
+                # wsproto reports a 1xx answer before the 101 as a refusal; it keeps reading.
+                if isinstance(event, RejectConnection) and event.status_code >= 200:
+                    trace.set("probe_websocket_status_code", event.status_code)
+                    raise ProbeFailure(
+                        FailureReason.HTTP_STATUS,
+                        f"upgrade refused: status code {event.status_code}, expected 101",
+                    )
+            data = await _read(self.reader, "before the upgrade answer")
             if not data:
-                self.closed = True
-                raise _Closed(None)
-            self.buffer += data
-        out = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return out
+                raise _protocol(f"{url.authority} closed the connection without an answer")
+            try:
+                self.conn.receive_data(data)
+            except RemoteProtocolError as err:
+                raise _upgrade_failure(err, trace) from None
+            except UnicodeError:
+                # Only the checks of a 101 answer decode header values.
+                trace.set("probe_websocket_status_code", 101)
+                raise _protocol("the 101 answer has a WebSocket header that is not ASCII") from None
 
-    async def _frame(self, so_far: int) -> tuple[bool, int, bytes]:
-        first, second = await self._exactly(2)
-        fin, opcode, length = bool(first & 0x80), first & 0x0F, second & 0x7F
-        if first & 0x70:
-            raise _protocol("the server set reserved frame bits, though no extension was agreed")
-        if second & 0x80:
-            raise _protocol("the server masked a frame")
-        if length == 126:
-            length = int.from_bytes(await self._exactly(2), "big")
-        elif length == 127:
-            length = int.from_bytes(await self._exactly(8), "big")
-        if opcode in _CONTROL_OPCODES:
-            if not fin or length > 125:
-                raise _protocol("the server sent a fragmented or oversized control frame")
-        elif opcode not in _DATA_OPCODES and opcode != OP_CONTINUATION:
-            raise _protocol(f"the server sent a frame with unknown opcode {opcode}")
-        elif so_far + length > self.limit:
-            raise _protocol(f"the server sent a message larger than max_message_size ({self.limit} bytes)")
-        return fin, opcode, await self._exactly(length)
+    async def _event(self) -> Event:
+        while True:
+            # Taking one event at a time leaves the frames after it unparsed, so a close frame
+            # behind the matching message does not change the connection's state yet.
+            event = next(self.conn.events(), None)
+            if event is not None:
+                return event
+            data = await _read(self.reader, "in the dialogue")
+            if not data:
+                raise _Closed(None)
+            self.conn.receive_data(data)
 
     async def receive(self) -> str:
         """The next data message, answering pings on the way."""
-        parts: list[bytes] = []
+        texts: list[str] = []
+        chunks: list[bytes | bytearray] = []
         size = 0
         while True:
-            fin, opcode, payload = await self._frame(size)
-            if opcode == OP_PING:
-                await self.send(OP_PONG, payload)
+            event = await self._event()
+            if isinstance(event, TextMessage):
+                data = event.data
+                size += len(data) if data.isascii() else len(data.encode("utf-8"))
+                texts.append(data)
+            elif isinstance(event, BytesMessage):
+                size += len(event.data)
+                chunks.append(event.data)
+            elif isinstance(event, Ping):
+                await self._send(event.response())
                 continue
-            if opcode == OP_PONG:
-                continue
-            if opcode == OP_CLOSE:
-                self.closed = True
-                raise _Closed(int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None)
-            if (opcode == OP_CONTINUATION) != bool(parts):
-                raise _protocol("the server interleaved or mis-continued fragmented messages")
-            parts.append(payload)
-            size += len(payload)
-            if fin:
-                return b"".join(parts).decode("utf-8", "replace")
+            elif isinstance(event, CloseConnection):
+                # A frame wsproto cannot parse comes as a close event too, but leaves the
+                # connection open; only the server's own close frame moves it on.
+                if self.conn.state is ConnectionState.OPEN:
+                    raise _broken_frame(event)
+                raise _Closed(None if event.code == CloseReason.NO_STATUS_RCVD else event.code)
+            else:
+                continue  # pongs
+            if size > self.limit:
+                raise _protocol(
+                    f"the server sent a message larger than max_message_size ({self.limit} bytes)"
+                )
+            if event.message_finished:
+                return "".join(texts) if texts else b"".join(chunks).decode("utf-8", "replace")
 
-    async def send(self, opcode: int, payload: bytes) -> None:
-        length = len(payload)
-        if length < 126:
-            head = bytes((0x80 | opcode, 0x80 | length))
-        elif length < 1 << 16:
-            head = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
-        else:
-            head = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
-        mask = os.urandom(4)
-        # XOR with the key repeated over the payload, done on one big integer.
-        key = int.from_bytes((mask * (length // 4 + 1))[:length], "big")
-        masked = (int.from_bytes(payload, "big") ^ key).to_bytes(length, "big")
+    async def send_text(self, text: str) -> None:
+        if text.isascii():
+            await self._send(TextMessage(data=text))
+            return
+        raw = text.encode("utf-8", "surrogateescape")
         try:
-            self.writer.write(head + mask + masked)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # A text frame must be UTF-8; these bytes (from !!binary) go unchanged as binary.
+            await self._send(BytesMessage(data=raw))
+            return
+        await self._send(TextMessage(data=text))
+
+    async def _send(self, event: Event) -> None:
+        payload = self.conn.send(event)
+        try:
+            self.writer.write(payload)
             await self.writer.drain()
         except (ConnectionError, OSError) as err:
             raise _protocol(f"cannot send: {err.strerror or type(err).__name__}") from None
 
     async def close(self) -> None:
         """Say goodbye (code 1000) unless the server already did; the caller hangs up."""
-        if not self.closed:
-            self.closed = True
-            await self.send(OP_CLOSE, (1000).to_bytes(2, "big"))
+        if self.conn.state is ConnectionState.OPEN:
+            await self._send(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
+
+
+def _upgrade_failure(err: RemoteProtocolError, trace: Trace) -> ProbeFailure:
+    if isinstance(err.__context__, h11.RemoteProtocolError):
+        return _protocol(f"bad answer to the upgrade request: {err.__context__}")
+    # Every other refusal is wsproto's check of a 101 answer.
+    trace.set("probe_websocket_status_code", 101)
+    text = str(err)
+    for prefix, message in _UPGRADE_ERRORS:
+        if text.startswith(prefix):
+            return _protocol(message)
+    chosen = text.removeprefix("unrecognized subprotocol ")
+    if chosen != text:
+        return _protocol(f"the server chose subprotocol {chosen!r}, not offered")
+    return _protocol(f"bad answer to the upgrade request: {text}")
+
+
+def _broken_frame(event: CloseConnection) -> ProbeFailure:
+    reason = event.reason or ""
+    if event.code == CloseReason.INVALID_FRAME_PAYLOAD_DATA and not reason.startswith("Error decoding CLOSE"):
+        return _protocol("the server sent a text message that is not UTF-8")
+    for prefix, message in _FRAME_ERRORS:
+        if reason.startswith(prefix):
+            return _protocol(message)
+    opcode = reason.removeprefix("Invalid opcode ")
+    if opcode != reason:
+        return _protocol(f"the server sent a frame with unknown opcode {int(opcode, 16)}")
+    return _protocol(f"the server sent a broken frame: {reason}")
 
 
 def _protocol(message: str) -> ProbeFailure:
     return ProbeFailure(FailureReason.PROTOCOL, message)
 
 
-async def _dialogue(frames: _Frames, settings: WebSocketProbe, trace: Trace) -> None:
+async def _dialogue(socket: _WebSocket, settings: WebSocketProbe, trace: Trace) -> None:
     last_match: RegexMatch | None = None
     for turn, message in enumerate(settings.messages, 1):
         if message.expect is not None:
-            last_match = await _expect(frames, message.expect, turn, trace)
+            last_match = await _expect(socket, message.expect, turn, trace)
         if message.send:
             text = expand(message.send, last_match) if last_match is not None else message.send
             # The text stays out of failure messages: a send may carry a credential.
             try:
-                await frames.send(OP_TEXT, text.encode("utf-8", "surrogateescape"))
+                await socket.send_text(text)
             except ProbeFailure as failure:
                 raise _protocol(f"message {turn}: {failure.message}") from None
 
 
-async def _expect(frames: _Frames, regex: Regex, turn: int, trace: Trace) -> RegexMatch:
+async def _expect(socket: _WebSocket, regex: Regex, turn: int, trace: Trace) -> RegexMatch:
     last: str | None = None
     try:
         while True:
-            last = await frames.receive()
+            last = await socket.receive()
             match = regex.search(last)
             if match is not None:
                 return match

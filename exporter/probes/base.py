@@ -73,7 +73,8 @@ class ProberKind:
     the running exporter's ProbeDeps when it needs some of them (a kind with neither cannot run).
     ``required`` lists problems of settings that matter only when the kind is the module's
     prober (a push module needs a token file; an http module with a push section does not).
-    ``metrics`` are the families the kind writes beyond the ones every probe has (for the help
+    ``phases`` are the phases its phase family (``phase_metric``) always shows. ``metrics`` are the
+    families the kind writes beyond the ones every probe has (for the help
     text, the documentation and the registry test).
 
     ``reasons`` says which failure reasons a module's settings can lead to: the other reasons'
@@ -89,10 +90,16 @@ class ProberKind:
     factory: Callable[[ProbeDeps], Prober] | None = None
     metrics: tuple[MetricFamily, ...] = ()
     required: Callable[[Any], Iterator[tuple[str, str]]] = no_requirements
-    phase_metric: str | None = None
     phases: tuple[str, ...] = ()
     reasons: Callable[[Module], frozenset[FailureReason]] = every_reason
     quiet_gauges: Callable[[Module], frozenset[str]] = no_quiet_gauges
+
+    @property
+    def phase_metric(self) -> str | None:
+        """The family labelled only by ``phase``, that ``phases`` fill (None for kinds without)."""
+        if not self.phases:
+            return None
+        return next((f.name for f in self.metrics if f.labels == ("phase",)), None)
 
     def make(self, deps: ProbeDeps) -> Prober | None:
         if self.factory is not None:

@@ -44,6 +44,18 @@ EXAMINE_INLINE_RECORDS = 64
 _Socket: TypeAlias = dns._asyncbackend.DatagramSocket | dns._asyncbackend.StreamSocket
 
 
+# The families this kind writes beyond every probe's own (for help text and docs).
+METRICS = (
+    MetricFamily("probe_dns_duration_seconds", "Duration of each DNS phase.", ("phase",)),
+    MetricFamily("probe_dns_query_succeeded", "1 if the server answered the query."),
+    MetricFamily("probe_dns_serial", "Serial of the SOA record answered, when there is one."),
+    MetricFamily("probe_dns_answer_rrs", "Records in the answer section."),
+    MetricFamily("probe_dns_authority_rrs", "Records in the authority section."),
+    MetricFamily("probe_dns_additional_rrs", "Records in the additional section."),
+    *net.ADDRESS_METRICS,
+)
+
+
 def rr_texts(section: list[dns.rrset.RRset]) -> list[str]:
     """Each record of a section as miekg/dns prints it, which blackbox's regexes are written for.
 
@@ -359,20 +371,11 @@ def _required(settings: DNSProbe) -> Iterator[tuple[str, str]]:
 
 
 KIND = ProberKind(
-    name="dns",
-    settings=DNSProbe,
-    probe=probe_dns,
+    "dns",
+    DNSProbe,
+    probe_dns,
     required=_required,
-    metrics=(
-        MetricFamily("probe_dns_duration_seconds", "Duration of each DNS phase.", ("phase",)),
-        MetricFamily("probe_dns_query_succeeded", "1 if the server answered the query."),
-        MetricFamily("probe_dns_serial", "Serial of the SOA record answered, when there is one."),
-        MetricFamily("probe_dns_answer_rrs", "Records in the answer section."),
-        MetricFamily("probe_dns_authority_rrs", "Records in the authority section."),
-        MetricFamily("probe_dns_additional_rrs", "Records in the additional section."),
-        *net.ADDRESS_METRICS,
-    ),
-    phase_metric="probe_dns_duration_seconds",
+    metrics=METRICS,
     phases=("resolve", "connect", "request"),
     reasons=lambda module: NETWORK_REASONS,
 )

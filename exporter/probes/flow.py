@@ -50,6 +50,46 @@ _EARLIEST = frozenset({"probe_ssl_earliest_cert_expiry", "probe_ssl_last_chain_e
 _SUMMED = frozenset({"probe_dns_lookup_time_seconds"})
 
 
+# The families this kind writes beyond every probe's own (for help text and docs).
+METRICS = (
+    httpclient.HTTP_METRICS[0],
+    httpclient.HTTP_METRICS[1],
+    MetricFamily(
+        "probe_flow_step_success",
+        "1 if the journey step ran and passed, 0 if it failed or did not run.",
+        ("step",),
+    ),
+    MetricFamily(
+        "probe_flow_step_ran",
+        "1 if the journey step ran, 0 if an earlier step failed first.",
+        ("step",),
+    ),
+    MetricFamily(
+        "probe_flow_failed_step",
+        "1 for the journey step that failed (or was cut off by the timeout), else 0.",
+        ("step",),
+    ),
+    MetricFamily(
+        "probe_flow_step_duration_seconds",
+        "How long the journey step took, 0 when it did not run.",
+        ("step",),
+    ),
+    MetricFamily(
+        "probe_flow_step_http_duration_seconds",
+        "Duration of each HTTP phase of the journey step.",
+        ("step", "phase"),
+    ),
+    MetricFamily(
+        "probe_flow_step_status_code",
+        "Status code of the journey step's final response, 0 without one.",
+        ("step",),
+    ),
+    *net.ADDRESS_METRICS,
+    *net.TLS_METRICS,
+    net.REGEX_METRIC,
+)
+
+
 async def probe_flow(request: ProbeRequest) -> ProbeResult:
     """Run the journey's steps in order; the failing step raises ProbeFailure."""
     trace = request.trace
@@ -61,51 +101,7 @@ async def probe_flow(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(
-    name="flow",
-    settings=FlowProbe,
-    probe=probe_flow,
-    required=FlowProbe.required,
-    metrics=(
-        httpclient.HTTP_METRICS[0],
-        httpclient.HTTP_METRICS[1],
-        MetricFamily(
-            "probe_flow_step_success",
-            "1 if the journey step ran and passed, 0 if it failed or did not run.",
-            ("step",),
-        ),
-        MetricFamily(
-            "probe_flow_step_ran",
-            "1 if the journey step ran, 0 if an earlier step failed first.",
-            ("step",),
-        ),
-        MetricFamily(
-            "probe_flow_failed_step",
-            "1 for the journey step that failed (or was cut off by the timeout), else 0.",
-            ("step",),
-        ),
-        MetricFamily(
-            "probe_flow_step_duration_seconds",
-            "How long the journey step took, 0 when it did not run.",
-            ("step",),
-        ),
-        MetricFamily(
-            "probe_flow_step_http_duration_seconds",
-            "Duration of each HTTP phase of the journey step.",
-            ("step", "phase"),
-        ),
-        MetricFamily(
-            "probe_flow_step_status_code",
-            "Status code of the journey step's final response, 0 without one.",
-            ("step",),
-        ),
-        *net.ADDRESS_METRICS,
-        *net.TLS_METRICS,
-        net.REGEX_METRIC,
-    ),
-    phase_metric="probe_http_duration_seconds",
-    phases=PHASES,
-)
+KIND = ProberKind("flow", FlowProbe, probe_flow, required=FlowProbe.required, metrics=METRICS, phases=PHASES)
 
 
 class _Journey:

@@ -91,6 +91,25 @@ _HTTP_TO_GRPC = {
 }
 
 
+# The families this kind writes beyond every probe's own (for help text and docs).
+METRICS = (
+    MetricFamily(
+        "probe_grpc_duration_seconds",
+        "Duration of each phase of the gRPC health check.",
+        ("phase",),
+    ),
+    MetricFamily(
+        "probe_grpc_healthcheck_response",
+        "The health check's serving status: 1 for the current state.",
+        ("serving_status",),
+    ),
+    MetricFamily("probe_grpc_status_code", "gRPC status code of the health check call."),
+    MetricFamily("probe_grpc_ssl", "1 if the health check went over TLS."),
+    *net.ADDRESS_METRICS,
+    *net.TLS_METRICS,
+)
+
+
 async def probe_grpc(request: ProbeRequest) -> ProbeResult:
     """Call Health/Check on ``request.target``; never raises but CancelledError."""
     trace = request.trace
@@ -104,29 +123,7 @@ async def probe_grpc(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(
-    name="grpc",
-    settings=GRPCProbe,
-    probe=probe_grpc,
-    metrics=(
-        MetricFamily(
-            "probe_grpc_duration_seconds",
-            "Duration of each phase of the gRPC health check.",
-            ("phase",),
-        ),
-        MetricFamily(
-            "probe_grpc_healthcheck_response",
-            "The health check's serving status: 1 for the current state.",
-            ("serving_status",),
-        ),
-        MetricFamily("probe_grpc_status_code", "gRPC status code of the health check call."),
-        MetricFamily("probe_grpc_ssl", "1 if the health check went over TLS."),
-        *net.ADDRESS_METRICS,
-        *net.TLS_METRICS,
-    ),
-    phase_metric="probe_grpc_duration_seconds",
-    phases=PHASES,
-)
+KIND = ProberKind("grpc", GRPCProbe, probe_grpc, metrics=METRICS, phases=PHASES)
 
 
 def _host_port(target: str) -> tuple[str, int]:

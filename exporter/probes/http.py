@@ -8,7 +8,6 @@ from exporter.probes.base import ALL_REASONS, ProbeRequest, ProberKind
 from exporter.probes.httpclient import HTTP_METRICS, PHASES, HTTPClient, record_defaults
 from exporter.result import FailureReason, ProbeResult
 
-
 # Semantics, and where they differ from blackbox_exporter:
 # - We speak HTTP/1.1 only. ``enable_http2`` is accepted so blackbox configs load, but HTTP/2 is
 #   never negotiated (ALPN offers http/1.1 only), so probe_http_version is 1.1 or 1.0.
@@ -31,6 +30,10 @@ from exporter.result import FailureReason, ProbeResult
 #   set for Domain=com or Domain=co.uk is dropped.
 # - DNS values (probe_dns_lookup_time_seconds, probe_ip_protocol, probe_ip_addr_hash) describe the
 #   first hop, as in blackbox; the TLS values describe the last hop that used TLS.
+# The families this kind writes beyond every probe's own (for help text and docs).
+METRICS = (*HTTP_METRICS, *net.ADDRESS_METRICS, *net.TLS_METRICS, net.REGEX_METRIC)
+
+
 async def probe_http(request: ProbeRequest) -> ProbeResult:
     """Fetch ``request.target`` as blackbox's http prober does; a failure raises ProbeFailure."""
     trace = request.trace
@@ -61,11 +64,10 @@ def _quiet_gauges(module: Module) -> frozenset[str]:
 
 
 KIND = ProberKind(
-    name="http",
-    settings=HTTPProbe,
-    probe=probe_http,
-    metrics=(*HTTP_METRICS, *net.ADDRESS_METRICS, *net.TLS_METRICS, net.REGEX_METRIC),
-    phase_metric="probe_http_duration_seconds",
+    "http",
+    HTTPProbe,
+    probe_http,
+    metrics=METRICS,
     phases=PHASES,
     reasons=_reasons,
     quiet_gauges=_quiet_gauges,

@@ -26,7 +26,7 @@ from exporter.probes import http1, net
 from exporter.probes.cookies import CookieJar
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, MetricFamily, Trace
-from exporter.types import read_secret_file, redact_target
+from exporter.types import read_secret_file
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 
@@ -108,11 +108,6 @@ def with_scheme(target: str) -> str:
     if target.lower().startswith(("http://", "https://")):
         return target
     return "http://" + target
-
-
-def redact(target: str) -> str:
-    """A target for a log line: exporter.types' one rule, under the name callers know."""
-    return redact_target(target)
 
 
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"

@@ -71,6 +71,14 @@ _UNREACHABLE_V6 = {
 }
 
 
+# The families this kind writes beyond every probe's own (for help text and docs).
+METRICS = (
+    MetricFamily("probe_icmp_duration_seconds", "Duration of each ICMP phase.", ("phase",)),
+    MetricFamily("probe_icmp_reply_hop_limit", "Hop limit (TTL) of the echo reply."),
+    *net.ADDRESS_METRICS,
+)
+
+
 def open_socket(family: socket.AddressFamily, kind: SocketKind) -> socket.socket:
     """Open an ICMP socket: ``datagram`` is Linux's unprivileged ping socket, ``raw`` needs root."""
     proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
@@ -377,15 +385,10 @@ def make_prober(factory: SocketFactory = open_socket, kinds: Sequence[SocketKind
 probe_icmp = make_prober()
 
 KIND = ProberKind(
-    name="icmp",
-    settings=ICMPProbe,
-    probe=probe_icmp,
-    metrics=(
-        MetricFamily("probe_icmp_duration_seconds", "Duration of each ICMP phase.", ("phase",)),
-        MetricFamily("probe_icmp_reply_hop_limit", "Hop limit (TTL) of the echo reply."),
-        *net.ADDRESS_METRICS,
-    ),
-    phase_metric="probe_icmp_duration_seconds",
+    "icmp",
+    ICMPProbe,
+    probe_icmp,
+    metrics=METRICS,
     phases=("resolve", "setup", "rtt"),
     reasons=lambda module: frozenset(
         {FailureReason.DNS, FailureReason.CONNECT, FailureReason.TIMEOUT, FailureReason.OTHER}

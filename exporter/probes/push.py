@@ -8,6 +8,17 @@ from exporter.probes.base import ProbeDeps, Prober, ProbeRequest, ProberKind
 from exporter.result import FailureReason, MetricFamily, ProbeResult
 from exporter.types import format_duration
 
+# The families this kind writes beyond every probe's own (for help text and docs).
+METRICS = (
+    MetricFamily(
+        "probe_push_age_seconds",
+        "Seconds since the service last pushed (or since start, before any push).",
+    ),
+    MetricFamily("probe_push_last_timestamp_seconds", "When the service last pushed, as a unix time."),
+    MetricFamily("probe_push_reported_success", "What the last push said: 1 up, 0 down."),
+    MetricFamily("probe_push_reported_duration_seconds", "Duration the last push reported for its job."),
+)
+
 
 def make_prober(deps: ProbeDeps) -> Prober:
     """A push prober judging the heartbeats kept on the running exporter's board."""
@@ -58,18 +69,10 @@ def judge(request: ProbeRequest, board: HeartbeatBoard) -> ProbeResult:
 
 
 KIND = ProberKind(
-    name="push",
-    settings=PushProbe,
+    "push",
+    PushProbe,
     factory=make_prober,
     required=PushProbe.required,
-    metrics=(
-        MetricFamily(
-            "probe_push_age_seconds",
-            "Seconds since the service last pushed (or since start, before any push).",
-        ),
-        MetricFamily("probe_push_last_timestamp_seconds", "When the service last pushed, as a unix time."),
-        MetricFamily("probe_push_reported_success", "What the last push said: 1 up, 0 down."),
-        MetricFamily("probe_push_reported_duration_seconds", "Duration the last push reported for its job."),
-    ),
+    metrics=METRICS,
     reasons=lambda module: frozenset({FailureReason.TIMEOUT, FailureReason.OTHER}),
 )

@@ -49,6 +49,38 @@ _CLOSED_INCIDENTS = frozenset({"resolved", "postmortem", "completed"})
 _ACTIVE_MAINTENANCE = frozenset({"in_progress", "verifying"})
 
 
+# The families this kind writes beyond every probe's own (for help text and docs).
+METRICS = (
+    httpclient.HTTP_METRICS[0],
+    MetricFamily(
+        "probe_statuspage_indicator",
+        "The status page's overall indicator: 1 for the current state.",
+        ("state",),
+    ),
+    MetricFamily(
+        "probe_statuspage_component_status",
+        "Each status page component's status: 1 for the current state.",
+        ("component", "state"),
+    ),
+    MetricFamily("probe_statuspage_components_dropped", "Components left out by max_components."),
+    MetricFamily(
+        "probe_statuspage_incidents",
+        "Unresolved incidents on the status page, by impact.",
+        ("impact",),
+    ),
+    MetricFamily(
+        "probe_statuspage_maintenance_in_progress",
+        "Scheduled maintenances in progress on the status page.",
+    ),
+    MetricFamily(
+        "probe_statuspage_page_updated_timestamp_seconds",
+        "When the status page last changed, as a unix time.",
+    ),
+    *net.ADDRESS_METRICS,
+    *net.TLS_METRICS,
+)
+
+
 async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
     """Fetch and read a status page's summary; a failure raises ProbeFailure."""
     trace = request.trace
@@ -64,42 +96,7 @@ async def probe_statuspage(request: ProbeRequest) -> ProbeResult:
     return trace.succeed()
 
 
-KIND = ProberKind(
-    name="statuspage",
-    settings=StatuspageProbe,
-    probe=probe_statuspage,
-    metrics=(
-        httpclient.HTTP_METRICS[0],
-        MetricFamily(
-            "probe_statuspage_indicator",
-            "The status page's overall indicator: 1 for the current state.",
-            ("state",),
-        ),
-        MetricFamily(
-            "probe_statuspage_component_status",
-            "Each status page component's status: 1 for the current state.",
-            ("component", "state"),
-        ),
-        MetricFamily("probe_statuspage_components_dropped", "Components left out by max_components."),
-        MetricFamily(
-            "probe_statuspage_incidents",
-            "Unresolved incidents on the status page, by impact.",
-            ("impact",),
-        ),
-        MetricFamily(
-            "probe_statuspage_maintenance_in_progress",
-            "Scheduled maintenances in progress on the status page.",
-        ),
-        MetricFamily(
-            "probe_statuspage_page_updated_timestamp_seconds",
-            "When the status page last changed, as a unix time.",
-        ),
-        *net.ADDRESS_METRICS,
-        *net.TLS_METRICS,
-    ),
-    phase_metric="probe_http_duration_seconds",
-    phases=httpclient.PHASES,
-)
+KIND = ProberKind("statuspage", StatuspageProbe, probe_statuspage, metrics=METRICS, phases=httpclient.PHASES)
 
 
 def summary_url(target: str) -> str:

@@ -21,6 +21,18 @@ MAX_LINE_BYTES = 2**16
 _QUOTE_CHARS = 80
 
 
+# What TLS and the query_response dialogue write (converse), for every kind that holds one.
+DIALOGUE_METRICS = (
+    *net.TLS_METRICS,
+    net.REGEX_METRIC,
+    MetricFamily("probe_failed_due_to_bytes", "1 if the probe failed because expect_bytes did not match."),
+    MetricFamily("probe_expect_info", "Labels filled from what a query_response expect matched."),
+)
+
+# The families this kind writes beyond every probe's own (for help text and docs).
+METRICS = (*net.ADDRESS_METRICS, *DIALOGUE_METRICS)
+
+
 class _LineReader:
     """Reads a peer's lines the way blackbox's scanner does: LF-terminated, one CR dropped."""
 
@@ -196,19 +208,11 @@ def quiet_gauges_for(steps: Sequence[QueryResponse]) -> frozenset[str]:
     return frozenset(quiet)
 
 
-# What TLS and the query_response dialogue write (converse), for every kind that holds one.
-DIALOGUE_METRICS = (
-    *net.TLS_METRICS,
-    net.REGEX_METRIC,
-    MetricFamily("probe_failed_due_to_bytes", "1 if the probe failed because expect_bytes did not match."),
-    MetricFamily("probe_expect_info", "Labels filled from what a query_response expect matched."),
-)
-
 KIND = ProberKind(
-    name="tcp",
-    settings=TCPProbe,
-    probe=probe_tcp,
-    metrics=(*net.ADDRESS_METRICS, *DIALOGUE_METRICS),
+    "tcp",
+    TCPProbe,
+    probe_tcp,
+    metrics=METRICS,
     reasons=lambda module: NETWORK_REASONS,
     quiet_gauges=_quiet_gauges,
 )

@@ -84,9 +84,9 @@ def _quiet_gauges(module: Module) -> frozenset[str]:
 
 
 KIND = ProberKind(
-    name="unix",
-    settings=UnixProbe,
-    probe=probe_unix,
+    "unix",
+    UnixProbe,
+    probe_unix,
     metrics=tcp.DIALOGUE_METRICS,
     reasons=lambda module: NETWORK_REASONS - {FailureReason.DNS},
     quiet_gauges=_quiet_gauges,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
+from collections.abc import Iterable
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -23,8 +23,7 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from exporter.modules import WebSocketProbe
-from exporter.probes import httpclient as http
-from exporter.probes import net
+from exporter.probes import httpclient, net
 from exporter.probes.base import ProbeRequest, ProberKind
 from exporter.probes.net import ProbeFailure, expand
 from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
@@ -72,49 +71,38 @@ _FRAME_ERRORS = (
     ("Control frame with payload len > 125", _BAD_CONTROL),
 )
 
-log = logging.getLogger(__name__)
+
+# The families this kind writes beyond every probe's own (for help text and docs).
+METRICS = (
+    MetricFamily(
+        "probe_websocket_duration_seconds",
+        "Duration of each phase of the WebSocket probe.",
+        ("phase",),
+    ),
+    MetricFamily(
+        "probe_websocket_status_code",
+        "Status code of the answer to the upgrade request (101 when upgraded).",
+    ),
+    MetricFamily("probe_websocket_ssl", "1 if the WebSocket went over TLS."),
+    *net.ADDRESS_METRICS,
+    *net.TLS_METRICS,
+    net.REGEX_METRIC,
+)
 
 
 async def probe_websocket(request: ProbeRequest) -> ProbeResult:
-    """Open a WebSocket to ``request.target`` and hold the dialogue; never raises but CancelledError."""
+    """Open a WebSocket to ``request.target`` and hold the dialogue."""
     trace = request.trace
     for phase in PHASES:
         trace.add_phase(phase, 0.0)
     trace.set("probe_websocket_status_code", 0)
     trace.set("probe_websocket_ssl", 0)
     trace.set("probe_failed_due_to_regex", 0)
-    try:
-        await _run(request)
-    except ProbeFailure as failure:
-        return failure.result(trace)
-    except Exception as err:  # a bug here must still produce a result, not a crash
-        log.exception("websocket probe of %s raised", http.redact(_as_http(request.target)))
-        return trace.fail(FailureReason.OTHER, f"internal error: {type(err).__name__}")
+    await _run(request)
     return trace.succeed()
 
 
-KIND = ProberKind(
-    name="websocket",
-    settings=WebSocketProbe,
-    probe=probe_websocket,
-    metrics=(
-        MetricFamily(
-            "probe_websocket_duration_seconds",
-            "Duration of each phase of the WebSocket probe.",
-            ("phase",),
-        ),
-        MetricFamily(
-            "probe_websocket_status_code",
-            "Status code of the answer to the upgrade request (101 when upgraded).",
-        ),
-        MetricFamily("probe_websocket_ssl", "1 if the WebSocket went over TLS."),
-        *net.ADDRESS_METRICS,
-        *net.TLS_METRICS,
-        net.REGEX_METRIC,
-    ),
-    phase_metric="probe_websocket_duration_seconds",
-    phases=PHASES,
-)
+KIND = ProberKind("websocket", WebSocketProbe, probe_websocket, metrics=METRICS, phases=PHASES)
 
 
 def _as_http(target: str) -> str:
@@ -130,9 +118,8 @@ def _as_http(target: str) -> str:
 async def _run(request: ProbeRequest) -> None:
     settings = request.module.section(WebSocketProbe)
     trace = request.trace
-    url = http.parse_url(_as_http(request.target))
-    if request.guard is not None and not request.guard.allows_host(url.host):
-        raise ProbeFailure(FailureReason.OTHER, f"target host {url.host} is outside probe_allowlist")
+    url = httpclient.parse_url(_as_http(request.target))
+    net.check_host(request.guard, url.host)
     # Built before connecting so an unreadable ca_file fails without traffic.
     context = _ssl_context(settings) if url.tls else None
     addresses = await net.resolve(
@@ -158,18 +145,6 @@ def _ssl_context(settings: WebSocketProbe) -> ssl.SSLContext:
     return net.shared_ssl_context(settings.tls_config, ("http/1.1",))
 
 
-async def _read(reader: asyncio.StreamReader, when: str) -> bytes:
-    try:
-        return await reader.read(_READ_SIZE)
-    except ssl.SSLError as err:
-        detail = err.reason.lower().replace("_", " ") if err.reason else str(err)
-        raise ProbeFailure(FailureReason.TLS, f"TLS error {when}: {detail}") from None
-    except OSError as err:
-        raise ProbeFailure(
-            FailureReason.PROTOCOL, f"connection lost {when}: {err.strerror or type(err).__name__}"
-        ) from None
-
-
 class _Closed(Exception):
     """The server sent a close frame or hung up."""
 
@@ -187,9 +162,9 @@ class _WebSocket:
         self.limit = limit
         self.conn = WSConnection(ConnectionType.CLIENT)
 
-    async def handshake(self, url: http.URL, settings: WebSocketProbe, trace: Trace) -> None:
+    async def handshake(self, url: httpclient.URL, settings: WebSocketProbe, trace: Trace) -> None:
         """Send the upgrade request and wait for its 101 answer, which wsproto checks."""
-        headers: dict[str, tuple[str, str]] = {"user-agent": ("User-Agent", http.USER_AGENT)}
+        headers: dict[str, tuple[str, str]] = {"user-agent": ("User-Agent", httpclient.USER_AGENT)}
         for name, value in settings.headers.items():
             headers[name.lower()] = (name, value.reveal())
         try:
@@ -223,7 +198,7 @@ class _WebSocket:
                         FailureReason.HTTP_STATUS,
                         f"upgrade refused: status code {event.status_code}, expected 101",
                     )
-            data = await _read(self.reader, "before the upgrade answer")
+            data = await net.read(self.reader, _READ_SIZE, "before the upgrade answer")
             if not data:
                 raise _protocol(f"{url.authority} closed the connection without an answer")
             try:
@@ -242,7 +217,7 @@ class _WebSocket:
             event = next(self.conn.events(), None)
             if event is not None:
                 return event
-            data = await _read(self.reader, "in the dialogue")
+            data = await net.read(self.reader, _READ_SIZE, "in the dialogue")
             if not data:
                 raise _Closed(None)
             self.conn.receive_data(data)
@@ -312,9 +287,9 @@ def _upgrade_failure(err: RemoteProtocolError, trace: Trace) -> ProbeFailure:
     # Every other refusal is wsproto's check of a 101 answer.
     trace.set("probe_websocket_status_code", 101)
     text = str(err)
-    for prefix, message in _UPGRADE_ERRORS:
-        if text.startswith(prefix):
-            return _protocol(message)
+    known = _known(text, _UPGRADE_ERRORS)
+    if known is not None:
+        return known
     chosen = text.removeprefix("unrecognized subprotocol ")
     if chosen != text:
         return _protocol(f"the server chose subprotocol {chosen!r}, not offered")
@@ -325,13 +300,19 @@ def _broken_frame(event: CloseConnection) -> ProbeFailure:
     reason = event.reason or ""
     if event.code == CloseReason.INVALID_FRAME_PAYLOAD_DATA and not reason.startswith("Error decoding CLOSE"):
         return _protocol("the server sent a text message that is not UTF-8")
-    for prefix, message in _FRAME_ERRORS:
-        if reason.startswith(prefix):
-            return _protocol(message)
+    known = _known(reason, _FRAME_ERRORS)
+    if known is not None:
+        return known
     opcode = reason.removeprefix("Invalid opcode ")
     if opcode != reason:
         return _protocol(f"the server sent a frame with unknown opcode {int(opcode, 16)}")
     return _protocol(f"the server sent a broken frame: {reason}")
+
+
+def _known(text: str, table: Iterable[tuple[str, str]]) -> ProbeFailure | None:
+    """Our message for one of wsproto's texts, by its prefix (see _UPGRADE_ERRORS)."""
+    message = next((message for prefix, message in table if text.startswith(prefix)), None)
+    return None if message is None else _protocol(message)
 
 
 def _protocol(message: str) -> ProbeFailure:

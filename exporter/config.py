@@ -464,9 +464,11 @@ def _section_nodes(root: yaml.Node | None) -> dict[str, yaml.Node]:
     return {k.value: v for k, v in mapping_items(root) if isinstance(k, yaml.ScalarNode)}
 
 
-def _is_push_module(item: ServiceSpec, spec: _Sections) -> bool:
+def _needs_target(item: ServiceSpec, spec: _Sections) -> bool:
+    """Whether the service's kind probes a target (a kind without one is known by its name)."""
     module = spec.modules.get(item.module or "")
-    return module is not None and module.prober == "push"
+    kind = PROBERS.get(module.prober if module is not None else item.prober or "")
+    return kind is None or kind.needs_target
 
 
 def _keys(node: yaml.Node) -> set[str]:
@@ -523,7 +525,7 @@ def _resolve_services(spec: _Sections, reader: Reader, prefix: str = "services")
             error("name", f"duplicate service name {item.name!r} (first on line {seen[item.name]})")
         else:
             seen[item.name] = line_of(where("name"))
-        if not item.target.strip() and item.prober != "push" and not _is_push_module(item, spec):
+        if not item.target.strip() and _needs_target(item, spec):
             error("target", "is required" if "target" not in _keys(node) else "must not be empty")
         labels_node = where("labels")
         for label in item.labels:
@@ -550,14 +552,15 @@ def _resolve_services(spec: _Sections, reader: Reader, prefix: str = "services")
                     f" got {format_duration(interval)}"
                 )
             error(key, message)
-        if module is None:
-            continue
+        kind = PROBERS.get(module.prober) if module is not None else None
+        if module is None or kind is None:
+            continue  # a module of an unknown kind is reported where the module is defined
         out.append(
             Service(
                 name=item.name,
                 group=item.group,
-                # A push service's heartbeats are kept under its name.
-                target=item.name if module.prober == "push" else item.target.strip(),
+                # A kind without a target (push: heartbeats) knows the service by its name.
+                target=item.target.strip() if kind.needs_target else item.name,
                 module_name=item.module or "",
                 module=module,
                 interval=interval,

@@ -106,3 +106,18 @@ def test_shared_probe_code_writes_only_declared_metrics() -> None:
     for path in sorted((ROOT / "exporter" / "probes").glob("*.py")):
         written = set(re.findall(r'"(probe_[a-z0-9_]+)"', path.read_text(encoding="utf-8")))
         assert written <= declared, f"{path.name}: undeclared {sorted(written - declared)}"
+
+
+def test_a_service_of_a_module_of_unknown_kind_is_one_located_error() -> None:
+    text = "modules:\n  ftp_banner:\n    prober: ftp\nservices:\n  - {name: a, module: ftp_banner, target: 'x:21'}\n"
+    with pytest.raises(config.ConfigError) as err:
+        config.parse_config(text)
+    assert [issue.path for issue in err.value.issues] == ["modules.ftp_banner.prober"]
+
+
+def test_kinds_without_a_target_are_known_by_name() -> None:
+    """push needs no target; every other kind does (the registry says which)."""
+    assert [kind.name for kind in KINDS if not kind.needs_target] == ["push"]
+    with pytest.raises(config.ConfigError) as err:
+        config.parse_config("services:\n  - {name: a, prober: tcp}\n")
+    assert [issue.path for issue in err.value.issues] == ["services[0].target"]

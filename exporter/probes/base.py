@@ -91,6 +91,8 @@ class ProberKind:
     metrics: tuple[MetricFamily, ...] = ()
     required: Callable[[Any], Iterator[tuple[str, str]]] = no_requirements
     phases: tuple[str, ...] = ()
+    # False for kinds that reach nothing (push): the service's name stands in for its target.
+    needs_target: bool = True
     reasons: Callable[[Module], frozenset[FailureReason]] = every_reason
     quiet_gauges: Callable[[Module], frozenset[str]] = no_quiet_gauges
 

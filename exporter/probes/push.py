@@ -73,6 +73,7 @@ KIND = ProberKind(
     PushProbe,
     factory=make_prober,
     required=PushProbe.required,
+    needs_target=False,
     metrics=METRICS,
     reasons=lambda module: frozenset({FailureReason.TIMEOUT, FailureReason.OTHER}),
 )

@@ -109,7 +109,10 @@ def test_shared_probe_code_writes_only_declared_metrics() -> None:
 
 
 def test_a_service_of_a_module_of_unknown_kind_is_one_located_error() -> None:
-    text = "modules:\n  ftp_banner:\n    prober: ftp\nservices:\n  - {name: a, module: ftp_banner, target: 'x:21'}\n"
+    text = (
+        "modules:\n  ftp_banner:\n    prober: ftp\n"
+        "services:\n  - {name: a, module: ftp_banner, target: 'x:21'}\n"
+    )
     with pytest.raises(config.ConfigError) as err:
         config.parse_config(text)
     assert [issue.path for issue in err.value.issues] == ["modules.ftp_banner.prober"]

@@ -53,6 +53,7 @@ HELP: dict[str, str] = {
     "probe_http_last_modified_timestamp_seconds": "Last-Modified header of the response, as a unix time.",
     "probe_failed_due_to_regex": "1 if the probe failed because a regular expression check failed.",
     "probe_failed_due_to_bytes": "1 if the probe failed because expect_bytes did not match.",
+    "probe_failed_due_to_cel": "1 if the probe failed because a CEL check on the JSON body failed.",
     "probe_expect_info": "Labels filled from what a query_response expect matched.",
     "probe_ssl_earliest_cert_expiry": "Earliest expiry of the certificates the server sent, as a unix time.",
     "probe_ssl_last_chain_expiry_timestamp_seconds": "Earliest expiry in the last certificate chain.",

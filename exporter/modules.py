@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from exporter.cel import CELProgram
 from exporter.types import ByteSize, Duration, GoDuration, Regex, Secret, SecretValues, StatusRange
 
 IPProtocol = Literal["ip4", "ip6", "ip"]
@@ -135,6 +136,9 @@ class HTTPProbe:
     fail_if_body_not_matches_regexp: tuple[Regex, ...] = ()
     fail_if_header_matches: tuple[HeaderMatch, ...] = ()
     fail_if_header_not_matches: tuple[HeaderMatch, ...] = ()
+    # blackbox 0.27: CEL expressions on the body decoded as JSON.
+    fail_if_body_json_matches_cel: CELProgram | None = None
+    fail_if_body_json_not_matches_cel: CELProgram | None = None
     body_size_limit: ByteSize = ByteSize(0)
     skip_resolve_phase_with_proxy: bool = False
     # blackbox inlines Prometheus' HTTP client options here.

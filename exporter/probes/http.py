@@ -17,7 +17,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import brotli  # type: ignore[import-untyped]
 
-from exporter import __version__, offloop
+from exporter import __version__, cel, offloop
 from exporter.modules import HTTPProbe, Module
 from exporter.probes import http1, net
 from exporter.probes.base import ALL_REASONS, ProbeRequest, ProberKind
@@ -85,6 +85,9 @@ async def probe_http(request: ProbeRequest) -> ProbeResult:
     """Fetch ``request.target`` as blackbox's http prober does; never raises but CancelledError."""
     trace = request.trace
     record_defaults(trace)
+    if _has_cel(request.module.http):
+        # blackbox exports it, 0, whenever the module has a CEL check, even if the probe fails earlier.
+        trace.set("probe_failed_due_to_cel", 0)
     client = HTTPClient(request.module.http, trace, request.guard)
     try:
         await client.judge(await client.fetch(request.target))
@@ -431,8 +434,10 @@ class HTTPClient:
                 same_host = url.authority == first.authority
                 server_name = configured if configured and same_host else url.host
                 await net.start_tls(writer, self._tls_context(), server_name, self.trace)
-            keep_body = self.keep_body or bool(
-                settings.fail_if_body_matches_regexp or settings.fail_if_body_not_matches_regexp
+            keep_body = (
+                self.keep_body
+                or bool(settings.fail_if_body_matches_regexp or settings.fail_if_body_not_matches_regexp)
+                or _has_cel(settings)
             )
             exchange = _Exchange(conn, reader, writer, self.trace, self.limit, keep_body)
             response = await exchange.round_trip(url, payload, self._wants_body)
@@ -484,6 +489,12 @@ class HTTPClient:
             problem = await _body_problem(body.data, settings)
             if problem is not None:
                 trace.set("probe_failed_due_to_regex", 1)
+                raise ProbeFailure(FailureReason.BODY, problem)
+            problem = await cel.check_body(
+                body.data, settings.fail_if_body_json_matches_cel, settings.fail_if_body_json_not_matches_cel
+            )
+            if problem is not None:
+                trace.set("probe_failed_due_to_cel", 1)
                 raise ProbeFailure(FailureReason.BODY, problem)
         version = f"HTTP/{response.version}"
         if settings.valid_http_versions and version not in settings.valid_http_versions:
@@ -813,6 +824,11 @@ async def _body_problem(data: bytes, settings: HTTPProbe) -> str | None:
         if not await regex.search_subject(subject):
             return f"body did not match fail_if_body_not_matches_regexp {regex.source!r}"
     return None
+
+
+def _has_cel(settings: HTTPProbe) -> bool:
+    checks = (settings.fail_if_body_json_matches_cel, settings.fail_if_body_json_not_matches_cel)
+    return any(check is not None for check in checks)
 
 
 def _basic(username: str, password: str) -> str:

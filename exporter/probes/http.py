@@ -449,8 +449,10 @@ class HTTPClient:
         return response
 
     def _wants_body(self, status: int, headers: Sequence[tuple[str, str]]) -> bool:
+        # A redirect's body is never read: a followed one is left for the next hop, and one not
+        # followed ends the probe as in blackbox, whose client has closed that body (length 0).
         has_location = any(k == "location" and v.strip() for k, v in headers)
-        return not (status in REDIRECT_CODES and has_location and self.settings.redirects_allowed)
+        return not (status in REDIRECT_CODES and has_location)
 
     def _keep_first_hop_values(self) -> None:
         """blackbox reports the first lookup; later hops' lookups must not replace it."""
@@ -543,7 +545,7 @@ class _Exchange:
             head = await self._head()
             version = head.http_version.decode("ascii", "replace")
             headers = tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers)
-            _record_head(trace, url, head.status_code, version, headers)
+            _record_head(trace, url, head.status_code, version, headers, self.conn.head_request)
             body = None
             if wants_body(head.status_code, headers):
                 body = await self._body(headers)
@@ -622,6 +624,9 @@ class _Exchange:
                     break
                 raw += len(event.data)
                 if raw > limit:
+                    if decoder is None:
+                        # blackbox has counted the body up to its limit when it gives up.
+                        self.trace.set("probe_http_uncompressed_body_length", limit)
                     raise ProbeFailure(
                         FailureReason.BODY, f"body is larger than body_size_limit ({limit} bytes)"
                     )
@@ -764,7 +769,7 @@ class _Decoder:
 
 
 def _record_head(
-    trace: Trace, url: URL, status: int, version: str, headers: Sequence[tuple[str, str]]
+    trace: Trace, url: URL, status: int, version: str, headers: Sequence[tuple[str, str]], head: bool
 ) -> None:
     trace.set("probe_http_status_code", status)
     try:
@@ -772,12 +777,27 @@ def _record_head(
     except ValueError:
         trace.set("probe_http_version", 0)
     trace.set("probe_http_ssl", 1 if url.tls else 0)
-    # Go's resp.ContentLength: the header's value, or -1 when the length is not known up front.
-    length = -1
+    trace.set("probe_http_content_length", _content_length(status, headers, head))
+
+
+def _content_length(status: int, headers: Sequence[tuple[str, str]], head: bool) -> int:
+    """Go's resp.ContentLength, which blackbox exports: -1 when the length is not known up front.
+
+    A HEAD answer's is its header's; 1xx, 204 and 304 answers have no body (0); a chunked body's
+    length is unknown even beside a Content-Length header (-1).
+    """
+    declared = -1
     for name, value in headers:
         if name == "content-length" and value.strip().isdigit():
-            length = int(value)
-    trace.set("probe_http_content_length", length)
+            declared = int(value)
+    if head:
+        return declared
+    if status < 200 or status in (204, 304):
+        return 0
+    chunked = any(
+        name == "transfer-encoding" and value.strip().lower().endswith("chunked") for name, value in headers
+    )
+    return -1 if chunked else declared
 
 
 def _record_last_modified(trace: Trace, headers: Sequence[tuple[str, str]]) -> None:

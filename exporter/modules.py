@@ -151,6 +151,8 @@ class HTTPProbe:
     no_follow_redirects: bool | None = None
     max_redirects: int = 10
     enable_http2: bool = True
+    # blackbox 0.28's QUIC client; accepted so its configs load, refused when switched on.
+    enable_http3: bool = False
 
     def check(self) -> Problems:
         if self.fail_if_ssl and self.fail_if_not_ssl:
@@ -185,6 +187,11 @@ class HTTPProbe:
             yield (
                 "valid_http_versions",
                 "probes speak HTTP/1.1 and HTTP/1.0 only, so this module would always fail; add HTTP/1.1",
+            )
+        if self.enable_http3:
+            yield (
+                "enable_http3",
+                "HTTP/3 is not supported: probes speak HTTP/1.1 over TCP; remove enable_http3",
             )
         if self.max_redirects < 0:
             yield "max_redirects", f"must not be negative, got {self.max_redirects}"

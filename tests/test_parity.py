@@ -207,6 +207,7 @@ ANSWERS.update(
 
 # --- the table ------------------------------------------------------------------------------
 
+BYTES_SOURCE = "0.28 prober/query_response.go: expect_bytes wants the next bytes; probe_failed_due_to_bytes"
 CEL_SOURCE = "0.27 source: probe_failed_due_to_cel registered with a CEL check, 1 when it fails"
 
 CASES: list[Case] = [
@@ -240,7 +241,15 @@ CASES: list[Case] = [
     http("http last-modified", "/last-modified"),
     http("http unparsable last-modified", "/bad-last-modified"),
     http("http gzip body", "/gzip", http={"compression": "gzip"}),
-    http("http gzip asked for", "/needs-gzip", http={"compression": "gzip"}),
+    http(
+        "http gzip asked for",
+        "/needs-gzip",
+        http={"compression": "gzip"},
+        differs=dict.fromkeys(
+            ("probe_success", "probe_http_content_length", "probe_http_uncompressed_body_length"),
+            "`compression` asks for the coding",
+        ),
+    ),
     http("http body size limit", "/big", http={"body_size_limit": "1KB"}),
     http("http body within limit", "/big", http={"body_size_limit": "1MB"}),
     http("http fail if body matches", "/body", http={"fail_if_body_matches_regexp": ["operational"]}),
@@ -281,6 +290,7 @@ CASES: list[Case] = [
         "http cel fails on a match",
         "/json",
         http={"fail_if_body_json_matches_cel": 'body.status == "up"'},
+        source=CEL_SOURCE,
         like="http ok",
         recorded={
             "probe_success": 0,
@@ -293,6 +303,7 @@ CASES: list[Case] = [
         "http cel passes",
         "/json",
         http={"fail_if_body_json_not_matches_cel": "body.checks.all(c, c.ok) && body.count == 2"},
+        source=CEL_SOURCE,
         like="http ok",
         recorded={
             "probe_failed_due_to_cel": 0,
@@ -304,6 +315,7 @@ CASES: list[Case] = [
         "http cel on a body that is not json",
         "/body",
         http={"fail_if_body_json_not_matches_cel": "body.ok"},
+        source=CEL_SOURCE,
         like="http fail if body matches",
         recorded={"probe_failed_due_to_cel": 1, "probe_failed_due_to_regex": 0},
     ),
@@ -311,6 +323,7 @@ CASES: list[Case] = [
         "http cel not reached after a bad status",
         "/404",
         http={"fail_if_body_json_matches_cel": "body.x"},
+        source=CEL_SOURCE,
         like="http 404 fails",
         recorded={"probe_failed_due_to_cel": 0},
     ),
@@ -351,6 +364,7 @@ CASES: list[Case] = [
         "tcp expect bytes",
         "banner",
         tcp={"query_response": [{"expect_bytes": "SSH-2.0"}]},
+        source=BYTES_SOURCE,
         like="tcp banner expected",
         recorded={"probe_failed_due_to_bytes": 0},
     ),
@@ -358,6 +372,7 @@ CASES: list[Case] = [
         "tcp expect bytes mismatch",
         "banner",
         tcp={"query_response": [{"expect_bytes": "220"}]},
+        source=BYTES_SOURCE,
         like="tcp banner mismatch",
         recorded={"probe_failed_due_to_bytes": 1, "probe_failed_due_to_regex": 0},
     ),
@@ -766,8 +781,9 @@ def test_probe_answers_as_blackbox(exporters: Exporters, case: Case) -> None:
 
 
 def test_table_is_large_and_names_unique() -> None:
-    """At least 60 cases, every prober represented, no two modules of the same name."""
+    """At least 60 cases, every prober represented, no two modules of the same name, sources named."""
     names = [case.module_name for case in CASES]
+    assert all(case.source for case in CASES if case.recorded or case.like)
     assert len(names) == len(set(names))
     assert len(CASES) >= 60
     assert {case.module["prober"] for case in CASES} == {"http", "tcp", "dns", "icmp", "grpc", "websocket"}

@@ -146,7 +146,15 @@ class Entry:
 
     @property
     def size(self) -> int:
-        return len(self.text) + 64
+        return len(self.text.encode("utf-8", "replace")) + _OVERHEAD
+
+
+# What a kept account or key costs beside its text, roughly: the objects that hold it.
+_OVERHEAD = 64
+
+
+def _key_size(key: Key) -> int:
+    return sum(len(part.encode("utf-8", "replace")) for part in key) + _OVERHEAD
 
 
 class ProbeLogBook:
@@ -168,6 +176,7 @@ class ProbeLogBook:
         ring = self._rings.pop(key, None)
         if ring is None:
             ring = deque()
+            self._bytes += _key_size(key)  # a target may be as long as a query string allows
         if len(ring) >= self.entries:
             self._bytes -= ring.popleft().size
         ring.append(entry)
@@ -181,7 +190,7 @@ class ProbeLogBook:
                     self._bytes -= oldest.popleft().size
                 break
             del self._rings[oldest_key]
-            self._bytes -= sum(e.size for e in oldest)
+            self._bytes -= sum(e.size for e in oldest) + _key_size(oldest_key)
 
     def latest(self, key: Key) -> list[Entry]:
         """The accounts kept for ``key``, newest first."""

@@ -176,6 +176,19 @@ def test_book_bounds_pairs_and_bytes() -> None:
         book.add(probelogs.target_key("big", str(n)), Entry(float(n), True, "y" * 3000))
     assert book.bytes <= 10_000
     assert len(book.latest(probelogs.target_key("big", "39"))) == 1
+    kept = [
+        probelogs.target_key("big", str(n))
+        for n in range(40)
+        if book.latest(probelogs.target_key("big", str(n)))
+    ]
+    assert book.bytes == sum(e.size for k in kept for e in book.latest(k)) + sum(
+        probelogs._key_size(k) for k in kept
+    )
+    # A target as long as a query string allows is counted too, so keys cannot grow the book.
+    long_book = ProbeLogBook(max_total_bytes=50_000)
+    for n in range(100):
+        long_book.add(probelogs.target_key(f"{n}" + "t" * 4000, "m"), Entry(float(n), True, "x"))
+    assert long_book.bytes <= 50_000 and len(long_book) < 100
 
 
 def test_one_account_is_cut_to_its_cap() -> None:

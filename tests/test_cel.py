@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,14 +13,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from exporter import cel
+from exporter import cel, offloop
 from exporter.config import dump_config, parse_config
 from exporter.errors import ConfigError
 from exporter.modules import HTTPProbe, Module
 from exporter.result import FailureReason
 from tests.conftest import ProbeRunner
 
-BIG_ITEMS = 20_000  # about 200 KiB of JSON: over offloop.INLINE_BYTES, so worked in a thread
+BIG_ITEMS = 3_000  # about 84 KiB of JSON, over offloop.INLINE_BYTES
 
 
 def check(matches: str | None = None, not_matches: str | None = None) -> Module:
@@ -183,9 +185,9 @@ async def test_big_body_is_checked_off_the_loop(run_probe: ProbeRunner, json_tar
     result = await run_probe(json_target + "/big", check(not_matches=expression), timeout=20.0)
     assert result.success, result.message
     assert result.value("probe_http_uncompressed_body_length", 0) > 64 * 1024  # type: ignore[operator]
-    result = await run_probe(json_target + "/big", check(matches="body.items.exists(i, i.id == 19999)"), 20.0)
+    result = await run_probe(json_target + "/big", check(matches="body.items.exists(i, i.id == 2999)"), 20.0)
     assert (
-        result.message == "body matched fail_if_body_json_matches_cel 'body.items.exists(i, i.id == 19999)'"
+        result.message == "body matched fail_if_body_json_matches_cel 'body.items.exists(i, i.id == 2999)'"
     )
 
 
@@ -206,3 +208,41 @@ def test_decode_reads_invalid_utf8_as_go_does() -> None:
     assert str(document["name"]) == "a\ufffdb"
     with pytest.raises(cel.CELProblem, match="invalid JSON value NaN"):
         cel.decode_body(json.dumps({"x": float("nan")}).encode())
+
+
+NESTED = "body.items.all(a, body.items.all(b, a.id != b.id || a.state == b.state))"
+
+
+def test_stop_ends_an_evaluation_early() -> None:
+    """An expression of millions of steps ends soon after its stop flag is set, with a message."""
+    document = cel.decode_body(
+        json.dumps({"items": [{"id": i, "state": "ok"} for i in range(3000)]}).encode()
+    )
+    program = cel.CELProgram.from_yaml(NESTED)
+    stop = threading.Event()
+    outcome: list[BaseException | bool] = []
+
+    def run() -> None:
+        try:
+            outcome.append(program.verdict(document, stop))
+        except cel.CELProblem as problem:
+            outcome.append(problem)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], cel.CELProblem)
+    assert str(outcome[0]) == f"evaluating {NESTED[:60]!r}... was stopped: the probe ended"
+
+
+async def test_timed_out_probe_stops_its_evaluation(run_probe: ProbeRunner, json_target: str) -> None:
+    """A probe whose CEL check outlives its timeout fails with timeout and frees the answers pool."""
+    result = await run_probe(json_target + "/big", check(not_matches=NESTED), timeout=1.0)
+    assert result.reason is FailureReason.TIMEOUT
+    # Both pool threads must come free: a stopped evaluation ends within a few steps.
+    assert await asyncio.wait_for(asyncio.gather(*(offloop.in_thread(int, "1") for _ in range(2))), 30) == [
+        1,
+        1,
+    ]

@@ -186,9 +186,7 @@ async def test_big_body_is_checked_off_the_loop(run_probe: ProbeRunner, json_tar
     assert result.success, result.message
     assert result.value("probe_http_uncompressed_body_length", 0) > 64 * 1024  # type: ignore[operator]
     result = await run_probe(json_target + "/big", check(matches="body.items.exists(i, i.id == 2999)"), 20.0)
-    assert (
-        result.message == "body matched fail_if_body_json_matches_cel 'body.items.exists(i, i.id == 2999)'"
-    )
+    assert result.message == "body matched fail_if_body_json_matches_cel 'body.items.exists(i, i.id == 2999)'"
 
 
 async def test_gauge_is_exported_when_the_probe_fails_earlier(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from exporter.cel import CELProgram
 from exporter.errors import ConfigError, ConfigIssue
 from exporter.maintenance import MaintenanceWindow, Schedule, Timestamp, TimeZone
 from exporter.modules import Module, Problems, check_module
@@ -625,7 +626,7 @@ def _plain(value: object) -> object:
         return "<secret>"
     if isinstance(value, Duration):
         return str(value)
-    if isinstance(value, Regex | HostPattern | StatusRange | Timestamp | Schedule | TimeZone):
+    if isinstance(value, Regex | CELProgram | HostPattern | StatusRange | Timestamp | Schedule | TimeZone):
         return str(value)
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]

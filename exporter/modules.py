@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
 
+from exporter.cel import CELProgram
 from exporter.types import ByteSize, Duration, GoDuration, Regex, Secret, SecretValues, StatusRange
 
 IPProtocol = Literal["ip4", "ip6", "ip"]
@@ -155,12 +156,17 @@ class HTTPProbe(RequestOptions):
     fail_if_not_ssl: bool = False
     body: str = ""
     compression: Literal["", "gzip", "br", "deflate", "identity"] = ""
+    # blackbox 0.27: CEL expressions on the body decoded as JSON.
+    fail_if_body_json_matches_cel: CELProgram | None = None
+    fail_if_body_json_not_matches_cel: CELProgram | None = None
     body_size_limit: ByteSize = ByteSize(0)
     skip_resolve_phase_with_proxy: bool = False
     tls_config: TLSConfig = field(default_factory=TLSConfig)
     no_follow_redirects: bool | None = None
     max_redirects: int = 10
     enable_http2: bool = True
+    # blackbox 0.28's QUIC client; accepted so its configs load, refused when switched on.
+    enable_http3: bool = False
 
     def check(self) -> Problems:
         if self.fail_if_ssl and self.fail_if_not_ssl:
@@ -186,6 +192,11 @@ class HTTPProbe(RequestOptions):
             yield (
                 "valid_http_versions",
                 "probes speak HTTP/1.1 and HTTP/1.0 only, so this module would always fail; add HTTP/1.1",
+            )
+        if self.enable_http3:
+            yield (
+                "enable_http3",
+                "HTTP/3 is not supported: probes speak HTTP/1.1 over TCP; remove enable_http3",
             )
         if self.max_redirects < 0:
             yield "max_redirects", f"must not be negative, got {self.max_redirects}"

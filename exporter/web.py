@@ -12,10 +12,10 @@ from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter import page
+from exporter import page, probelogs
 from exporter.allowlist import Allowlist, target_host
 from exporter.collector import render_result
-from exporter.config import Config, dump_config
+from exporter.config import Config, Service, dump_config
 from exporter.exposition import TEXT_FORMAT, gzip_stream, negotiate
 from exporter.heartbeats import HeartbeatBoard
 from exporter.modules import Module
@@ -34,6 +34,7 @@ MAX_QUERY_LENGTH = 4096
 
 EXPORTER = web.AppKey("exporter", Exporter)
 WATCH_INTERVAL = web.AppKey("watch_interval", float)
+PROBE_LOGS = web.AppKey("probe_logs", probelogs.ProbeLogBook)
 
 
 def make_app(
@@ -67,12 +68,14 @@ def make_app(
     )
     app[EXPORTER] = exporter
     app[WATCH_INTERVAL] = watch_interval
+    app[PROBE_LOGS] = probelogs.ProbeLogBook()
     if schedule:
         app.cleanup_ctx.append(_scheduler_context)
         app.cleanup_ctx.append(_watch_context)
     page.install(app, exporter)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)
+    app.router.add_get("/logs", probe_logs)
     app.router.add_post("/-/reload", reload)
     app.router.add_put("/-/reload", reload)
     app.router.add_get("/-/healthy", healthy)
@@ -140,6 +143,7 @@ async def probe(request: web.Request) -> web.Response:
         if service is None:
             return _bad(404, f"unknown service {service_name!r}")
         target, module, timeout = service.target, service.module, service.timeout
+        log_key, module_name = probelogs.service_key(service_name), service.module_name or "(inline)"
     else:
         target = query.get("target", "")
         if not target.strip():
@@ -154,6 +158,7 @@ async def probe(request: web.Request) -> web.Response:
             return _bad(403, exporter.allowlist.explain(target))
         guard = exporter.allowlist
         timeout = float(module.timeout or config.global_.timeout)
+        log_key = probelogs.target_key(target, module_name)
     header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
     if header is not None:
         try:
@@ -164,13 +169,74 @@ async def probe(request: web.Request) -> web.Response:
             return _bad(400, "X-Prometheus-Scrape-Timeout-Seconds must be positive")
         budget = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
         timeout = min(timeout, budget if budget > 0 else scrape_timeout)
-    result = await exporter.probe(target, module, timeout, guard)
+    with probelogs.capture() as captured:
+        result = await exporter.probe(target, module, timeout, guard)
     # blackbox (0.25 and later) reports the timeout it applied beside the probe's values.
     result = dataclasses.replace(result, samples=(*result.samples, Sample("probe_timeout_seconds", timeout)))
+    body = render_result(result, module.prober)
+    text = probelogs.account(
+        result,
+        target=target,
+        module=module_name,
+        prober=module.prober,
+        timeout=timeout,
+        captured=captured,
+        metrics=body.decode("utf-8", "replace"),
+    )
+    request.app[PROBE_LOGS].add(log_key, probelogs.Entry(result.started_at, result.success, text))
     if query.get("debug", "").lower() == "true":
         return web.Response(text=debug_text(target, module, result))
-    body = render_result(result, module.prober)
     return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
+
+
+async def probe_logs(request: web.Request) -> web.Response:
+    """blackbox's /logs?target=&module=: what the latest probes of a target logged; also ?service=."""
+    exporter = request.app[EXPORTER]
+    book = request.app[PROBE_LOGS]
+    query = request.query
+    if len(request.query_string) > MAX_QUERY_LENGTH:
+        return _bad(414, f"query string longer than {MAX_QUERY_LENGTH} bytes")
+    target, module, service = query.get("target", ""), query.get("module", ""), query.get("service", "")
+    if "id" in query:
+        return _bad(400, "probe ids are not kept here: ask by target= (and module=) or by service=")
+    if target and service:
+        return _bad(400, "target and service cannot be given together")
+    if module and not target:
+        return _bad(400, "module only works together with target")
+    if service:
+        found = exporter.service(service)
+        if found is None:
+            return _bad(404, f"unknown service {service[:100]!r}")
+        entries = book.latest(probelogs.service_key(service))
+        state = exporter.store.get(service)
+        if state is not None and state.last is not None:
+            entries.append(_scheduled_entry(found, state.last))
+            entries.sort(key=lambda e: e.wall, reverse=True)
+            entries = entries[: book.entries]
+        if not entries:
+            return _bad(404, f"service {service!r} has not been probed yet")
+    elif target:
+        entries = book.latest(probelogs.target_key(target, module)) if module else book.by_target(target)
+        if not entries:
+            which = f" with module {module[:100]!r}" if module else ""
+            return _bad(404, f"no probe of this target{which} is kept: logs are kept for /probe requests")
+    else:
+        return _bad(400, "target (with an optional module) or service must be given")
+    return web.Response(text=probelogs.render(entries), content_type="text/plain")
+
+
+def _scheduled_entry(service: Service, result: ProbeResult) -> probelogs.Entry:
+    """The account of a service's latest scheduled probe, written from its stored result."""
+    text = probelogs.account(
+        result,
+        target=service.target,
+        module=service.module_name or "(inline)",
+        prober=service.module.prober,
+        timeout=service.timeout,
+        captured=[],
+        metrics=render_result(result, service.module.prober).decode("utf-8", "replace"),
+    )
+    return probelogs.Entry(result.started_at, result.success, text)
 
 
 def debug_text(target: str, module: Module, result: ProbeResult) -> str:

@@ -230,12 +230,6 @@ async def test_tcp_connect_matches_blackbox(
     assert theirs["probe_ip_protocol"] == 4
 
 
-async def test_tcp_connect_refused_matches_blackbox(session: ClientSession, blackbox: str, ours: str) -> None:
-    """tcp_connect to a closed port: both fail, with the same names and IP protocol."""
-    theirs = await compare(session, blackbox, ours, f"127.0.0.1:{free_port()}", "tcp_connect", TCP_VALUES)
-    assert theirs["probe_success"] == 0
-
-
 def test_blackbox_accepts_the_pinned_copy(blackbox_binary: str, modules_file: Path) -> None:
     """The edited copy is still a valid blackbox.yml, so both sides really load the same file."""
     result = subprocess.run(

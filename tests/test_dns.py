@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.rcode
@@ -23,7 +24,7 @@ from cryptography import x509
 
 from exporter.allowlist import Allowlist
 from exporter.modules import DNSProbe, DNSRRValidator, Module, TLSConfig
-from exporter.probes.dns import KIND, check_rrs, rr_texts
+from exporter.probes.dns import KIND, _from_wire, check_rrs, rr_texts
 from exporter.result import FailureReason
 from exporter.types import HostPattern, Regex
 from tests.conftest import ProbeRunner
@@ -457,3 +458,27 @@ async def test_probe_allowlist_is_enforced(dns_server: ServerFactory, run_probe:
     assert result.reason is FailureReason.OTHER
     assert result.message == "target host 127.0.0.1 is outside probe_allowlist"
     assert server.queries == []
+
+
+def _answer_with(count_field: int, claimed: int, tail: bytes = b"") -> bytes:
+    query = dns.message.make_query(f"www.{ZONE}", "A")
+    response = dns.message.make_response(query)
+    response.answer.append(dns.rrset.from_text(f"www.{ZONE}", 300, "IN", "A", "127.0.0.1"))
+    wire = bytearray(response.to_wire() + tail)
+    struct.pack_into("!H", wire, count_field, claimed)
+    return bytes(wire)
+
+
+def test_lying_counts_read_as_miekg_reads_them() -> None:
+    """Counts above the records there give those records; bytes after them are ignored."""
+    for field_offset in (6, 8, 10):  # answer, authority, additional count
+        message = _from_wire(_answer_with(field_offset, 1 if field_offset == 6 else 4))
+        assert [len(s) for s in (message.answer, message.authority, message.additional)] == [1, 0, 0]
+    assert len(_from_wire(_answer_with(6, 1, tail=b"\x00\x01junk")).answer) == 1
+    assert len(_from_wire(_answer_with(6, 0)).answer) == 0  # fewer counted: the rest is ignored
+
+
+def test_a_record_cut_off_is_still_an_error() -> None:
+    """A message that ends inside a record is broken, as miekg says too."""
+    with pytest.raises(dns.exception.FormError):
+        _from_wire(_answer_with(6, 2)[:-2])

@@ -324,6 +324,7 @@ services:
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "BREW", "get", "G ET"]
 PATHS = ["/", "/metrics", "/probe", "/config", "/-/healthy", "/-/ready", "/-/reload", "/push/beat"]
 PATHS += ["/push/nope", "/push/", "//metrics", "/metrics/", "/%2e%2e/config", "/probe/../config", "*"]
+PATHS += ["/logs"]
 QUERY_PIECES = [
     "target=",
     "target=127.0.0.1",

@@ -1081,3 +1081,20 @@ async def test_cancellation_propagates(raw_server: RawServe) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert request.trace.phases["connect"] > 0
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "head", "length"),
+    [
+        (200, [("content-length", "12")], False, 12),
+        (200, [], False, -1),
+        (200, [("content-length", "100"), ("transfer-encoding", "chunked")], False, -1),
+        (204, [], False, 0),
+        (304, [("content-length", "10")], False, 0),
+        (200, [("content-length", "1234")], True, 1234),
+        (200, [], True, -1),
+    ],
+)
+def test_content_length_is_gos(status: int, headers: list[tuple[str, str]], head: bool, length: int) -> None:
+    """probe_http_content_length is Go's resp.ContentLength, which blackbox exports."""
+    assert httpclient._content_length(status, headers, head) == length

@@ -56,7 +56,6 @@ def test_every_metric_a_kind_writes_is_declared(kind: ProberKind) -> None:
     source = Path(module.__file__ or "").read_text(encoding="utf-8")
     written = set(re.findall(r'"(probe_[a-z0-9_]+)"', source))
     declared = {family.name for family in kind.metrics} | COMMON
-    assert written, f"{kind.name}: writes no metric of its own"
     assert written <= declared, f"{kind.name}: undeclared {sorted(written - declared)}"
 
 

@@ -18,7 +18,7 @@ from exporter.webconfig import BasicAuth, load_web_config
 from tests.stack import exporter_argv, free_port
 from tests.test_cli import wait_until
 
-ENDPOINTS = ["/", "/metrics", "/config", "/-/healthy", "/-/ready", "/probe?service=x"]
+ENDPOINTS = ["/", "/metrics", "/config", "/-/healthy", "/-/ready", "/probe?service=x", "/logs?target=x"]
 
 
 def write_web_config(tmp_path: Path, server_cert: trustme.LeafCert, password: str) -> Path:

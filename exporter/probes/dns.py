@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import socket
 import ssl
 import struct
@@ -232,8 +231,65 @@ async def _parse(wire: bytes) -> dns.message.Message:
     # of records, a quarter of a second of parsing) is parsed in a thread, where the event loop
     # gets the interpreter back every few milliseconds.
     if len(wire) <= PARSE_INLINE_BYTES:
-        return dns.message.from_wire(wire, one_rr_per_rrset=True)
-    return await offloop.in_thread(functools.partial(dns.message.from_wire, one_rr_per_rrset=True), wire)
+        return _from_wire(wire)
+    return await offloop.in_thread(_from_wire, wire)
+
+
+def _from_wire(wire: bytes) -> dns.message.Message:
+    """Parse an answer as miekg/dns (so blackbox) does: header counts that lie are forgiven.
+
+    miekg reads records while the message has them: counts larger than what follows, when the
+    message ends at a record's end, give the records that are there, and bytes after the
+    counted records are ignored. dnspython refuses both, so a retry rewrites the counts.
+    """
+    try:
+        return dns.message.from_wire(wire, one_rr_per_rrset=True, ignore_trailing=True)
+    except dns.exception.FormError:
+        fixed = _recount(wire)
+        if fixed is None:
+            raise
+        return dns.message.from_wire(fixed, one_rr_per_rrset=True, ignore_trailing=True)
+
+
+def _skip_name(wire: bytes, offset: int) -> int | None:
+    while offset < len(wire):
+        length = wire[offset]
+        if length & 0xC0 == 0xC0:
+            return offset + 2 if offset + 2 <= len(wire) else None
+        if length == 0:
+            return offset + 1
+        offset += 1 + length
+    return None
+
+
+def _recount(wire: bytes) -> bytes | None:
+    """``wire`` with its record counts set to the records it holds, or None if one is cut off."""
+    if len(wire) < 12:
+        return None
+    questions, *counts = struct.unpack_from("!4H", wire, 4)
+    offset: int | None = 12
+    for _ in range(questions):
+        offset = _skip_name(wire, offset) if offset is not None else None
+        if offset is None or offset + 4 > len(wire):
+            return None
+        offset += 4
+    found = 0
+    while offset is not None and offset < len(wire) and found < sum(counts):
+        offset = _skip_name(wire, offset)
+        if offset is None or offset + 10 > len(wire):
+            return None
+        end = offset + 10 + struct.unpack_from("!H", wire, offset + 8)[0]
+        if end > len(wire):
+            return None
+        offset, found = end, found + 1
+    if found == sum(counts):
+        return None  # the counts were right: the message is broken in some other way
+    # The records that are there fill the sections in order, as miekg reads them.
+    kept = []
+    for count in counts:
+        kept.append(min(count, found))
+        found -= kept[-1]
+    return wire[:6] + struct.pack("!3H", *kept) + wire[12:]
 
 
 def _stream_writer(sock: _Socket) -> asyncio.StreamWriter | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from exporter.modules import HTTPProbe, Module
 from exporter.probes import net
 from exporter.probes.base import ALL_REASONS, ProbeRequest, ProberKind
-from exporter.probes.httpclient import HTTP_METRICS, PHASES, HTTPClient, record_defaults
-from exporter.result import FailureReason, ProbeResult
+from exporter.probes.httpclient import HTTP_METRICS, PHASES, HTTPClient, has_cel, record_defaults
+from exporter.result import FailureReason, MetricFamily, ProbeResult
 
 # Semantics, and where they differ from blackbox_exporter:
 # - We speak HTTP/1.1 only. ``enable_http2`` is accepted so blackbox configs load, but HTTP/2 is
@@ -31,14 +31,26 @@ from exporter.result import FailureReason, ProbeResult
 # - DNS values (probe_dns_lookup_time_seconds, probe_ip_protocol, probe_ip_addr_hash) describe the
 #   first hop, as in blackbox; the TLS values describe the last hop that used TLS.
 # The families this kind writes beyond every probe's own (for help text and docs).
-METRICS = (*HTTP_METRICS, *net.ADDRESS_METRICS, *net.TLS_METRICS, net.REGEX_METRIC)
+METRICS = (
+    *HTTP_METRICS,
+    *net.ADDRESS_METRICS,
+    *net.TLS_METRICS,
+    net.REGEX_METRIC,
+    MetricFamily(
+        "probe_failed_due_to_cel", "1 if the probe failed because a CEL check on the JSON body failed."
+    ),
+)
 
 
 async def probe_http(request: ProbeRequest) -> ProbeResult:
     """Fetch ``request.target`` as blackbox's http prober does; a failure raises ProbeFailure."""
     trace = request.trace
     record_defaults(trace)
-    client = HTTPClient(request.module.section(HTTPProbe), trace, request.guard)
+    settings = request.module.section(HTTPProbe)
+    if has_cel(settings):
+        # blackbox exports it, 0, whenever the module has a CEL check, even if the probe fails earlier.
+        trace.set("probe_failed_due_to_cel", 0)
+    client = HTTPClient(settings, trace, request.guard)
     await client.judge(await client.fetch(request.target))
     return trace.succeed()
 

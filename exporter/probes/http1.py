@@ -152,8 +152,12 @@ class ResponseReader:
 
     def __init__(self, max_head_bytes: int, head_request: bool = False) -> None:
         self._parser = httptools.HttpResponseParser(_Callbacks(self))
-        # Lines ended by a bare LF are read as h11 and Go's client (so blackbox) read them.
-        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        # Read as Go's client (so blackbox) reads a response: lines ended by a bare LF; any byte
+        # in a header value (a NUL included); Content-Length beside chunked, where chunked wins.
+        # Smuggling checks guard servers and proxies; a probe sends one request per connection.
+        self._parser.set_dangerous_leniencies(
+            lenient_optional_cr_before_lf=True, lenient_headers=True, lenient_chunked_length=True
+        )
         self._max_head_bytes = max_head_bytes
         self._head_request = head_request
         self._events: deque[Event] = deque()
@@ -167,6 +171,11 @@ class ResponseReader:
         self._final = False
         self._done = False
         self._closed = False
+
+    @property
+    def head_request(self) -> bool:
+        """Whether the request was HEAD, whose answer has headers but never a body."""
+        return self._head_request
 
     # --- llhttp's callbacks ---
 

@@ -20,7 +20,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import brotli  # type: ignore[import-untyped]
 
-from exporter import __version__, offloop
+from exporter import __version__, cel, offloop
 from exporter.modules import HTTPProbe
 from exporter.probes import http1, net
 from exporter.probes.cookies import CookieJar
@@ -379,8 +379,10 @@ class HTTPClient:
                 same_host = url.authority == first.authority
                 server_name = configured if configured and same_host else url.host
                 await net.start_tls(writer, self._tls_context(), server_name, self.trace)
-            keep_body = self.keep_body or bool(
-                settings.fail_if_body_matches_regexp or settings.fail_if_body_not_matches_regexp
+            keep_body = (
+                self.keep_body
+                or bool(settings.fail_if_body_matches_regexp or settings.fail_if_body_not_matches_regexp)
+                or has_cel(settings)
             )
             exchange = _Exchange(conn, reader, writer, self.trace, self.limit, keep_body)
             response = await exchange.round_trip(url, payload, self._wants_body)
@@ -392,8 +394,10 @@ class HTTPClient:
         return response
 
     def _wants_body(self, status: int, headers: Sequence[tuple[str, str]]) -> bool:
+        # A redirect's body is never read: a followed one is left for the next hop, and one not
+        # followed ends the probe as in blackbox, whose client has closed that body (length 0).
         has_location = any(k == "location" and v.strip() for k, v in headers)
-        return not (status in REDIRECT_CODES and has_location and self.settings.redirects_allowed)
+        return not (status in REDIRECT_CODES and has_location)
 
     def _keep_first_hop_values(self) -> None:
         """blackbox reports the first lookup; later hops' lookups must not replace it."""
@@ -432,6 +436,12 @@ class HTTPClient:
             problem = await _body_problem(body.data, settings)
             if problem is not None:
                 trace.set("probe_failed_due_to_regex", 1)
+                raise ProbeFailure(FailureReason.BODY, problem)
+            problem = await cel.check_body(
+                body.data, settings.fail_if_body_json_matches_cel, settings.fail_if_body_json_not_matches_cel
+            )
+            if problem is not None:
+                trace.set("probe_failed_due_to_cel", 1)
                 raise ProbeFailure(FailureReason.BODY, problem)
         version = f"HTTP/{response.version}"
         if settings.valid_http_versions and version not in settings.valid_http_versions:
@@ -480,7 +490,7 @@ class _Exchange:
             head = await self._head()
             version = head.http_version.decode("ascii", "replace")
             headers = tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers)
-            _record_head(trace, url, head.status_code, version, headers)
+            _record_head(trace, url, head.status_code, version, headers, self.conn.head_request)
             body = None
             if wants_body(head.status_code, headers):
                 body = await self._body(headers)
@@ -551,6 +561,9 @@ class _Exchange:
                     break
                 raw += len(event.data)
                 if raw > limit:
+                    if decoder is None:
+                        # blackbox has counted the body up to its limit when it gives up.
+                        self.trace.set("probe_http_uncompressed_body_length", limit)
                     raise ProbeFailure(
                         FailureReason.BODY, f"body is larger than body_size_limit ({limit} bytes)"
                     )
@@ -693,7 +706,7 @@ class _Decoder:
 
 
 def _record_head(
-    trace: Trace, url: URL, status: int, version: str, headers: Sequence[tuple[str, str]]
+    trace: Trace, url: URL, status: int, version: str, headers: Sequence[tuple[str, str]], head: bool
 ) -> None:
     trace.set("probe_http_status_code", status)
     try:
@@ -701,12 +714,27 @@ def _record_head(
     except ValueError:
         trace.set("probe_http_version", 0)
     trace.set("probe_http_ssl", 1 if url.tls else 0)
-    # Go's resp.ContentLength: the header's value, or -1 when the length is not known up front.
-    length = -1
+    trace.set("probe_http_content_length", _content_length(status, headers, head))
+
+
+def _content_length(status: int, headers: Sequence[tuple[str, str]], head: bool) -> int:
+    """Go's resp.ContentLength, which blackbox exports: -1 when the length is not known up front.
+
+    A HEAD answer's is its header's; 1xx, 204 and 304 answers have no body (0); a chunked body's
+    length is unknown even beside a Content-Length header (-1).
+    """
+    declared = -1
     for name, value in headers:
         if name == "content-length" and value.strip().isdigit():
-            length = int(value)
-    trace.set("probe_http_content_length", length)
+            declared = int(value)
+    if head:
+        return declared
+    if status < 200 or status in (204, 304):
+        return 0
+    chunked = any(
+        name == "transfer-encoding" and value.strip().lower().endswith("chunked") for name, value in headers
+    )
+    return -1 if chunked else declared
 
 
 def _record_last_modified(trace: Trace, headers: Sequence[tuple[str, str]]) -> None:
@@ -753,6 +781,11 @@ async def _body_problem(data: bytes, settings: HTTPProbe) -> str | None:
         if not await regex.search_subject(subject):
             return f"body did not match fail_if_body_not_matches_regexp {regex.source!r}"
     return None
+
+
+def has_cel(settings: HTTPProbe) -> bool:
+    checks = (settings.fail_if_body_json_matches_cel, settings.fail_if_body_json_not_matches_cel)
+    return any(check is not None for check in checks)
 
 
 def _basic(username: str, password: str) -> str:

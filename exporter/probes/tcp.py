@@ -161,6 +161,9 @@ async def converse(
         with map_exceptions(_DIALOGUE_ERRORS):
             if tls and context is not None:
                 await net.start_tls(writer, context, server_name, trace)
+            # As blackbox 0.28: exported once connected (TLS included), 0 unless an expect fails.
+            trace.set("probe_failed_due_to_regex", 0)
+            trace.set("probe_failed_due_to_bytes", 0)
             lines = _LineReader(reader)
             last_match: RegexMatch | None = None
             for step_number, step in enumerate(steps, 1):
@@ -187,9 +190,6 @@ async def converse(
 async def probe_tcp(request: ProbeRequest) -> ProbeResult:
     """Connect to ``host:port``, upgrade to TLS if asked, and run the query_response steps."""
     trace = request.trace
-    # blackbox always exports these gauges, 0 unless an expect failed.
-    trace.set("probe_failed_due_to_regex", 0)
-    trace.set("probe_failed_due_to_bytes", 0)
     await _dialogue(request)
     return trace.succeed()
 

@@ -58,8 +58,6 @@ async def probe_unix(request: ProbeRequest) -> ProbeResult:
     """Connect to the socket at ``request.target``, then TLS and query_response as tcp does."""
     settings = request.module.section(UnixProbe)
     trace = request.trace
-    trace.set("probe_failed_due_to_regex", 0)
-    trace.set("probe_failed_due_to_bytes", 0)
     path = socket_path(request.target)
     net.check_host(request.guard, request.target.strip())
     tls = settings.tls or any(step.starttls for step in settings.query_response)

@@ -60,6 +60,7 @@ class Allowlist:
         self.patterns = tuple(patterns)
         self._networks = [p.network for p in patterns if p.network is not None]
         self._globs = [p.glob for p in patterns if p.glob is not None]
+        self._paths = [p.path for p in patterns if p.path is not None]
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
@@ -72,6 +73,9 @@ class Allowlist:
         return any(glob.match(name) for glob in self._globs)
 
     def allows_host(self, host: str) -> bool:
+        if host.startswith(("/", "@")):
+            # A unix socket (the unix prober): only a path entry lists it.
+            return any(path.match(host) for path in self._paths)
         ip = parse_ip(host)
         if ip is not None:
             return self._in_networks(ip)
@@ -88,7 +92,7 @@ class Allowlist:
         """Check a /probe target before probing: names outside the globs must resolve inside the networks."""
         if not self.allows_host(host):
             return False
-        if parse_ip(host) is not None or self._glob_match(host):
+        if host.startswith(("/", "@")) or parse_ip(host) is not None or self._glob_match(host):
             return True
         loop = asyncio.get_running_loop()
         try:

@@ -338,17 +338,22 @@ class StatusRange:
 
 @dataclass(frozen=True, slots=True)
 class HostPattern:
-    """One probe_allowlist entry: a CIDR network or a host name glob."""
+    """One probe_allowlist entry: a CIDR network, a host name glob or a unix socket path glob."""
 
     source: str
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
     glob: re.Pattern[str] | None
+    # A glob of unix socket paths (``/run/app/*.sock``, ``@name``): ``*`` stays within a directory.
+    path: re.Pattern[str] | None = None
 
     @classmethod
     def from_yaml(cls, value: Any) -> HostPattern:
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"must be a CIDR such as 10.0.0.0/8 or a host glob, got {value!r}")
         text = value.strip()
+        if text.startswith(("/", "@")):
+            regex = "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in text)
+            return cls(text, None, None, re.compile(regex + r"\Z"))
         looks_numeric = bool(re.fullmatch(r"[0-9.]+(/\d+)?|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/\d+)?", text))
         if looks_numeric:
             try:
@@ -356,7 +361,10 @@ class HostPattern:
             except ValueError as err:
                 raise ValueError(f"invalid network {text!r}: {err}") from None
         if not re.fullmatch(r"[A-Za-z0-9*?._-]+", text):
-            raise ValueError(f"must be a CIDR or a host glob of letters, digits, '.', '-', '*', got {text!r}")
+            raise ValueError(
+                "must be a CIDR, a host glob of letters, digits, '.', '-', '*', or a socket path"
+                f" starting with / or @, got {text!r}"
+            )
         regex = "".join("[^.]*" if c == "*" else "[^.]" if c == "?" else re.escape(c) for c in text.lower())
         return cls(text, None, re.compile(regex + r"\Z"))
 

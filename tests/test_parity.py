@@ -96,6 +96,23 @@ GRPC_PLAIN: dict[str, float | None] = {"probe_ssl_earliest_cert_expiry": None}
 GRPC_SOURCE = "0.28 prober/grpc.go registers probe_ssl_earliest_cert_expiry only over TLS"
 
 
+# 0.26 source, prober/unix.go: dial the path, then tcp's query_response steps
+# (prober/query_response.go); nothing is resolved, so no address or lookup gauges.
+UNIX_SOURCE = "0.26 prober/unix.go: tcp's query_response over the socket, no resolve phase"
+NO_ADDRESS: dict[str, float | None] = dict.fromkeys(
+    ("probe_ip_protocol", "probe_ip_addr_hash", "probe_dns_lookup_time_seconds")
+)
+
+
+def unix(name: str, script: str, like: str, **settings: Any) -> Case:
+    """A unix socket case, compared with the tcp case ``like`` whose target runs the same script."""
+    options = settings.pop("unix", {})
+    recorded = TCP_NOT_CONNECTED if script == "missing" else TCP_CONNECTED
+    settings["recorded"] = {**recorded, **NO_ADDRESS, **settings.get("recorded", {})}
+    module = {"prober": "unix", "timeout": "3s", "unix": options}
+    return Case(name, module, "{unix_" + script + "}", like=like, source=UNIX_SOURCE, **settings)
+
+
 def grpc(name: str, target: str, **options: Any) -> Case:
     module = {"prober": "grpc", "timeout": "3s", "grpc": {"preferred_ip_protocol": "ip4", **options}}
     return Case(name, module, target, recorded=GRPC_PLAIN, source=GRPC_SOURCE)
@@ -376,6 +393,47 @@ CASES: list[Case] = [
         like="tcp banner mismatch",
         recorded={"probe_failed_due_to_bytes": 1, "probe_failed_due_to_regex": 0},
     ),
+    unix("unix connect", "banner", "tcp connect"),
+    unix("unix missing socket", "missing", "tcp connection refused"),
+    unix(
+        "unix banner expected",
+        "banner",
+        "tcp banner expected",
+        unix={"query_response": [{"expect": "^SSH-2.0-"}]},
+    ),
+    unix(
+        "unix banner mismatch",
+        "banner",
+        "tcp banner mismatch",
+        unix={"query_response": [{"expect": "^220 "}]},
+    ),
+    unix(
+        "unix send and expect",
+        "echo",
+        "tcp send and expect",
+        unix={"query_response": [{"send": "hello"}, {"expect": "^hello$"}]},
+    ),
+    unix(
+        "unix ping pong with a capture",
+        "irc",
+        "tcp ping pong with a capture",
+        unix={
+            "query_response": [{"expect": "PING :([^ ]+)", "send": "PONG ${1}"}, {"expect": "^:welcome 001"}]
+        },
+    ),
+    unix(
+        "unix peer closes before expect",
+        "hangup",
+        "tcp peer closes before expect",
+        unix={"query_response": [{"expect": "^x"}]},
+    ),
+    unix(
+        "unix expect bytes",
+        "banner",
+        "tcp banner expected",
+        unix={"query_response": [{"expect_bytes": "SSH-2.0"}]},
+        recorded={"probe_failed_due_to_bytes": 0},
+    ),
     dns_case("dns a record", f"www.{test_dns.ZONE}"),
     dns_case("dns over tcp", f"www.{test_dns.ZONE}", dns={"transport_protocol": "tcp"}, target="{dns_tcp}"),
     dns_case("dns nxdomain", f"nope.{test_dns.ZONE}"),
@@ -534,8 +592,9 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
 class Targets:
     """Every local target, our exporter and their addresses, on one event loop in a thread."""
 
-    def __init__(self, our_config: str) -> None:
+    def __init__(self, our_config: str, sockets: Path) -> None:
         self.our_config = our_config
+        self.sockets = sockets
         self.loop = asyncio.new_event_loop()
         self.places: dict[str, str] = {}
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
@@ -552,7 +611,9 @@ class Targets:
         self._thread.join(timeout=10)
         self.loop.close()
 
-    async def _serve(self, handler: TCPScript) -> int:
+    async def _serve(self, handler: TCPScript, unix_path: str = "") -> int:
+        """Serve ``handler`` on a loopback TCP port (returned), or on the unix socket ``unix_path``."""
+
         async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
@@ -567,6 +628,10 @@ class Targets:
                 with contextlib.suppress(ConnectionError, OSError):
                     await writer.wait_closed()
 
+        if unix_path:
+            server = await asyncio.start_unix_server(run, unix_path)
+            self._cleanups.append(self._closer(server))
+            return 0
         server = await asyncio.start_server(run, "127.0.0.1", 0)
         self._cleanups.append(self._closer(server))
         return int(server.sockets[0].getsockname()[1])
@@ -587,6 +652,9 @@ class Targets:
         self.places["http"] = base
         for name, script in TCP_SCRIPTS.items():
             self.places[f"tcp_{name}"] = f"127.0.0.1:{await self._serve(script)}"
+            self.places[f"unix_{name}"] = str(self.sockets / f"{name}.sock")
+            await self._serve(script, self.places[f"unix_{name}"])
+        self.places["unix_missing"] = str(self.sockets / "missing.sock")
         closed = free_port()
         self.places["closed"] = f"127.0.0.1:{closed}"
         self.places["closed_http"] = f"http://127.0.0.1:{closed}/"
@@ -676,9 +744,10 @@ def exporters(blackbox_binary: str, tmp_path_factory: pytest.TempPathFactory) ->
         f"http://127.0.0.1:{port}",
         directory,
     )
-    targets = Targets(
-        yaml.safe_dump({"probe_allowlist": ["127.0.0.0/8", "::1/128"], "modules": all_modules()})
-    )
+    sockets = directory / "s"
+    sockets.mkdir()
+    allowlist = ["127.0.0.0/8", "::1/128", f"{sockets}/*.sock"]
+    targets = Targets(yaml.safe_dump({"probe_allowlist": allowlist, "modules": all_modules()}), sockets)
     targets.start()
     try:
         theirs.wait_ready("/-/healthy")
@@ -786,7 +855,15 @@ def test_table_is_large_and_names_unique() -> None:
     assert all(case.source for case in CASES if case.recorded or case.like)
     assert len(names) == len(set(names))
     assert len(CASES) >= 60
-    assert {case.module["prober"] for case in CASES} == {"http", "tcp", "dns", "icmp", "grpc", "websocket"}
+    assert {case.module["prober"] for case in CASES} == {
+        "http",
+        "tcp",
+        "dns",
+        "icmp",
+        "grpc",
+        "unix",
+        "websocket",
+    }
 
 
 def test_blackbox_loads_the_compared_modules(blackbox_binary: str, tmp_path: Path) -> None:

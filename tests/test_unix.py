@@ -204,13 +204,24 @@ async def test_tls_wrong_server_name(
     assert "other.internal" in result.message
 
 
-async def test_on_demand_probes_never_reach_a_socket(unix_server: Serve, run_probe: ProbeRunner) -> None:
-    """probe_allowlist holds hosts; a path is none, so a /probe caller cannot poke local sockets."""
+async def test_on_demand_probes_reach_only_listed_sockets(
+    unix_server: Serve, run_probe: ProbeRunner, tmp_path: Path
+) -> None:
+    """A /probe caller reaches a socket only when a path entry of probe_allowlist lists it."""
     path = await unix_server(greeter)
-    guard = Allowlist((HostPattern.from_yaml("*"),))
-    result = await run_probe(path, unix_module(), guard=guard)
-    assert result.reason is FailureReason.OTHER
-    assert "outside probe_allowlist" in result.message
+    for entries in (
+        ("*", "127.0.0.0/8", "0.0.0.0/0"),
+        (f"{tmp_path}/other/*.sock",),
+        (f"{tmp_path}/*/app.sock",),
+    ):
+        guard = Allowlist(tuple(HostPattern.from_yaml(e) for e in entries))
+        result = await run_probe(path, unix_module(), guard=guard)
+        assert result.reason is FailureReason.OTHER, entries
+        assert "outside probe_allowlist" in result.message
+    for entry in (path, f"{tmp_path}/*.sock", f"{tmp_path}/app.s?ck"):
+        guard = Allowlist((HostPattern.from_yaml(entry),))
+        assert await guard.allows_target(path)
+        assert (await run_probe(path, unix_module(), guard=guard)).success, entry
 
 
 def test_blackbox_unix_module_loads_and_bad_regex_is_refused() -> None:

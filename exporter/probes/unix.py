@@ -21,8 +21,8 @@ from exporter.result import FailureReason, ProbeResult
 #   without ``insecure_skip_verify`` the probe fails with reason ``tls`` saying so.
 # - Reasons: no socket at the path, permission denied, or nobody listening is ``connect``; the
 #   dialogue's are the tcp prober's.
-# - /probe never reaches a socket: probe_allowlist holds hosts, and a path is none (schedule the
-#   socket as a service instead).
+# - /probe reaches a socket only when a probe_allowlist entry lists its path (``/run/app/*.sock``,
+#   ``*`` within one directory); host globs and networks never match a path.
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ _MAX_PATH_BYTES = 107
 
 
 def socket_path(target: str) -> str:
-    path = target.strip().removeprefix("unix://")
+    path = target.strip()
     if not path:
         raise ProbeFailure(FailureReason.OTHER, "the target must be a socket path")
     # Go's net package writes a Linux abstract socket as "@name"; the kernel wants a NUL.

@@ -162,7 +162,7 @@ class ProxyOptions:
                 "cannot be set together with proxy_from_environment, which takes NO_PROXY from the "
                 "environment",
             )
-        if self.proxy_url is None and self.no_proxy:
+        elif self.proxy_url is None and self.no_proxy:
             yield "no_proxy", "needs proxy_url: it lists the hosts reached without that proxy"
         for name in self.proxy_connect_header:
             if not _TOKEN_RE.match(name):

@@ -189,11 +189,8 @@ class OAuth2(ProxyOptions):
         if not self.client_id:
             yield "client_id", "is required: the client the token is asked for"
         if not self.token_url:
+            # Like blackbox, any other token_url loads; one that is not http(s) fails each probe.
             yield "token_url", "is required: where the token is asked for"
-        else:
-            scheme, separator, rest = self.token_url.partition("://")
-            if not separator or scheme.lower() not in ("http", "https") or not rest.strip("/"):
-                yield "token_url", f"must be an http or https URL, got {self.token_url!r}"
         if self.client_secret and self.client_secret_file:
             yield "client_secret", "at most one of client_secret and client_secret_file may be set"
         if self.grant_type not in OAUTH2_GRANT_TYPES:

@@ -199,6 +199,11 @@ async def test_unreachable_token_endpoint_fails_with_other(
         f"oauth2 token request to http://127.0.0.1:{port}/token failed: cannot connect to 127.0.0.1:{port}"
     )
     assert state.target_saw == []
+    odd = await run_probe(f"{base}/ok", module(base, token_url="ftp://127.0.0.1/token"))
+    assert (odd.reason, odd.message) == (
+        FailureReason.OTHER,
+        "oauth2 token request to ftp://127.0.0.1/token failed: unsupported URL scheme 'ftp'",
+    )
 
 
 async def test_client_secret_file_is_read(

@@ -372,6 +372,8 @@ class HTTPClient:
             preferred_ip_protocol=self.settings.preferred_ip_protocol,
             ip_protocol_fallback=self.settings.ip_protocol_fallback,
         )
+        # Taken as written, as Go does: no scheme is added to a token_url, unlike a target.
+        parse_url(config.token_url)
         client = HTTPClient(settings, Trace(self.trace.clock), keep_body=True)
         response = await client.fetch(config.token_url)
         body = response.body
@@ -434,9 +436,9 @@ class HTTPClient:
                 reader, writer = await self._through_proxy(choice.proxy, url, address)
         finally:
             self._keep_first_hop_values()
-        if choice is not None and not url.tls:
-            payload = self._proxy_request(choice.proxy, url, address, method, headers, body)
         try:
+            if choice is not None and not url.tls:
+                payload = self._proxy_request(choice.proxy, url, address, method, headers, body)
             if url.tls:
                 configured = settings.tls_config.server_name
                 same_host = url.authority == first.authority

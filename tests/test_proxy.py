@@ -313,6 +313,27 @@ async def test_connect_refused_by_the_proxy_is_connect(
     assert result.phases["tls"] == 0
 
 
+async def test_proxy_hanging_up_on_connect_is_connect(run_probe: ProbeRunner, ca_file: Path) -> None:
+    """A proxy that closes the connection instead of answering CONNECT fails with reason connect."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = module(proxy_url=f"http://127.0.0.1:{port}", tls_config=TLSConfig(ca_file=str(ca_file)))
+        result = await run_probe("https://127.0.0.1:9/ok", settings)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result.reason, result.message) == (
+        FailureReason.CONNECT,
+        f"proxy http://127.0.0.1:{port} closed the connection without answering CONNECT",
+    )
+
+
 async def test_unreachable_proxy_is_connect(run_probe: ProbeRunner, serve: Any) -> None:
     """A proxy that does not accept connections fails the probe with reason connect."""
     target = await serve()

@@ -16,19 +16,18 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
-from types import MappingProxyType
-from urllib.parse import quote, urlencode, urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import brotli  # type: ignore[import-untyped]
 
 from exporter import __version__, offloop
-from exporter.modules import BasicAuth, HTTPProbe, OAuth2
+from exporter.modules import HTTPProbe, OAuth2
 from exporter.probes import http1, net, oauth2
 from exporter.probes import proxy as proxies
 from exporter.probes.cookies import CookieJar
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, MetricFamily, Trace
-from exporter.types import Secret, read_secret_file, redact_target
+from exporter.types import read_secret_file, redact_target
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 
@@ -359,19 +358,7 @@ class HTTPClient:
 
         Its time is not in the probe's phases, but it runs within the probe's timeout.
         """
-        settings = HTTPProbe(
-            method="POST",
-            headers=MappingProxyType({"Content-Type": Secret("application/x-www-form-urlencoded")}),
-            body=urlencode(form),
-            basic_auth=None if basic is None else BasicAuth(basic[0], Secret(basic[1])),
-            tls_config=config.tls_config,
-            proxy_url=config.proxy_url,
-            no_proxy=config.no_proxy,
-            proxy_from_environment=config.proxy_from_environment,
-            proxy_connect_header=config.proxy_connect_header,
-            preferred_ip_protocol=self.settings.preferred_ip_protocol,
-            ip_protocol_fallback=self.settings.ip_protocol_fallback,
-        )
+        settings = oauth2.request_settings(config, form, basic, self.settings)
         # Taken as written, as Go does: no scheme is added to a token_url, unlike a target.
         parse_url(config.token_url)
         client = HTTPClient(settings, Trace(self.trace.clock), keep_body=True)

@@ -18,12 +18,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qs, quote_plus
+from types import MappingProxyType
+from urllib.parse import parse_qs, quote_plus, urlencode
 
-from exporter.modules import OAuth2
+from exporter.modules import BasicAuth, HTTPProbe, OAuth2
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason
-from exporter.types import read_secret_file, redact_target
+from exporter.types import Secret, read_secret_file, redact_target
 
 # Go's oauth2 renews a token this many seconds before its expiry.
 EXPIRY_MARGIN = 10.0
@@ -41,6 +42,25 @@ class TokenAnswer:
 
 # Sends one token request: the form, and the Basic credentials (or None) for its header.
 Post = Callable[[OAuth2, Mapping[str, str], tuple[str, str] | None], Awaitable[TokenAnswer]]
+
+
+def request_settings(
+    config: OAuth2, form: Mapping[str, str], basic: tuple[str, str] | None, probe: HTTPProbe
+) -> HTTPProbe:
+    """The token request as HTTP client settings: a form POST with oauth2's own TLS and proxy."""
+    return HTTPProbe(
+        method="POST",
+        headers=MappingProxyType({"Content-Type": Secret("application/x-www-form-urlencoded")}),
+        body=urlencode(form),
+        basic_auth=None if basic is None else BasicAuth(basic[0], Secret(basic[1])),
+        tls_config=config.tls_config,
+        proxy_url=config.proxy_url,
+        no_proxy=config.no_proxy,
+        proxy_from_environment=config.proxy_from_environment,
+        proxy_connect_header=config.proxy_connect_header,
+        preferred_ip_protocol=probe.preferred_ip_protocol,
+        ip_protocol_fallback=probe.ip_protocol_fallback,
+    )
 
 
 class TokenCache:

@@ -165,11 +165,6 @@ def _host_text(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _has_port(authority: str) -> bool:
-    """Whether host[:port] names a port, as Go's hasPort decides."""
-    return authority.rfind(":") > authority.rfind("]")
-
-
 def _same_site(host: str, first: str) -> bool:
     """Go's rule for keeping credentials on a redirect: the same host or a subdomain of it."""
     return host == first or host.endswith("." + first)
@@ -425,7 +420,7 @@ class HTTPClient:
             self._keep_first_hop_values()
         try:
             if choice is not None and not url.tls:
-                payload = self._proxy_request(choice.proxy, url, address, method, headers, body)
+                payload = self._proxy_request(choice.proxy, url, host_header, method, headers, body)
             if url.tls:
                 configured = settings.tls_config.server_name
                 same_host = url.authority == first.authority
@@ -515,25 +510,27 @@ class HTTPClient:
         self,
         proxy: proxies.Proxy,
         url: URL,
-        address: str | None,
+        host_header: str,
         method: str,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
     ) -> bytes:
         """A plain http request as a proxy takes it: the absolute URI, no CONNECT.
 
-        As in blackbox, the URI names the address resolved here (the Host header keeps the
-        name); with skip_resolve_phase_with_proxy it names the host, for the proxy to resolve.
+        As Go writes it, the URI's authority is the Host header's value (the name, or a
+        configured Host), whatever address was resolved here.
         """
-        authority = url.authority
-        if address is not None:
-            authority = _host_text(address) + (":" + str(url.port) if _has_port(url.authority) else "")
         credentials = proxy.authorization
         if credentials is not None:
             headers = [(k, v) for k, v in headers if k.lower() != b"proxy-authorization"]
             headers.append((b"Proxy-Authorization", credentials.encode("ascii")))
         # The origin-form request was built (and checked) already; only the target changes.
-        return http1.request(method, f"http://{authority}{url.target}", headers, body)
+        try:
+            return http1.request(method, f"http://{host_header}{url.target}", headers, body)
+        except http1.LocalProtocolError:
+            raise ProbeFailure(
+                FailureReason.OTHER, "cannot build the request: the Host is not valid in a URI"
+            ) from None
 
     def _wants_body(self, status: int, headers: Sequence[tuple[str, str]]) -> bool:
         has_location = any(k == "location" and v.strip() for k, v in headers)

@@ -402,8 +402,13 @@ async def test_no_proxy_reaches_listed_hosts_directly(
     url = f"http://127.0.0.1:{target.port}/ok"
     listed = await run_probe(url, module(proxy_url=relay.url, no_proxy="10.0.0.0/8, 127.0.0.1"))
     unlisted = await run_probe(url, module(proxy_url=relay.url, no_proxy="other.example"))
-    assert listed.success and unlisted.success
+    skipped = await run_probe(
+        url, module(proxy_url=relay.url, no_proxy="other.example", skip_resolve_phase_with_proxy=True)
+    )
+    assert listed.success and unlisted.success and skipped.success
     assert relay.seen == []
+    # Reached directly, a target is resolved here and its address reported, skipping or not.
+    assert listed.value("probe_ip_protocol") == skipped.value("probe_ip_protocol") == 4
     relay.routes[NAME] = "127.0.0.1"
     named = module(proxy_url=relay.url, no_proxy="other.test,.example", skip_resolve_phase_with_proxy=True)
     result = await run_probe(f"http://{NAME}:{target.port}/ok", named)

@@ -102,7 +102,8 @@ class _Rule:
         if self.kind == "all":
             return True
         if self.kind == "cidr":
-            return ip is not None and ip.version == self.network.version and ip in self.network  # type: ignore[union-attr,operator]
+            network = self.network
+            return ip is not None and network is not None and ip.version == network.version and ip in network
         if self.kind == "ip":
             return ip is not None and ip == self.ip and self.port in ("", port)
         if host.endswith(self.domain) or (self.whole and host == self.domain[1:]):

@@ -28,6 +28,7 @@ from exporter.types import (
     Duration,
     GoDuration,
     HostPattern,
+    ProxyURL,
     Regex,
     Secret,
     StatusRange,
@@ -622,6 +623,8 @@ def _service_timeout(item: ServiceSpec, module: Module | None, spec: _Sections) 
 
 def _plain(value: object) -> object:
     """A config value as YAML data, secrets redacted and defaults left out."""
+    if isinstance(value, ProxyURL):
+        return str(value)  # the password hidden, the proxy's address kept
     if isinstance(value, Secret):
         return "<secret>"
     if isinstance(value, Duration):

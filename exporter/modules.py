@@ -10,7 +10,16 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
 
 from exporter.cel import CELProgram
-from exporter.types import ByteSize, Duration, GoDuration, Regex, Secret, SecretValues, StatusRange
+from exporter.types import (
+    ByteSize,
+    Duration,
+    GoDuration,
+    ProxyURL,
+    Regex,
+    Secret,
+    SecretValues,
+    StatusRange,
+)
 
 IPProtocol = Literal["ip4", "ip6", "ip"]
 TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
@@ -120,7 +129,81 @@ class HeaderMatch:
 
 
 @dataclass(frozen=True)
-class RequestOptions:
+class ProxyOptions:
+    """Prometheus' HTTP client proxy options, inlined where blackbox inlines them.
+
+    ``proxy_url`` is None when not written and empty when written empty (no proxy either way;
+    the difference matters to the ``no_proxy`` rule, as in prometheus/common).
+    """
+
+    proxy_url: ProxyURL | None = None
+    # Comma-separated hosts, domains, IPs and CIDRs (host:port too) reached without the proxy.
+    no_proxy: str = ""
+    proxy_from_environment: bool = False
+    # Sent to the proxy with CONNECT (https targets); a value is a list, as blackbox reads it.
+    proxy_connect_header: Mapping[str, tuple[Secret, ...]] = field(default_factory=_empty_map)
+
+    @property
+    def proxied(self) -> bool:
+        """Whether a proxy may be used at all."""
+        return bool(self.proxy_url) or self.proxy_from_environment
+
+    def proxy_problems(self) -> Problems:
+        """prometheus/common's four proxy rules, each reported at the option it concerns."""
+        if self.proxy_connect_header and not self.proxied:
+            yield (
+                "proxy_connect_header",
+                "is sent only to a proxy: set proxy_url or proxy_from_environment too",
+            )
+        if self.proxy_from_environment and self.proxy_url:
+            yield "proxy_url", "cannot be set together with proxy_from_environment: choose one"
+        if self.proxy_from_environment and self.no_proxy:
+            yield (
+                "no_proxy",
+                "cannot be set together with proxy_from_environment, which takes NO_PROXY from the "
+                "environment",
+            )
+        elif self.proxy_url is None and self.no_proxy:
+            yield "no_proxy", "needs proxy_url: it lists the hosts reached without that proxy"
+        for name in self.proxy_connect_header:
+            if not _TOKEN_RE.match(name):
+                yield f"proxy_connect_header.{name}", f"invalid header name {name!r}"
+
+
+OAUTH2_GRANT_TYPES = ("", "client_credentials")
+
+
+@dataclass(frozen=True)
+class OAuth2(ProxyOptions):
+    """prometheus/common's OAuth 2.0 client credentials grant: the token is sent as a bearer."""
+
+    client_id: str = ""
+    client_secret: Secret | None = None
+    client_secret_file: str = ""
+    scopes: tuple[str, ...] = ()
+    token_url: str = ""
+    endpoint_params: Mapping[str, str] = field(default_factory=_empty_map)
+    tls_config: TLSConfig = field(default_factory=TLSConfig)
+    grant_type: str = ""
+
+    def check(self) -> Problems:
+        if not self.client_id:
+            yield "client_id", "is required: the client the token is asked for"
+        if not self.token_url:
+            # Like blackbox, any other token_url loads; one that is not http(s) fails each probe.
+            yield "token_url", "is required: where the token is asked for"
+        if self.client_secret and self.client_secret_file:
+            yield "client_secret", "at most one of client_secret and client_secret_file may be set"
+        if self.grant_type not in OAUTH2_GRANT_TYPES:
+            yield (
+                "grant_type",
+                f"only the client_credentials grant is supported, got {self.grant_type!r}",
+            )
+        yield from self.proxy_problems()
+
+
+@dataclass(frozen=True)
+class RequestOptions(ProxyOptions):
     """One HTTP request and the checks on its answer: what an http module and a flow step share.
 
     Both embed these under the same YAML keys, so a flow step hands them to the HTTP client as
@@ -135,6 +218,7 @@ class RequestOptions:
     bearer_token: Secret | None = None
     bearer_token_file: str = ""
     authorization: Authorization | None = None
+    oauth2: OAuth2 | None = None
     follow_redirects: bool = True
     valid_status_codes: tuple[StatusRange, ...] = ()
     fail_if_body_matches_regexp: tuple[Regex, ...] = ()
@@ -181,8 +265,9 @@ class HTTPProbe(RequestOptions):
                     "a server that honours it could never send what the probe expects",
                 )
         yield from _auth_problems(
-            self.basic_auth, self.bearer_token, self.bearer_token_file, self.authorization
+            self.basic_auth, self.bearer_token, self.bearer_token_file, self.authorization, self.oauth2
         )
+        yield from self.proxy_problems()
         if not self.method or not self.method.replace("-", "").isalnum():
             yield "method", f"must be an HTTP method such as GET or POST, got {self.method!r}"
         for version in self.valid_http_versions:
@@ -510,7 +595,11 @@ def _no_extracts() -> Mapping[str, Extract]:
 
 
 def _auth_problems(
-    basic_auth: object, bearer_token: object, bearer_token_file: str, authorization: object
+    basic_auth: object,
+    bearer_token: object,
+    bearer_token_file: str,
+    authorization: object,
+    oauth2: object = None,
 ) -> Problems:
     auths = [
         name
@@ -519,6 +608,7 @@ def _auth_problems(
             ("bearer_token", bearer_token is not None),
             ("bearer_token_file", bool(bearer_token_file)),
             ("authorization", authorization is not None),
+            ("oauth2", oauth2 is not None),
         )
         if set_
     ]
@@ -560,8 +650,9 @@ class FlowStep(RequestOptions):
         if self.body is not None and self.body_file:
             yield "body", "at most one of body and body_file may be set"
         yield from _auth_problems(
-            self.basic_auth, self.bearer_token, self.bearer_token_file, self.authorization
+            self.basic_auth, self.bearer_token, self.bearer_token_file, self.authorization, self.oauth2
         )
+        yield from self.proxy_problems()
         for variable, extract in self.extract.items():
             if not VARIABLE_NAME_RE.match(variable):
                 message = f"invalid variable name {variable!r}: must match [A-Za-z_][A-Za-z0-9_]*"
@@ -614,7 +705,7 @@ class FlowProbe:
 
 
 @dataclass(frozen=True)
-class StatuspageProbe:
+class StatuspageProbe(ProxyOptions):
     """Not in blackbox: reads an Atlassian Statuspage-compatible /api/v2/summary.json."""
 
     # Only these components, by name; empty means all of them, up to max_components.
@@ -629,6 +720,7 @@ class StatuspageProbe:
     def check(self) -> Problems:
         if not 0 <= self.max_components <= 1000:
             yield "max_components", f"must be between 0 and 1000, got {self.max_components}"
+        yield from self.proxy_problems()
 
 
 # --- websocket (not in blackbox) -----------------------------------------------------------------

@@ -254,6 +254,33 @@ class SecretValues(tuple[Secret, ...]):
         return f"<{len(self)} secret{'s' if len(self) != 1 else ''}>"
 
 
+class ProxyURL(Secret):
+    """A forward proxy's URL (``http://`` or ``https://``): it may carry credentials, so it prints
+    with its password hidden, as Go's URL.Redacted shows it. Empty means no proxy."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_yaml(cls, value: Any) -> ProxyURL:
+        text = Secret.from_yaml(value).reveal()
+        if not text:
+            return cls("")
+        scheme, separator, rest = text.partition("://")
+        if not separator or scheme.lower() not in ("http", "https"):
+            hint = " (SOCKS proxies are not supported)" if scheme.lower().startswith("socks") else ""
+            raise ValueError(f"must be an http:// or https:// proxy URL{hint}, got {redact_url(text)!r}")
+        host = rest.split("/", 1)[0].rpartition("@")[2]
+        if not host or host.startswith(":"):
+            raise ValueError(f"must name the proxy's host, got {redact_url(text)!r}")
+        return cls(text)
+
+    def __repr__(self) -> str:
+        return f"ProxyURL({redact_url(self.reveal())!r})"
+
+    def __str__(self) -> str:
+        return redact_url(self.reveal())
+
+
 def redact_url(url: str) -> str:
     """A URL with the password of its user info replaced by ``xxxxx``, as Go's URL.Redacted does.
 

@@ -13,7 +13,7 @@ import email.utils
 import functools
 import ssl
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from urllib.parse import quote, urljoin, urlsplit
@@ -21,8 +21,9 @@ from urllib.parse import quote, urljoin, urlsplit
 import brotli  # type: ignore[import-untyped]
 
 from exporter import __version__, cel, offloop
-from exporter.modules import HTTPProbe
-from exporter.probes import http1, net
+from exporter.modules import HTTPProbe, OAuth2
+from exporter.probes import http1, net, oauth2
+from exporter.probes import proxy as proxies
 from exporter.probes.cookies import CookieJar
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason, MetricFamily, Trace
@@ -150,6 +151,15 @@ def parse_url(text: str) -> URL:
     )
 
 
+def _unreachable(proxy: proxies.Proxy, failure: ProbeFailure) -> ProbeFailure:
+    return ProbeFailure(FailureReason.CONNECT, f"cannot reach proxy {proxy}: {failure.message}")
+
+
+def _host_text(host: str) -> str:
+    """A host as it goes before ``:port``: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _same_site(host: str, first: str) -> bool:
     """Go's rule for keeping credentials on a redirect: the same host or a subdomain of it."""
     return host == first or host.endswith("." + first)
@@ -216,7 +226,7 @@ class HTTPClient:
         first = url = parse_url(with_scheme(target))
         method = settings.method
         body = self._request_body()
-        authorization = self._authorization(first)
+        authorization = await self._authorization(first)
         host_header = self._configured_host()
         redirects = 0
         while True:
@@ -270,9 +280,11 @@ class HTTPClient:
                 ) from None
         return self.settings.body.encode("utf-8")
 
-    def _authorization(self, first: URL) -> str | None:
+    async def _authorization(self, first: URL) -> str | None:
         """The Authorization value the settings (or the URL's user info) ask for."""
         settings = self.settings
+        if settings.oauth2 is not None:
+            return await oauth2.authorization(settings.oauth2, self._post_token)
         if settings.basic_auth is not None:
             auth = settings.basic_auth
             password = auth.password.reveal() if auth.password is not None else ""
@@ -329,6 +341,25 @@ class HTTPClient:
             for name, value in [("Host", host_header), *headers.values()]
         ]
 
+    async def _post_token(
+        self, config: OAuth2, form: Mapping[str, str], basic: tuple[str, str] | None
+    ) -> oauth2.TokenAnswer:
+        """One token request with this client's machinery, on a trace of its own.
+
+        Its time is not in the probe's phases, but it runs within the probe's timeout.
+        """
+        settings = oauth2.request_settings(config, form, basic, self.settings)
+        # Taken as written, as Go does: no scheme is added to a token_url, unlike a target.
+        parse_url(config.token_url)
+        client = HTTPClient(settings, Trace(self.trace.clock), keep_body=True)
+        response = await client.fetch(config.token_url)
+        body = response.body
+        if body is not None and body.error is not None:
+            raise body.error
+        content_type = next(iter(response.values("content-type")), "")
+        data = (body.data if body is not None else None) or b""
+        return oauth2.TokenAnswer(response.status, content_type, data)
+
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
             self._ssl_context = net.shared_ssl_context(self.settings.tls_config, ("http/1.1",))
@@ -362,18 +393,29 @@ class HTTPClient:
                 "cannot build the request: the method, Host or a header is not valid HTTP",
             ) from None
         settings = self.settings
+        choice = proxies.choose(settings, url.scheme) if settings.proxied else None
         try:
-            addresses = await net.resolve(
-                url.host,
-                settings.preferred_ip_protocol,
-                settings.ip_protocol_fallback,
-                self.trace,
-                self.guard,
-            )
-            reader, writer = await net.connect(addresses, url.port, self.trace)
+            address: str | None = None
+            addresses: list[net.Address] = []
+            if choice is None or not settings.skip_resolve_phase_with_proxy:
+                addresses = await self._resolve(url.host, self.trace)
+                address = addresses[0].ip
+            elif self.guard is not None:
+                # The proxy resolves the name, but probe_allowlist must still see where it points.
+                await self._resolve(url.host, Trace(self.trace.clock))
+            if choice is not None and choice.bypassed(url.host, url.port, address):
+                choice = None
+            if choice is None:
+                if not addresses:
+                    addresses = await self._resolve(url.host, self.trace)
+                reader, writer = await net.connect(addresses, url.port, self.trace)
+            else:
+                reader, writer = await self._through_proxy(choice.proxy, url, address)
         finally:
             self._keep_first_hop_values()
         try:
+            if choice is not None and not url.tls:
+                payload = self._proxy_request(choice.proxy, url, host_header, method, headers, body)
             if url.tls:
                 configured = settings.tls_config.server_name
                 same_host = url.authority == first.authority
@@ -392,6 +434,100 @@ class HTTPClient:
             writer.transport.abort()
         self.jar.store(url, response.headers)
         return response
+
+    async def _resolve(self, host: str, trace: Trace) -> list[net.Address]:
+        settings = self.settings
+        return await net.resolve(
+            host, settings.preferred_ip_protocol, settings.ip_protocol_fallback, trace, self.guard
+        )
+
+    async def _through_proxy(
+        self, proxy: proxies.Proxy, url: URL, address: str | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to ``proxy``, tunnelled to the target with CONNECT for an https URL.
+
+        Looking up the proxy's name is part of ``resolve``; reaching the proxy (TCP, TLS to an
+        https proxy) and its answer to CONNECT are ``connect``. The proxy's own values (address,
+        certificate) are never recorded: they would pass for the target's. Any failure on the way
+        is ``connect``.
+        """
+        trace = self.trace
+        scratch = Trace(trace.clock)
+        settings = self.settings
+        start = trace.elapsed()
+        try:
+            found = await net.resolve(
+                proxy.host, settings.preferred_ip_protocol, True, scratch, None, phase=None
+            )
+        except ProbeFailure as failure:
+            raise _unreachable(proxy, failure) from None
+        finally:
+            trace.add_phase("resolve", trace.elapsed() - start)
+        with trace.phase("connect"):
+            try:
+                reader, writer = await net.connect(found, proxy.port, scratch, phase=None)
+            except ProbeFailure as failure:
+                raise _unreachable(proxy, failure) from None
+            try:
+                if proxy.tls:
+                    with net.map_exceptions(
+                        {
+                            ssl.SSLError: (
+                                FailureReason.CONNECT,
+                                lambda err: f"TLS with proxy {proxy} failed: {net.tls_detail(err)}",
+                            ),
+                            OSError: (
+                                FailureReason.CONNECT,
+                                lambda err: f"TLS with proxy {proxy} failed: {net.why(err)}",
+                            ),
+                        }
+                    ):
+                        await writer.start_tls(self._tls_context(), server_hostname=proxy.host)
+                if url.tls:
+                    # CONNECT names host:port always, the resolved address when there is one.
+                    authority = f"{_host_text(address or url.host)}:{url.port}"
+                    await proxies.tunnel(reader, writer, proxy, authority, self._connect_headers(proxy))
+            except BaseException:
+                writer.transport.abort()
+                raise
+        return reader, writer
+
+    def _connect_headers(self, proxy: proxies.Proxy) -> list[tuple[bytes, bytes]]:
+        headers = [(b"User-Agent", USER_AGENT.encode("ascii"))]
+        credentials = proxy.authorization
+        for name, values in self.settings.proxy_connect_header.items():
+            if credentials is not None and name.lower() == "proxy-authorization":
+                continue  # Go lets the proxy URL's user info win
+            headers += [(name.encode("ascii"), value.reveal().encode("utf-8")) for value in values]
+        if credentials is not None:
+            headers.append((b"Proxy-Authorization", credentials.encode("ascii")))
+        return headers
+
+    def _proxy_request(
+        self,
+        proxy: proxies.Proxy,
+        url: URL,
+        host_header: str,
+        method: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> bytes:
+        """A plain http request as a proxy takes it: the absolute URI, no CONNECT.
+
+        As Go writes it, the URI's authority is the Host header's value (the name, or a
+        configured Host), whatever address was resolved here.
+        """
+        credentials = proxy.authorization
+        if credentials is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"proxy-authorization"]
+            headers.append((b"Proxy-Authorization", credentials.encode("ascii")))
+        # The origin-form request was built (and checked) already; only the target changes.
+        try:
+            return http1.request(method, f"http://{host_header}{url.target}", headers, body)
+        except http1.LocalProtocolError:
+            raise ProbeFailure(
+                FailureReason.OTHER, "cannot build the request: the Host is not valid in a URI"
+            ) from None
 
     def _wants_body(self, status: int, headers: Sequence[tuple[str, str]]) -> bool:
         # A redirect's body is never read: a followed one is left for the next hop, and one not

@@ -1,0 +1,241 @@
+"""OAuth 2.0 client credentials for the HTTP client: a token asked for, cached until it expires.
+
+The token request follows Go's oauth2 package, which blackbox uses through Prometheus' HTTP
+client: a form POST to ``token_url`` with ``grant_type=client_credentials``, the client's
+credentials first in a Basic Authorization header and, if the endpoint refuses that, in the
+form; the answer is JSON (or a form, by its Content-Type). A token is renewed EXPIRY_MARGIN
+before it expires; one without ``expires_in`` is kept until the cache drops it.
+
+Neither the token nor the secret is ever in a message, a metric or a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from urllib.parse import parse_qs, quote_plus, urlencode
+
+from exporter.modules import BasicAuth, HTTPProbe, OAuth2
+from exporter.probes.net import ProbeFailure
+from exporter.result import FailureReason
+from exporter.types import Secret, read_secret_file, redact_target
+
+# Go's oauth2 renews a token this many seconds before its expiry.
+EXPIRY_MARGIN = 10.0
+MAX_TOKENS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAnswer:
+    """What the token endpoint answered, as the HTTP client read it."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+# Sends one token request: the form, and the Basic credentials (or None) for its header.
+Post = Callable[[OAuth2, Mapping[str, str], tuple[str, str] | None], Awaitable[TokenAnswer]]
+
+
+def request_settings(
+    config: OAuth2, form: Mapping[str, str], basic: tuple[str, str] | None, probe: HTTPProbe
+) -> HTTPProbe:
+    """The token request as HTTP client settings: a form POST with oauth2's own TLS and proxy."""
+    return HTTPProbe(
+        method="POST",
+        headers=MappingProxyType({"Content-Type": Secret("application/x-www-form-urlencoded")}),
+        body=urlencode(form),
+        basic_auth=None if basic is None else BasicAuth(basic[0], Secret(basic[1])),
+        tls_config=config.tls_config,
+        proxy_url=config.proxy_url,
+        no_proxy=config.no_proxy,
+        proxy_from_environment=config.proxy_from_environment,
+        proxy_connect_header=config.proxy_connect_header,
+        preferred_ip_protocol=probe.preferred_ip_protocol,
+        ip_protocol_fallback=probe.ip_protocol_fallback,
+    )
+
+
+class TokenCache:
+    """Tokens by (token_url, client_id, scopes, endpoint_params, secret digest), at most ``size``."""
+
+    def __init__(self, size: int = MAX_TOKENS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = size
+        self.clock = clock
+        self._tokens: OrderedDict[tuple[object, ...], tuple[str, float]] = OrderedDict()
+        # Go's auto-detection remembers per token URL whether credentials go in the form.
+        self._in_form: OrderedDict[str, bool] = OrderedDict()
+
+    def get(self, key: tuple[object, ...]) -> str | None:
+        entry = self._tokens.get(key)
+        if entry is None:
+            return None
+        header, expires = entry
+        if self.clock() >= expires - EXPIRY_MARGIN:
+            del self._tokens[key]
+            return None
+        self._tokens.move_to_end(key)
+        return header
+
+    def put(self, key: tuple[object, ...], header: str, lifetime: float | None) -> None:
+        expires = math.inf if lifetime is None else self.clock() + lifetime
+        self._tokens[key] = (header, expires)
+        self._tokens.move_to_end(key)
+        while len(self._tokens) > self.size:
+            self._tokens.popitem(last=False)
+
+    def credentials_in_form(self, token_url: str) -> bool | None:
+        return self._in_form.get(token_url)
+
+    def remember_style(self, token_url: str, in_form: bool) -> None:
+        self._in_form[token_url] = in_form
+        while len(self._in_form) > self.size:
+            self._in_form.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def clear(self) -> None:
+        self._tokens.clear()
+        self._in_form.clear()
+
+
+TOKENS = TokenCache()
+
+
+def _secret(config: OAuth2) -> str:
+    if config.client_secret_file:
+        try:
+            return read_secret_file(config.client_secret_file)
+        except (OSError, UnicodeError) as err:
+            detail = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+            message = f"cannot read oauth2.client_secret_file: {detail}"
+            raise ProbeFailure(FailureReason.OTHER, message) from None
+    return config.client_secret.reveal() if config.client_secret is not None else ""
+
+
+def _form(config: OAuth2) -> dict[str, str]:
+    form = {"grant_type": "client_credentials"}
+    if config.scopes:
+        form["scope"] = " ".join(config.scopes)
+    for name, value in config.endpoint_params.items():
+        # Go lets endpoint_params replace grant_type only.
+        if name in form and name != "grant_type":
+            raise ProbeFailure(FailureReason.OTHER, f"oauth2 endpoint_params cannot override {name!r}")
+        form[name] = value
+    return form
+
+
+async def authorization(config: OAuth2, post: Post, cache: TokenCache = TOKENS) -> str:
+    """The Authorization value for ``config``: a cached token, or one fetched now."""
+    secret = _secret(config)
+    digest = hashlib.blake2b(secret.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+    params = tuple(sorted(config.endpoint_params.items()))
+    key = (config.token_url, config.client_id, config.scopes, params, digest)
+    header = cache.get(key)
+    if header is not None:
+        return header
+    form = _form(config)
+    in_form = cache.credentials_in_form(config.token_url)
+    if in_form is None:
+        try:
+            header, lifetime = await _fetch(config, secret, form, False, post)
+            cache.remember_style(config.token_url, False)
+        except _Refused:
+            # As Go's auto-detection: the endpoint may want the credentials in the form instead.
+            header, lifetime = await _attempt(config, secret, form, True, post)
+            cache.remember_style(config.token_url, True)
+    else:
+        header, lifetime = await _attempt(config, secret, form, in_form, post)
+    cache.put(key, header, lifetime)
+    return header
+
+
+class _Refused(Exception):
+    """The endpoint answered, but not with a token: worth one more try with the other style."""
+
+    def __init__(self, failure: ProbeFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+    @classmethod
+    def because(cls, message: str) -> _Refused:
+        return cls(ProbeFailure(FailureReason.OTHER, message))
+
+
+async def _attempt(
+    config: OAuth2, secret: str, form: dict[str, str], in_form: bool, post: Post
+) -> tuple[str, float | None]:
+    try:
+        return await _fetch(config, secret, form, in_form, post)
+    except _Refused as refused:
+        raise refused.failure from None
+
+
+async def _fetch(
+    config: OAuth2, secret: str, form: dict[str, str], in_form: bool, post: Post
+) -> tuple[str, float | None]:
+    where = redact_target(config.token_url)
+    if in_form:
+        form = {**form, "client_id": config.client_id}
+        if secret:
+            form["client_secret"] = secret
+        basic = None
+    else:
+        # Go escapes both as a query would before joining them.
+        basic = (quote_plus(config.client_id), quote_plus(secret))
+    try:
+        answer = await post(config, form, basic)
+    except ProbeFailure as failure:
+        raise ProbeFailure(
+            FailureReason.OTHER, f"oauth2 token request to {where} failed: {failure.message}"
+        ) from None
+    if not 200 <= answer.status <= 299:
+        raise _Refused.because(f"oauth2 token endpoint {where} answered status {answer.status}")
+    fields = _token_fields(answer)
+    if fields is None:
+        raise _Refused.because(f"oauth2 token endpoint {where} answered with a body that is not JSON")
+    token = fields.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise _Refused.because(f"oauth2 token endpoint {where} answered without an access_token")
+    kind = fields.get("token_type")
+    header = f"{_token_type(kind if isinstance(kind, str) else '')} {token}"
+    return header, _lifetime(fields.get("expires_in"))
+
+
+def _token_fields(answer: TokenAnswer) -> dict[str, object] | None:
+    media = answer.content_type.partition(";")[0].strip().lower()
+    if media in ("application/x-www-form-urlencoded", "text/plain"):
+        values = parse_qs(answer.body.decode("utf-8", "replace"))
+        return {name: items[0] for name, items in values.items()}
+    try:
+        document = json.loads(answer.body)
+    except (ValueError, UnicodeError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _token_type(kind: str) -> str:
+    """Go's Token.Type: the usual names in their canonical case, Bearer when none is given."""
+    canonical = {"bearer": "Bearer", "mac": "MAC", "basic": "Basic"}
+    return canonical.get(kind.lower(), kind) if kind else "Bearer"
+
+
+def _lifetime(value: object) -> float | None:
+    """Seconds a token lives (``expires_in``, a number or a numeric string); None for no expiry."""
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(seconds) or seconds == 0:
+        return None
+    return max(seconds, 0.0)

@@ -1,0 +1,335 @@
+"""Tests of oauth2 client credentials in the HTTP client, against a real local token endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from exporter.config import dump_config, parse_config
+from exporter.errors import ConfigError
+from exporter.modules import HTTPProbe, Module, OAuth2
+from exporter.probes import http, oauth2
+from exporter.result import FailureReason, ProbeResult
+from exporter.types import Secret
+
+ProbeRunner = Callable[..., Awaitable[ProbeResult]]
+SECRET = "s3cret&value"
+
+
+@dataclass
+class Endpoint:
+    """The token endpoint's behaviour and what it and the target saw."""
+
+    mode: str = "json"
+    expires_in: object = 3600
+    # Refuse client credentials sent in a Basic header (they must come in the form).
+    form_only: bool = False
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    issued: int = 0
+    target_saw: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(autouse=True)
+def empty_cache() -> None:
+    """Every test starts without cached tokens."""
+    oauth2.TOKENS.clear()
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[tuple[str, Endpoint]]:
+    """A token endpoint (/token) and a target (/ok) that wants the newest token."""
+    state = Endpoint()
+
+    async def token(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        state.requests.append({"form": form, "authorization": request.headers.get("Authorization")})
+        if state.form_only and request.headers.get("Authorization"):
+            return web.json_response({"error": "invalid_client"}, status=401)
+        if state.mode == "status":
+            return web.json_response({"error": "server_error"}, status=500)
+        if state.mode == "not-json":
+            return web.Response(text="<html>maintenance</html>", content_type="text/html")
+        if state.mode == "no-token":
+            return web.json_response({"token_type": "bearer", "expires_in": 3600})
+        state.issued += 1
+        answer: dict[str, object] = {"access_token": f"tok-{state.issued}", "token_type": "bearer"}
+        if state.expires_in is not None:
+            answer["expires_in"] = state.expires_in
+        if state.mode == "form":
+            return web.Response(
+                text=f"access_token=tok-{state.issued}&token_type=bearer",
+                content_type="application/x-www-form-urlencoded",
+            )
+        return web.json_response(answer)
+
+    async def ok(request: web.Request) -> web.Response:
+        seen = request.headers.get("Authorization", "")
+        state.target_saw.append(seen)
+        if seen != f"Bearer tok-{state.issued}":
+            return web.Response(status=401, text="stale token")
+        return web.Response(status=202, text="ok")
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    app.router.add_get("/ok", ok)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield f"http://127.0.0.1:{server.port}", state
+    await server.close()
+
+
+def module(base: str, **options: Any) -> Module:
+    options.setdefault("client_id", "probe client")
+    options.setdefault("client_secret", Secret(SECRET))
+    options.setdefault("token_url", f"{base}/token")
+    settings = HTTPProbe(oauth2=OAuth2(**options), preferred_ip_protocol="ip4", valid_status_codes=())
+    return Module(prober="http", sections={"http": settings})
+
+
+async def test_token_is_fetched_sent_and_cached(run_probe: ProbeRunner, site: tuple[str, Endpoint]) -> None:
+    """The token is asked for once, sent as a bearer, and reused while it is valid."""
+    base, state = site
+    settings = module(base, scopes=("read", "write"), endpoint_params={"audience": "probes"})
+    first = await run_probe(f"{base}/ok", settings)
+    second = await run_probe(f"{base}/ok", settings)
+    assert first.success and second.success, (first.message, second.message)
+    assert len(state.requests) == 1
+    assert state.target_saw == ["Bearer tok-1", "Bearer tok-1"]
+    request = state.requests[0]
+    assert request["form"] == {
+        "grant_type": "client_credentials",
+        "scope": "read write",
+        "audience": "probes",
+    }
+    # Go's oauth2 escapes the id and the secret as a query would before Basic-encoding them.
+    credentials = base64.b64encode(b"probe+client:s3cret%26value").decode()
+    assert request["authorization"] == f"Basic {credentials}"
+    # The probe's values are the target's: the token request is not part of them.
+    assert first.value("probe_http_status_code") == 202
+    assert set(first.phases) == set(http.PHASES)
+
+
+async def test_expired_token_is_refreshed(run_probe: ProbeRunner, site: tuple[str, Endpoint]) -> None:
+    """A token that expires within the renewal margin is fetched again for the next probe."""
+    base, state = site
+    state.expires_in = 5  # below the 10 s margin: stale as soon as it arrives
+    settings = module(base)
+    results = [await run_probe(f"{base}/ok", settings) for _ in range(3)]
+    assert [r.success for r in results] == [True, True, True]
+    assert len(state.requests) == 3
+    assert state.target_saw == ["Bearer tok-1", "Bearer tok-2", "Bearer tok-3"]
+
+
+async def test_token_without_expiry_and_form_answers(
+    run_probe: ProbeRunner, site: tuple[str, Endpoint]
+) -> None:
+    """A token without expires_in is kept; a form-encoded answer is read as Go reads it."""
+    base, state = site
+    state.expires_in = None
+    settings = module(base)
+    assert (await run_probe(f"{base}/ok", settings)).success
+    assert (await run_probe(f"{base}/ok", settings)).success
+    assert len(state.requests) == 1
+    state.mode = "form"
+    other = module(base, client_id="other")
+    assert (await run_probe(f"{base}/ok", other)).success
+    assert state.target_saw[-1] == "Bearer tok-2"
+
+
+async def test_credentials_move_to_the_form_when_the_header_is_refused(
+    run_probe: ProbeRunner, site: tuple[str, Endpoint]
+) -> None:
+    """As Go's auto-detection: a refused Basic header is retried once with the credentials in the form."""
+    base, state = site
+    state.form_only = True
+    state.expires_in = 5
+    settings = module(base)
+    first = await run_probe(f"{base}/ok", settings)
+    second = await run_probe(f"{base}/ok", settings)
+    assert first.success and second.success, (first.message, second.message)
+    # Header refused, then form; the next fetch goes straight to the form.
+    assert [r["authorization"] is not None for r in state.requests] == [True, False, False]
+    assert state.requests[1]["form"]["client_id"] == "probe client"
+    assert state.requests[1]["form"]["client_secret"] == SECRET
+
+
+FAILURES = {
+    "status": "oauth2 token endpoint {base}/token answered status 500",
+    "not-json": "oauth2 token endpoint {base}/token answered with a body that is not JSON",
+    "no-token": "oauth2 token endpoint {base}/token answered without an access_token",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(FAILURES))
+async def test_failing_token_endpoint_fails_the_probe_with_other(
+    run_probe: ProbeRunner, site: tuple[str, Endpoint], mode: str
+) -> None:
+    """A token endpoint that answers without a token fails the probe (other), saying which way."""
+    base, state = site
+    state.mode = mode
+    result = await run_probe(f"{base}/ok", module(base))
+    assert result.reason is FailureReason.OTHER
+    assert result.message == FAILURES[mode].format(base=base)
+    # Tried with the header, then with the form (Go's auto-detection); the target never asked.
+    assert len(state.requests) == 2
+    assert state.target_saw == []
+    assert SECRET not in result.message
+
+
+async def test_unreachable_token_endpoint_fails_with_other(
+    run_probe: ProbeRunner, site: tuple[str, Endpoint]
+) -> None:
+    """A token endpoint nobody answers at fails the probe with other, naming the token request."""
+    base, state = site
+    closed = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = closed.sockets[0].getsockname()[1]
+    closed.close()
+    await closed.wait_closed()
+    result = await run_probe(f"{base}/ok", module(base, token_url=f"http://127.0.0.1:{port}/token"))
+    assert result.reason is FailureReason.OTHER
+    assert result.message.startswith(
+        f"oauth2 token request to http://127.0.0.1:{port}/token failed: cannot connect to 127.0.0.1:{port}"
+    )
+    assert state.target_saw == []
+    odd = await run_probe(f"{base}/ok", module(base, token_url="ftp://127.0.0.1/token"))
+    assert (odd.reason, odd.message) == (
+        FailureReason.OTHER,
+        "oauth2 token request to ftp://127.0.0.1/token failed: unsupported URL scheme 'ftp'",
+    )
+
+
+async def test_client_secret_file_is_read(
+    run_probe: ProbeRunner, site: tuple[str, Endpoint], tmp_path: Path
+) -> None:
+    """client_secret_file is read when the token is fetched; an unreadable one fails with other."""
+    base, state = site
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file\n")
+    settings = module(base, client_secret=None, client_secret_file=str(secret_file))
+    assert (await run_probe(f"{base}/ok", settings)).success
+    assert (
+        state.requests[0]["authorization"] == "Basic " + base64.b64encode(b"probe+client:from-file").decode()
+    )
+    missing = module(base, client_secret=None, client_secret_file=str(tmp_path / "missing"))
+    result = await run_probe(f"{base}/ok", missing)
+    assert (result.reason, result.message) == (
+        FailureReason.OTHER,
+        "cannot read oauth2.client_secret_file: No such file or directory",
+    )
+
+
+def test_token_cache_renews_before_expiry_and_is_bounded() -> None:
+    """A cached token is dropped EXPIRY_MARGIN before it expires; the cache keeps at most its size."""
+    now = [0.0]
+    cache = oauth2.TokenCache(size=2, clock=lambda: now[0])
+    cache.put(("a",), "Bearer a", 60.0)
+    assert cache.get(("a",)) == "Bearer a"
+    now[0] = 60.0 - oauth2.EXPIRY_MARGIN
+    assert cache.get(("a",)) is None
+    cache.put(("a",), "Bearer a", None)
+    cache.put(("b",), "Bearer b", 60.0)
+    cache.put(("c",), "Bearer c", 60.0)
+    assert len(cache) == 2
+    assert cache.get(("a",)) is None and cache.get(("c",)) == "Bearer c"
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def errors_of(oauth2_section: str, extra: str = "") -> list[str]:
+    text = "modules:\n  m:\n    prober: http\n    http:\n" + "".join(
+        f"      {line}\n" for line in extra.strip().splitlines()
+    )
+    text += "      oauth2:\n" + "".join(f"        {line}\n" for line in oauth2_section.strip().splitlines())
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return [str(issue) for issue in info.value.issues]
+
+
+REFUSED: dict[str, tuple[str, str, list[str]]] = {
+    "no-client-id": (
+        "token_url: https://auth.example/token",
+        "",
+        ["modules.m.http.oauth2.client_id (line 6): is required: the client the token is asked for"],
+    ),
+    "no-token-url": (
+        "client_id: probe",
+        "",
+        ["modules.m.http.oauth2.token_url (line 6): is required: where the token is asked for"],
+    ),
+    "both-secrets": (
+        "client_id: probe\nclient_secret: x\nclient_secret_file: /run/secret\ntoken_url: https://a.example/t",
+        "",
+        [
+            "modules.m.http.oauth2.client_secret (line 7): at most one of client_secret and "
+            "client_secret_file may be set"
+        ],
+    ),
+    "jwt-grant": (
+        "client_id: probe\ntoken_url: https://a.example/t\n"
+        "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "",
+        [
+            "modules.m.http.oauth2.grant_type (line 8): only the client_credentials grant is supported, "
+            "got 'urn:ietf:params:oauth:grant-type:jwt-bearer'"
+        ],
+    ),
+    "with-basic-auth": (
+        "client_id: probe\ntoken_url: https://a.example/t",
+        "basic_auth: {username: u, password: p}",
+        ["modules.m.http.oauth2 (line 7): only one of basic_auth, oauth2 may be set"],
+    ),
+    "no-proxy-without-url": (
+        "client_id: probe\ntoken_url: https://a.example/t\nno_proxy: example.com",
+        "",
+        [
+            "modules.m.http.oauth2.no_proxy (line 8): needs proxy_url: it lists the hosts reached "
+            "without that proxy"
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_oauth2_config_refusals(case: str) -> None:
+    """Each oauth2 rule of prometheus/common (and the grants we lack) is refused where it applies."""
+    section, extra, expected = REFUSED[case]
+    assert errors_of(section, extra) == expected
+
+
+def test_blackbox_example_oauth2_module_loads_and_redacts() -> None:
+    """blackbox's example oauth2 module loads; /config shows no secret."""
+    config = parse_config(
+        """
+modules:
+  http_2xx_oauth_client_credentials:
+    prober: http
+    timeout: 5s
+    http:
+      valid_http_versions: ["HTTP/1.1", "HTTP/2"]
+      follow_redirects: true
+      preferred_ip_protocol: "ip4"
+      valid_status_codes:
+        - 200
+        - 201
+      oauth2:
+        client_id: "client_id"
+        client_secret: "client_secret_value"
+        token_url: "https://api.example.com/token"
+        endpoint_params:
+          grant_type: "client_credentials"
+"""
+    )
+    settings = config.modules["http_2xx_oauth_client_credentials"].section(HTTPProbe)
+    assert settings.oauth2 is not None and settings.oauth2.client_id == "client_id"
+    dumped = dump_config(config)
+    assert "client_secret_value" not in dumped
+    assert "client_secret: <secret>" in dumped

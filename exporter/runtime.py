@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -16,12 +17,17 @@ from exporter.configload import ISOLATE_ABOVE_BYTES, load_config_async, parse_fi
 from exporter.discovery import ServiceFiles
 from exporter.errors import ConfigError
 from exporter.heartbeats import HeartbeatBoard
+from exporter.loopwatch import LAG_BUCKETS as LOOP_LAG_BUCKETS
 from exporter.loopwatch import LoopWatch
 from exporter.maintenance import MaintenanceBoard
-from exporter.result import SYSTEM_CLOCK, Clock
-from exporter.scheduler import Scheduler
+from exporter.modules import Module
+from exporter.probes.net import TargetGuard
+from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
+from exporter.runner import run_probe
+from exporter.scheduler import LAG_BUCKETS, Scheduler
 from exporter.sharding import Shard
 from exporter.store import Histogram, ResultStore
+from exporter.workers import WorkerPool, merge_histograms
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,8 @@ class Exporter:
         location: str | None = None,
         shard: Shard | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        workers: int = 1,
+        worker_argv: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.config_file = config_file
@@ -55,8 +63,11 @@ class Exporter:
         self.heartbeats = HeartbeatBoard(clock)
         self.loop_watch = LoopWatch()
         self._loop_watch_task: asyncio.Task[None] | None = None
+        # With worker processes the front's own scheduler runs the push services only, and the
+        # store follows the whole service set (see exporter.workers).
+        self.pool = WorkerPool(workers, self.store, worker_argv) if workers > 1 else None
         self.scheduler = Scheduler(
-            self.store,
+            self.store if self.pool is None else _FrontShare(self.store),
             config.global_.max_concurrency,
             clock,
             heartbeats=self.heartbeats,
@@ -85,19 +96,42 @@ class Exporter:
 
     @property
     def probes_in_flight(self) -> int:
-        return self.scheduler.probes_in_flight
+        workers = self.pool.probes_in_flight if self.pool else 0
+        return self.scheduler.probes_in_flight + workers
 
     @property
     def schedule_lag(self) -> Histogram:
-        return self.scheduler.schedule_lag
+        if self.pool is None:
+            return self.scheduler.schedule_lag
+        return merge_histograms(LAG_BUCKETS, (self.scheduler.schedule_lag, *self.pool.schedule_lag()))
 
     @property
     def loop_lag(self) -> Histogram:
-        return self.loop_watch.lag
+        """Every event loop of the exporter's: the front's and its workers'."""
+        if self.pool is None:
+            return self.loop_watch.lag
+        return merge_histograms(LOOP_LAG_BUCKETS, (self.loop_watch.lag, *self.pool.loop_lag()))
 
     @property
     def reruns_after_stall(self) -> int:
-        return self.scheduler.reruns_after_stall
+        workers = self.pool.reruns_after_stall if self.pool else 0
+        return self.scheduler.reruns_after_stall + workers
+
+    @property
+    def worker_restarts(self) -> int:
+        return self.pool.restarts if self.pool else 0
+
+    @property
+    def worker_services(self) -> dict[str, int]:
+        """Services per probing process: the front's (push) and each worker's, with workers."""
+        if self.pool is None:
+            return {}
+        counts = {str(index): count for index, count in self.pool.service_counts().items()}
+        return {"front": len(self.scheduler.services), **counts}
+
+    @property
+    def ready(self) -> bool:
+        return self.started and (self.pool is None or self.pool.ready)
 
     @property
     def push_rejected(self) -> dict[str, int]:
@@ -119,22 +153,51 @@ class Exporter:
         self.services = [s for s in merged if self.shard.owns(s.name)]
         self.heartbeats.forget_except({s.name for s in self.services if s.module.prober == "push"})
         if self.started:
-            self.scheduler.apply(self.services, self.config.global_.max_concurrency)
+            self._schedule()
         else:
             self.store.sync(self.services)
+
+    def _schedule(self) -> None:
+        limit = self.config.global_.max_concurrency
+        if self.pool is None:
+            self.scheduler.apply(self.services, limit)
+            return
+        self.store.sync(self.services)
+        self.scheduler.apply([s for s in self.services if s.module.prober == "push"], limit)
+        probed = [s for s in self.services if s.module.prober != "push"]
+        self.pool.apply(probed, limit, self.config.probe_allowlist)
 
     def start(self) -> None:
         self.started = True
         self._loop_watch_task = asyncio.create_task(self.loop_watch.run(), name="event loop watch")
-        self.scheduler.apply(self.services, self.config.global_.max_concurrency)
+        if self.pool is not None:
+            self.pool.start()
+        self._schedule()
 
     async def stop(self) -> None:
         self.started = False
-        await self.scheduler.stop()
+        if self.pool is None:
+            await self.scheduler.stop()
+        else:
+            await asyncio.gather(self.scheduler.stop(), self.pool.stop())
         if self._loop_watch_task is not None:
             self._loop_watch_task.cancel()
             await asyncio.gather(self._loop_watch_task, return_exceptions=True)
             self._loop_watch_task = None
+
+    async def probe(
+        self, target: str, module: Module, timeout: float, guard: TargetGuard | None = None
+    ) -> ProbeResult:
+        """An on-demand probe: on a worker when there are workers; push modules judge here.
+
+        Raises WorkerLost when the worker running it exits first.
+        """
+        if self.pool is None or module.prober == "push":
+            return await run_probe(
+                target, module, timeout, guard=guard, clock=self.clock, heartbeats=self.heartbeats
+            )
+        # The worker guards with the same allowlist, sent to it with its services.
+        return await self.pool.probe(target, module, timeout, guarded=guard is not None)
 
     def apply(self, config: Config) -> None:
         """Switch to a new config whose service files were already re-read (see reload).
@@ -195,3 +258,20 @@ class Exporter:
                     self.discovery, changed = await self._rediscover(self.config)
                     if changed:
                         self._settle(refresh=False)
+
+
+class _FrontShare:
+    """The front scheduler's way into the store when workers probe the rest: records only.
+
+    The exporter syncs the store to the whole service set itself; the front scheduler's
+    share (push services) must not shrink it.
+    """
+
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+
+    def sync(self, services: Iterable[Service]) -> None:
+        pass
+
+    def record(self, name: str, result: ProbeResult) -> None:
+        self.store.record(name, result)

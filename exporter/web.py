@@ -20,10 +20,10 @@ from exporter.config import Config, dump_config
 from exporter.exposition import TEXT_FORMAT, gzip_stream, negotiate
 from exporter.modules import Module
 from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult, Sample
-from exporter.runner import run_probe
 from exporter.runtime import Exporter
 from exporter.sharding import Shard
 from exporter.types import read_secret_file, redact_url
+from exporter.workers import WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,24 @@ def make_app(
     schedule: bool = True,
     watch_interval: float = 0.0,
     middlewares: tuple[Middleware, ...] = (),
+    workers: int = 1,
+    worker_argv: tuple[str, ...] = (),
 ) -> web.Application:
     """Build the web app; with ``schedule`` the services are probed while it runs.
 
     With ``watch_interval`` the config file and discovered files are checked for changes
-    that often.
+    that often. With ``workers`` above 1, that many worker processes probe (exporter.workers).
     """
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
-    exporter = Exporter(config, config_file=config_file, location=location, shard=shard, clock=clock)
+    exporter = Exporter(
+        config,
+        config_file=config_file,
+        location=location,
+        shard=shard,
+        clock=clock,
+        workers=workers,
+        worker_argv=worker_argv,
+    )
     app[EXPORTER] = exporter
     app[WATCH_INTERVAL] = watch_interval
     if schedule:
@@ -153,9 +163,10 @@ async def probe(request: web.Request) -> web.Response:
             return _bad(400, "X-Prometheus-Scrape-Timeout-Seconds must be positive")
         budget = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
         timeout = min(timeout, budget if budget > 0 else scrape_timeout)
-    result = await run_probe(
-        target, module, timeout, guard=guard, clock=exporter.clock, heartbeats=exporter.heartbeats
-    )
+    try:
+        result = await exporter.probe(target, module, timeout, guard)
+    except WorkerLost as err:
+        return _bad(503, f"{err} before the probe finished; try again")
     # blackbox (0.25 and later) reports the timeout it applied beside the probe's values.
     result = dataclasses.replace(result, samples=(*result.samples, Sample("probe_timeout_seconds", timeout)))
     if query.get("debug", "").lower() == "true":
@@ -253,7 +264,7 @@ async def healthy(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER]
-    if not exporter.started:
+    if not exporter.ready:
         return web.Response(status=503, text="Not ready\n")
     return web.Response(text="Ready\n")
 

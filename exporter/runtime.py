@@ -130,10 +130,6 @@ class Exporter:
         return {"front": len(self.scheduler.services), **counts}
 
     @property
-    def ready(self) -> bool:
-        return self.started and (self.pool is None or self.pool.ready)
-
-    @property
     def push_rejected(self) -> dict[str, int]:
         return self.heartbeats.rejected
 

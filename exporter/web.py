@@ -264,7 +264,7 @@ async def healthy(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER]
-    if not exporter.ready:
+    if not exporter.started:
         return web.Response(status=503, text="Not ready\n")
     return web.Response(text="Ready\n")
 

@@ -78,6 +78,8 @@ FLUSH_DELAY = 0.02
 STATS_INTERVAL = 0.5
 # A worker silent this long (no results, no stats) is stuck: it is killed and started again.
 SILENCE_LIMIT = 60.0
+# How long an on-demand probe waits for a worker to be up, when none is.
+WORKER_WAIT = 30.0
 # Restarts of a worker that keeps dying right after start back off up to this long.
 MAX_BACKOFF = 10.0
 _HEADER = struct.Struct("!I")
@@ -208,12 +210,7 @@ class WorkerPool:
         self._retired = WorkerStats()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._connected_once: set[int] = set()
-
-    @property
-    def ready(self) -> bool:
-        """Every worker has started once (a worker restarting later does not make us unready)."""
-        return len(self._connected_once) == self.count
+        self._some_connected = asyncio.Event()
 
     def owner(self, name: str) -> int:
         return worker_of(name, self.count)
@@ -272,10 +269,17 @@ class WorkerPool:
     # -- on-demand probes ----------------------------------------------------------------------
 
     async def probe(self, target: str, module: Module, timeout: float, guarded: bool) -> ProbeResult:
-        """One probe now, on the connected worker with the fewest on-demand probes waiting."""
+        """One probe now, on the connected worker with the fewest on-demand probes waiting.
+
+        Right after start (or while every worker restarts) it waits for one: up to
+        ``WORKER_WAIT``, since starting an interpreter on a busy machine takes seconds.
+        """
+        if not any(w.connected for w in self._workers):
+            try:
+                await asyncio.wait_for(self._some_connected.wait(), WORKER_WAIT)
+            except TimeoutError:
+                raise WorkerLost("no probe worker is running") from None
         workers = [w for w in self._workers if w.connected]
-        if not workers:
-            raise WorkerLost("no probe worker is running")
         worker = min(workers, key=lambda w: len(w.pending))
         probe_id = next(self._ids)
         future: asyncio.Future[PackedResult] = asyncio.get_running_loop().create_future()
@@ -386,7 +390,7 @@ class WorkerPool:
                 raise ConnectionError(f"unexpected first message {hello[0]!r}")
             worker.stats = WorkerStats()
             worker.writer = writer
-            self._connected_once.add(worker.index)
+            self._some_connected.set()
             log.info(
                 "probe worker %d started (pid %d): %d services", worker.index, process.pid, len(worker.share)
             )
@@ -403,6 +407,8 @@ class WorkerPool:
             log.error("probe worker %d sent nothing for %gs; killing it", worker.index, SILENCE_LIMIT)
         finally:
             worker.writer = None
+            if not any(w.connected for w in self._workers):
+                self._some_connected.clear()
             self._retired.add(worker.stats)
             worker.stats = WorkerStats()
             for future in worker.pending.values():

@@ -498,8 +498,10 @@ class WorkerProcess:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        # Ctrl-C reaches the whole process group; the front decides when its workers stop.
+        # Ctrl-C and a terminal's hangup reach the whole process group; the front decides when
+        # its workers stop, and reloads are the front's business.
         loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
         background = [
             loop.create_task(self.watch.run(), name="event loop watch"),
             loop.create_task(self._report(), name="stats"),

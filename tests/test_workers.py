@@ -9,9 +9,12 @@ probe ran instead of trusting the exporter's own account.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -23,7 +26,9 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.sharding import worker_of
+from exporter.result import FailureReason, ProbeResult, Sample, Trace
+from exporter.sharding import owner, worker_of
+from exporter.workers import concurrency_share, pack_result, unpack_result
 from tests.metrics_util import Series, parse, value
 from tests.stack import Process, _ThreadedServer, exporter_argv, free_port, wait_until
 
@@ -364,9 +369,6 @@ def test_one_worker_probes_in_the_front(target: Target, tmp_path: Path) -> None:
 
 def test_workers_flag_rejects_nonsense(tmp_path: Path) -> None:
     """--workers 0 is refused with a message naming the flag."""
-    import subprocess
-    import sys
-
     path = tmp_path / "config.yml"
     path.write_text("services: []\n")
     done = subprocess.run(
@@ -377,3 +379,38 @@ def test_workers_flag_rejects_nonsense(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--workers: must be a whole number, 1 or more, got '0'" in done.stderr
+
+
+def test_results_cross_the_socket_unchanged() -> None:
+    """A result packed by a worker reads back equal, phases, samples, retries and stall included."""
+    trace = Trace()
+    trace.add_phase("connect", 0.25)
+    trace.set("probe_http_status_code", 503)
+    trace.set("probe_tls_version_info", 1, (("version", "TLS 1.3"),))
+    failed = trace.fail(FailureReason.HTTP_STATUS, "status 503")
+    result = dataclasses.replace(failed, failed_attempts=(FailureReason.TIMEOUT,), stalled=0.2)
+    back = unpack_result(pack_result(result))
+    assert back == result
+    assert dict(back.phases) == {"connect": 0.25}
+    assert back.samples[1] == Sample("probe_tls_version_info", 1.0, (("version", "TLS 1.3"),))
+    ok = ProbeResult(success=True, duration=0.001, started_at=1.0)
+    assert unpack_result(pack_result(ok)) == ok
+
+
+def test_concurrency_cap_is_split_among_workers() -> None:
+    """The global cap is shared out: the parts add up to it, each at least 1."""
+    assert [concurrency_share(10, 3, i) for i in range(3)] == [4, 3, 3]
+    assert [concurrency_share(1, 2, i) for i in range(2)] == [1, 1]
+    assert sum(concurrency_share(1000, 7, i) for i in range(7)) == 1000
+
+
+def test_worker_hashing_is_independent_of_shards() -> None:
+    """With as many shards as workers, one shard's services still spread over every worker."""
+    names = [f"service-{i}" for i in range(2000)]
+    mine = [name for name in names if owner(name, 2) == 0]
+    per_worker = [sum(1 for name in mine if worker_of(name, 2) == w) for w in range(2)]
+    assert min(per_worker) > 0.4 * len(mine), per_worker
+    # And adding a worker moves only the services the new one wins.
+    moved = [name for name in names if worker_of(name, 3) != worker_of(name, 2)]
+    assert all(worker_of(name, 3) == 2 for name in moved)
+    assert 0.2 * len(names) < len(moved) < 0.45 * len(names)

@@ -405,6 +405,8 @@ class WorkerPool:
             pass
         except TimeoutError:
             log.error("probe worker %d sent nothing for %gs; killing it", worker.index, SILENCE_LIMIT)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
         finally:
             worker.writer = None
             if not any(w.connected for w in self._workers):

@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
@@ -80,11 +82,23 @@ def _server_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def usable_cpus() -> int:
+def usable_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPUs this process may run on, and no more than a container's CPU limit allows.
+
+    A pod limited to one CPU on a 64-core node sees all 64 in its affinity mask; the cgroup v2
+    quota (``cpu.max``: ``QUOTA PERIOD`` or ``max PERIOD``) is what it gets.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    return max(1, cpus)
 
 
 def _worker_count(text: str) -> int:

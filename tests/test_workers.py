@@ -414,3 +414,18 @@ def test_worker_hashing_is_independent_of_shards() -> None:
     moved = [name for name in names if worker_of(name, 3) != worker_of(name, 2)]
     assert all(worker_of(name, 3) == 2 for name in moved)
     assert 0.2 * len(names) < len(moved) < 0.45 * len(names)
+
+
+def test_default_worker_count_follows_a_cpu_limit(tmp_path: Path) -> None:
+    """A cgroup CPU quota caps the default; no quota leaves the affinity mask's count."""
+    from exporter.cli import usable_cpus
+
+    mask = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("50000 100000\n")
+    assert usable_cpus(str(cpu_max)) == 1
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(str(cpu_max)) == mask
+    cpu_max.write_text(f"{mask * 300000} 100000\n")
+    assert usable_cpus(str(cpu_max)) == mask
+    assert usable_cpus(str(tmp_path / "absent")) == mask

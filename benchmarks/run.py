@@ -310,33 +310,6 @@ class Bench:
         proc.wait_ready(f"{base}/-/healthy")
         return proc, base
 
-
-def nginx_argv(tmp: Path) -> tuple[list[str], str]:
-    """The command line of an nginx serving NGINX_CONF from ``tmp`` on a free port, and its URL."""
-    port = free_port()
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    return [nginx, "-p", str(tmp), "-c", str(conf), "-e", "stderr"], f"http://127.0.0.1:{port}/"
-
-
-def blackbox_argv(tmp: Path, *flags: str) -> tuple[list[str], str]:
-    """The command line of a blackbox_exporter with one http_2xx module on a free port, and its URL."""
-    port = free_port()
-    conf = tmp / "blackbox.yml"
-    conf.write_text("modules:\n  http_2xx:\n    prober: http\n    http:\n      preferred_ip_protocol: ip4\n")
-    binary = shutil.which("prometheus-blackbox-exporter")
-    if binary is None:
-        raise RuntimeError("prometheus-blackbox-exporter is not installed")
-    argv = [
-        binary,
-        f"--config.file={conf}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        *flags,
-        "--log.level=warn",
-    ]
-    return argv, f"http://127.0.0.1:{port}"
-
     def start_ours(
         self, name: str, services: int, interval: float, extra: tuple[str, ...] = ()
     ) -> tuple[Process, str, float]:
@@ -364,6 +337,32 @@ def blackbox_argv(tmp: Path, *flags: str) -> tuple[list[str], str]:
         base = f"http://127.0.0.1:{port}"
         return proc, base, proc.wait_ready(f"{base}/-/ready")
 
+
+def nginx_argv(tmp: Path) -> tuple[list[str], str]:
+    """The command line of an nginx serving NGINX_CONF from ``tmp`` on a free port, and its URL."""
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return [nginx, "-p", str(tmp), "-c", str(conf), "-e", "stderr"], f"http://127.0.0.1:{port}/"
+
+
+def blackbox_argv(tmp: Path, *flags: str) -> tuple[list[str], str]:
+    """The command line of a blackbox_exporter with one http_2xx module on a free port, and its URL."""
+    port = free_port()
+    conf = tmp / "blackbox.yml"
+    conf.write_text("modules:\n  http_2xx:\n    prober: http\n    http:\n      preferred_ip_protocol: ip4\n")
+    binary = shutil.which("prometheus-blackbox-exporter")
+    if binary is None:
+        raise RuntimeError("prometheus-blackbox-exporter is not installed")
+    argv = [
+        binary,
+        f"--config.file={conf}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        *flags,
+        "--log.level=warn",
+    ]
+    return argv, f"http://127.0.0.1:{port}"
 
 def ms(seconds: float) -> str:
     """A duration as Prometheus writes it; its syntax has no fractions."""

@@ -364,6 +364,7 @@ def blackbox_argv(tmp: Path, *flags: str) -> tuple[list[str], str]:
     ]
     return argv, f"http://127.0.0.1:{port}"
 
+
 def ms(seconds: float) -> str:
     """A duration as Prometheus writes it; its syntax has no fractions."""
     return f"{round(seconds * 1000)}ms"

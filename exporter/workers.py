@@ -78,6 +78,9 @@ FLUSH_DELAY = 0.02
 STATS_INTERVAL = 0.5
 # A worker silent this long (no results, no stats) is stuck: it is killed and started again.
 SILENCE_LIMIT = 60.0
+# Modules of on-demand probes each worker keeps, so a module crosses the socket once, not with
+# every /probe (pickling one both ways costs about 50 us). Both sides evict the oldest first.
+MODULE_CACHE = 64
 # How long an on-demand probe waits for a worker to be up, when none is.
 WORKER_WAIT = 30.0
 # Restarts of a worker that keeps dying right after start back off up to this long.
@@ -178,6 +181,8 @@ class _Worker:
     process: asyncio.subprocess.Process | None = None
     stats: WorkerStats = field(default_factory=WorkerStats)
     pending: dict[int, asyncio.Future[PackedResult]] = field(default_factory=dict)
+    # The tokens of the modules this worker holds, oldest first: the same rule as its cache.
+    modules: dict[int, None] = field(default_factory=dict)
     # What the worker was last sent, to send only differences.
     max_concurrency: int = 0
     allowlist: tuple[HostPattern, ...] = ()
@@ -205,6 +210,8 @@ class WorkerPool:
         self._versions: dict[str, Entry] = {}
         self._version = itertools.count(1)
         self._ids = itertools.count(1)
+        # A token per module object; holding the module keeps its id from being reused.
+        self._module_tokens: dict[int, tuple[Module, int]] = {}
         self._max_concurrency = 1
         self._allowlist: tuple[HostPattern, ...] = ()
         self._retired = WorkerStats()
@@ -284,11 +291,30 @@ class WorkerPool:
         probe_id = next(self._ids)
         future: asyncio.Future[PackedResult] = asyncio.get_running_loop().create_future()
         worker.pending[probe_id] = future
+        token = self._module_token(module)
+        if token in worker.modules:
+            sent: Module | None = None
+        else:
+            sent = module
+            worker.modules[token] = None
+            if len(worker.modules) > MODULE_CACHE:
+                del worker.modules[next(iter(worker.modules))]
         try:
-            worker.send(("probe", probe_id, target, module, timeout, guarded))
+            worker.send(("probe", probe_id, target, token, sent, timeout, guarded))
             return unpack_result(await future)
         finally:
             worker.pending.pop(probe_id, None)
+
+    def _module_token(self, module: Module) -> int:
+        known = self._module_tokens.get(id(module))
+        if known is not None and known[0] is module:
+            return known[1]
+        if len(self._module_tokens) >= 4 * MODULE_CACHE:
+            # Modules of reloaded configs: forget them; a module seen again gets a new token.
+            self._module_tokens.clear()
+        token = next(self._ids)
+        self._module_tokens[id(module)] = (module, token)
+        return token
 
     # -- what the workers report ---------------------------------------------------------------
 
@@ -389,6 +415,7 @@ class WorkerPool:
             if hello[0] != "hello":
                 raise ConnectionError(f"unexpected first message {hello[0]!r}")
             worker.stats = WorkerStats()
+            worker.modules.clear()
             worker.writer = writer
             self._some_connected.set()
             log.info(
@@ -493,6 +520,7 @@ class WorkerProcess:
         self.scheduler = Scheduler(self.outbox, 1, watch=self.watch)
         self.services: dict[str, Service] = {}
         self.allowlist = Allowlist(())
+        self.modules: dict[int, Module] = {}
         self.stopping = asyncio.Event()
         self._probes: set[asyncio.Task[None]] = set()
         self._frozen = False
@@ -548,7 +576,12 @@ class WorkerProcess:
             if not self._frozen:
                 self._freeze()
         elif kind == "probe":
-            _, probe_id, target, module, timeout, guarded = message
+            _, probe_id, target, token, sent, timeout, guarded = message
+            if sent is not None:
+                self.modules[token] = sent
+                if len(self.modules) > MODULE_CACHE:
+                    del self.modules[next(iter(self.modules))]
+            module = self.modules[token]
             task = asyncio.get_running_loop().create_task(
                 self._probe(probe_id, target, module, timeout, guarded)
             )

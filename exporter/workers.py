@@ -225,9 +225,6 @@ class WorkerPool:
     def service_counts(self) -> dict[int, int]:
         return {worker.index: len(worker.share) for worker in self._workers}
 
-    def pids(self) -> dict[int, int | None]:
-        return {w.index: (w.process.pid if w.process else None) for w in self._workers}
-
     # -- the services --------------------------------------------------------------------------
 
     def apply(
@@ -287,6 +284,8 @@ class WorkerPool:
             except TimeoutError:
                 raise WorkerLost("no probe worker is running") from None
         workers = [w for w in self._workers if w.connected]
+        if not workers:
+            raise WorkerLost("every probe worker exited")
         worker = min(workers, key=lambda w: len(w.pending))
         probe_id = next(self._ids)
         future: asyncio.Future[PackedResult] = asyncio.get_running_loop().create_future()

@@ -209,7 +209,19 @@ def test_services_are_partitioned_among_workers(target: Target, tmp_path: Path) 
         for index, names in share.items():
             for name in names:
                 assert seen.get(name) == {workers[index]}, (name, index, seen.get(name), workers)
-        assert "beat" in run_counts(process)
+        # The push service is judged in the front, from a heartbeat the front received.
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        push = urllib.request.Request(process.url + "/push/beat?status=down", method="POST", headers=bearer)
+        with urllib.request.urlopen(push, timeout=20) as reply:
+            assert reply.status == 200
+        wait_until(
+            lambda: (
+                [v for (n, _), v in metrics(process).items() if n == "probe_push_reported_success"] == [0.0]
+            ),
+            WAIT,
+            "the pushed failure judged",
+        )
+        assert value(metrics(process), "probe_success", service="beat") == 0
 
 
 def test_killed_worker_is_restarted_with_its_services(target: Target, tmp_path: Path) -> None:

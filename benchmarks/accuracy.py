@@ -366,6 +366,7 @@ class Run:
                 str(self.web_config),
                 "--log.level",
                 "warn",
+                *(("--workers", str(self.args.workers)) if self.args.workers else ()),
             ],
             env={"PYTHONPATH": str(ROOT)},
         )
@@ -560,6 +561,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--rates", default="500,1000", help="probes a second, comma-separated (default 500,1000)"
     )
     parser.add_argument("--interval", type=float, default=10, help="interval of our services, seconds")
+    parser.add_argument("--workers", type=int, default=None, help="our --workers (default: the exporter's)")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"subset of {','.join(PHASES)}")
     parser.add_argument("--phase-seconds", type=float, default=20, help="length of each phase (default 20)")
     parser.add_argument("--scrape-every", type=float, default=5, help="seconds between /metrics GETs")

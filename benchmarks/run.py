@@ -136,6 +136,23 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live children: our probe workers are children of the front."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its live children."""
+    return rss_bytes(pid) + sum(rss_bytes(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 class Process:
     """A child process with its output in a log file, stopped for sure by stop()."""
 
@@ -293,6 +310,33 @@ class Bench:
         proc.wait_ready(f"{base}/-/healthy")
         return proc, base
 
+    def start_ours(
+        self, name: str, services: int, interval: float, extra: tuple[str, ...] = ()
+    ) -> tuple[Process, str, float]:
+        """Our exporter with ``services`` services probing nginx; returns the time to ready."""
+        port = free_port()
+        conf = self.tmp / f"{name}.yml"
+        conf.write_text(our_config(self.nginx_url, services, interval))
+        proc = self.start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--config.file",
+                str(conf),
+                "--web.listen-address",
+                f"127.0.0.1:{port}",
+                "--log.level",
+                "warn",
+                *(("--workers", str(self.args.workers)) if self.args.workers else ()),
+                *extra,
+            ],
+            env={"PYTHONPATH": str(ROOT)},
+        )
+        base = f"http://127.0.0.1:{port}"
+        return proc, base, proc.wait_ready(f"{base}/-/ready")
+
 
 def nginx_argv(tmp: Path) -> tuple[list[str], str]:
     """The command line of an nginx serving NGINX_CONF from ``tmp`` on a free port, and its URL."""
@@ -319,32 +363,6 @@ def blackbox_argv(tmp: Path, *flags: str) -> tuple[list[str], str]:
         "--log.level=warn",
     ]
     return argv, f"http://127.0.0.1:{port}"
-
-    def start_ours(
-        self, name: str, services: int, interval: float, extra: tuple[str, ...] = ()
-    ) -> tuple[Process, str, float]:
-        """Our exporter with ``services`` services probing nginx; returns the time to ready."""
-        port = free_port()
-        conf = self.tmp / f"{name}.yml"
-        conf.write_text(our_config(self.nginx_url, services, interval))
-        proc = self.start(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--config.file",
-                str(conf),
-                "--web.listen-address",
-                f"127.0.0.1:{port}",
-                "--log.level",
-                "warn",
-                *extra,
-            ],
-            env={"PYTHONPATH": str(ROOT)},
-        )
-        base = f"http://127.0.0.1:{port}"
-        return proc, base, proc.wait_ready(f"{base}/-/ready")
 
 
 def ms(seconds: float) -> str:
@@ -521,9 +539,9 @@ def phase_throughput(
     # Alternating runs share out whatever else the machine is doing between both sides.
     for _ in range(args.repeats):
         for name, (proc, base) in sides:
-            before = cpu_seconds(proc.pid)
+            before = tree_cpu_seconds(proc.pid)
             result = run_wrk(bench, probe_url(base, bench.nginx_url), args.duration)
-            cpu = cpu_seconds(proc.pid) - before
+            cpu = tree_cpu_seconds(proc.pid) - before
             result["cpu_cores"] = cpu / args.duration
             result["cpu_us_per_request"] = 1e6 * cpu / result["requests"]
             runs[name].append(result)
@@ -590,11 +608,11 @@ def measure_on_demand(bench: Bench, proc: Process, base: str, rate: float) -> di
     seconds = bench.args.cpu_duration
     url = probe_url(base, bench.nginx_url)
     asyncio.run(_drive(url, rate, 2))  # warm-up
-    before = cpu_seconds(proc.pid)
+    before = tree_cpu_seconds(proc.pid)
     start = time.monotonic()
     counts = asyncio.run(_drive(url, rate, seconds))
     elapsed = time.monotonic() - start
-    cpu = cpu_seconds(proc.pid) - before
+    cpu = tree_cpu_seconds(proc.pid) - before
     probes = counts["ok"] + counts["failed"]
     return {
         "probes_per_second": probes / elapsed,
@@ -627,7 +645,7 @@ def scrape_fleet(fleet: Fleet) -> tuple[Scrape, list[Scrape]]:
 
 
 def fleet_cpu(fleet: Fleet) -> float:
-    return sum(cpu_seconds(proc.pid) for proc, _ in fleet)
+    return sum(tree_cpu_seconds(proc.pid) for proc, _ in fleet)
 
 
 def measure_scheduled(bench: Bench, fleet: Fleet, seconds: float, interval: float) -> dict[str, Any]:
@@ -706,7 +724,7 @@ def phase_scale(bench: Bench) -> dict[str, Any]:
         out["metrics_render_seconds"] = [max(one.seconds for one in each) for each in renders]
         out["metrics_render_median_seconds"] = statistics.median(out["metrics_render_seconds"])
         out["metrics_bytes"] = sum(one.size for one in renders[-1])
-        out["rss_bytes_each"] = [rss_bytes(proc.pid) for proc, _ in fleet]
+        out["rss_bytes_each"] = [tree_rss_bytes(proc.pid) for proc, _ in fleet]
         out["rss_bytes"] = sum(out["rss_bytes_each"])
     finally:
         for proc, _ in fleet:
@@ -877,6 +895,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="throughput,cpu,scale",
         help="comma-separated subset of throughput,cpu,scale (default all)",
     )
+    parser.add_argument("--workers", type=int, default=None, help="our --workers (default: the exporter's)")
     parser.add_argument("--quick", action="store_true", help="shorter windows: about 2 minutes in all")
     parser.add_argument("--profile", action="store_true", help="sample our exporter with py-spy")
     args = parser.parse_args(argv)
@@ -911,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
             results["blackbox_rss_idle_bytes"] = rss_bytes(bb_proc.pid)
             ours_proc, ours_base, _ = bench.start_ours("ours-probe", 0, 10)
             check_probe(ours_base, bench.nginx_url)
-            results["ours_rss_idle_bytes"] = rss_bytes(ours_proc.pid)
+            results["ours_rss_idle_bytes"] = tree_rss_bytes(ours_proc.pid)
             timings = results["phase_seconds"] = {}
             if "throughput" in args.phases:
                 print("throughput: /probe under wrk", flush=True)

@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
+import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
@@ -68,9 +71,41 @@ def _server_parser() -> argparse.ArgumentParser:
         default="0",
         help="this replica's shard, 0-based, or 'hostname' to take a StatefulSet ordinal (default: 0)",
     )
+    parser.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=usable_cpus(),
+        help="probe worker processes; 1 probes in the one process that also serves HTTP"
+        " (default: the usable CPUs, %(default)s here)",
+    )
     _logging_flags(parser)
     parser.add_argument("--version", action="version", version=f"outage-exporter {__version__}")
     return parser
+
+
+def usable_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPUs this process may run on, and no more than a container's CPU limit allows.
+
+    A pod limited to one CPU on a 64-core node sees all 64 in its affinity mask; the cgroup v2
+    quota (``cpu.max``: ``QUOTA PERIOD`` or ``max PERIOD``) is what it gets.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    return max(1, cpus)
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, got {text!r}")
+    return int(text)
 
 
 def _logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +247,8 @@ def serve(argv: list[str]) -> int:
         shard=shard,
         watch_interval=watch_interval,
         middlewares=(access_middleware(web_config, auth),),
+        workers=args.workers,
+        worker_argv=("--log.level", args.log_level, "--log.format", args.log_format),
     )
     app.on_cleanup.append(auth.close)
 
@@ -227,11 +264,14 @@ def serve(argv: list[str]) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(exporter.reload()))
         log.info(
-            "outage-exporter %s started: %d services (shard %d of %d), location %s, listening on %s",
+            "outage-exporter %s started: %d services (shard %d of %d), %d probe worker%s,"
+            " location %s, listening on %s",
             __version__,
             len(exporter.services),
             shard.index,
             shard.count,
+            args.workers,
+            "" if args.workers == 1 else "s",
             exporter.location,
             args.listen,
         )

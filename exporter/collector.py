@@ -364,6 +364,12 @@ class SelfStatus(Protocol):
     def push_rejected(self) -> dict[str, int]: ...
 
     @property
+    def worker_restarts(self) -> int: ...
+
+    @property
+    def worker_services(self) -> dict[str, int]: ...
+
+    @property
     def services(self) -> list[Service]: ...
 
 
@@ -403,6 +409,9 @@ class SelfCollector(Collector):
             self.status.reruns_after_stall,
             "_total",
         )
+        families.add("outage_exporter_worker_restarts", "counter", {}, self.status.worker_restarts, "_total")
+        for worker, count in self.status.worker_services.items():
+            families.add("outage_exporter_worker_services", "gauge", {"worker": worker}, count)
         return families
 
 
@@ -444,5 +453,9 @@ HELP.update(
         "outage_exporter_push_rejected": "Pushes refused: unknown service, missing or wrong token.",
         "outage_exporter_services": "Services this exporter probes (its shard's share).",
         "outage_exporter_service_files_invalid": "Discovered service files that failed to load.",
+        "outage_exporter_worker_restarts": "Probe worker processes that exited and were started again.",
+        "outage_exporter_worker_services": (
+            "Services each probing process runs, with --workers above 1; push services run in the front."
+        ),
     }
 )

@@ -18,17 +18,19 @@ from exporter.configload import ISOLATE_ABOVE_BYTES, load_config_async, parse_fi
 from exporter.discovery import ServiceFiles
 from exporter.errors import ConfigError
 from exporter.heartbeats import HeartbeatBoard
+from exporter.loopwatch import LAG_BUCKETS as LOOP_LAG_BUCKETS
 from exporter.loopwatch import LoopWatch
 from exporter.maintenance import MaintenanceBoard
 from exporter.modules import Module, PushProbe
-from exporter.probes import ProbeDeps, Prober, probers
+from exporter.probes import PROBERS, ProbeDeps, Prober, probers
 from exporter.probes.net import TargetGuard
-from exporter.reloadplan import plan_reload
+from exporter.reloadplan import ReloadPlan, plan_reload
 from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
 from exporter.runner import run_probe
-from exporter.scheduler import Scheduler
+from exporter.scheduler import LAG_BUCKETS, Scheduler
 from exporter.sharding import Shard
 from exporter.store import Histogram, ResultStore
+from exporter.workers import WorkerPool, merge_histograms
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ class Exporter:
         clock: Clock = SYSTEM_CLOCK,
         heartbeats: HeartbeatBoard | None = None,
         probers: Mapping[str, Prober] | None = None,
+        workers: int = 1,
+        worker_argv: tuple[str, ...] = (),
     ) -> None:
         """``probers`` is the probe of each kind, made with ``heartbeats`` (see make_app)."""
         self.config = config
@@ -70,8 +74,11 @@ class Exporter:
         self.probers = probers if probers is not None else _probers(self.heartbeats)
         self.loop_watch = LoopWatch()
         self._loop_watch_task: asyncio.Task[None] | None = None
+        # With worker processes the front's own scheduler runs the push services only, and the
+        # store follows the whole service set (see exporter.workers).
+        self.pool = WorkerPool(workers, self.store, worker_argv) if workers > 1 else None
         self.scheduler = Scheduler(
-            self.store,
+            self.store if self.pool is None else _FrontShare(self.store),
             config.global_.max_concurrency,
             clock,
             runner=functools.partial(run_probe, table=self.probers),
@@ -100,19 +107,38 @@ class Exporter:
 
     @property
     def probes_in_flight(self) -> int:
-        return self.scheduler.probes_in_flight
+        workers = self.pool.probes_in_flight if self.pool else 0
+        return self.scheduler.probes_in_flight + workers
 
     @property
     def schedule_lag(self) -> Histogram:
-        return self.scheduler.schedule_lag
+        if self.pool is None:
+            return self.scheduler.schedule_lag
+        return merge_histograms(LAG_BUCKETS, (self.scheduler.schedule_lag, *self.pool.schedule_lag()))
 
     @property
     def loop_lag(self) -> Histogram:
-        return self.loop_watch.lag
+        """Every event loop of the exporter's: the front's and its workers'."""
+        if self.pool is None:
+            return self.loop_watch.lag
+        return merge_histograms(LOOP_LAG_BUCKETS, (self.loop_watch.lag, *self.pool.loop_lag()))
 
     @property
     def reruns_after_stall(self) -> int:
-        return self.scheduler.reruns_after_stall
+        workers = self.pool.reruns_after_stall if self.pool else 0
+        return self.scheduler.reruns_after_stall + workers
+
+    @property
+    def worker_restarts(self) -> int:
+        return self.pool.restarts if self.pool else 0
+
+    @property
+    def worker_services(self) -> dict[str, int]:
+        """Services per probing process: the front's (push) and each worker's, with workers."""
+        if self.pool is None:
+            return {}
+        counts = {str(index): count for index, count in self.pool.service_counts().items()}
+        return {"front": len(self.scheduler.services), **counts}
 
     @property
     def push_rejected(self) -> dict[str, int]:
@@ -125,8 +151,14 @@ class Exporter:
     async def probe(
         self, target: str, module: Module, timeout: float, guard: TargetGuard | None = None
     ) -> ProbeResult:
-        """One probe now, with this exporter's kinds (for /probe)."""
-        return await run_probe(target, module, timeout, guard, self.clock, self.probers)
+        """One probe now (for /probe): on a worker when there are workers; push modules judge here.
+
+        Raises WorkerLost when the worker running it exits first.
+        """
+        if self.pool is None or not PROBERS[module.prober].needs_target:
+            return await run_probe(target, module, timeout, guard, self.clock, self.probers)
+        # The worker guards with the same allowlist, sent to it with its services.
+        return await self.pool.probe(target, module, timeout, guarded=guard is not None)
 
     def service(self, name: str) -> Service | None:
         """A service this exporter knows, from the config file or a discovered file."""
@@ -156,18 +188,34 @@ class Exporter:
         )
         self.service_collector.forget(plan.retired)
         if self.started:
-            self.scheduler.apply_plan(plan, self.config.global_.max_concurrency)
+            self._schedule(plan)
         else:
             self.store.apply(plan)
+
+    def _schedule(self, plan: ReloadPlan) -> None:
+        limit = self.config.global_.max_concurrency
+        if self.pool is None:
+            self.scheduler.apply_plan(plan, limit)
+            return
+        # Push services are judged here, where their heartbeats arrive; workers probe the rest.
+        self.store.apply(plan)
+        self.scheduler.apply([s for s in plan.services if not PROBERS[s.module.prober].needs_target], limit)
+        probed = [s for s in plan.services if PROBERS[s.module.prober].needs_target]
+        self.pool.apply(probed, limit, self.config.probe_allowlist)
 
     def start(self) -> None:
         self.started = True
         self._loop_watch_task = asyncio.create_task(self.loop_watch.run(), name="event loop watch")
-        self.scheduler.apply(self.services, self.config.global_.max_concurrency)
+        if self.pool is not None:
+            self.pool.start()
+        self._schedule(plan_reload(self.scheduler.services, self.services))
 
     async def stop(self) -> None:
         self.started = False
-        await self.scheduler.stop()
+        if self.pool is None:
+            await self.scheduler.stop()
+        else:
+            await asyncio.gather(self.scheduler.stop(), self.pool.stop())
         if self._loop_watch_task is not None:
             self._loop_watch_task.cancel()
             await asyncio.gather(self._loop_watch_task, return_exceptions=True)
@@ -232,3 +280,20 @@ class Exporter:
                     self.discovery, changed = await self._rediscover(self.config)
                     if changed:
                         self._settle(refresh=False)
+
+
+class _FrontShare:
+    """The front scheduler's way into the store when workers probe the rest: records only.
+
+    The exporter hands the store the whole service set itself; the front scheduler's share
+    (push services) must not shrink it.
+    """
+
+    def __init__(self, store: ResultStore) -> None:
+        self.store = store
+
+    def apply(self, plan: ReloadPlan) -> None:
+        pass
+
+    def record(self, name: str, result: ProbeResult) -> None:
+        self.store.record(name, result)

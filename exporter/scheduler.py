@@ -16,9 +16,17 @@ from exporter.modules import Module
 from exporter.reloadplan import ReloadPlan, plan_reload
 from exporter.result import SYSTEM_CLOCK, Clock, FailureReason, ProbeResult
 from exporter.runner import run_probe
-from exporter.store import Histogram, ResultStore
+from exporter.store import Histogram
 
 log = logging.getLogger(__name__)
+
+
+class ResultSink(Protocol):
+    """Where finished runs go: the result store, or a worker's line to the front process."""
+
+    def apply(self, plan: ReloadPlan) -> None: ...
+
+    def record(self, name: str, result: ProbeResult) -> None: ...
 
 
 class Runner(Protocol):
@@ -77,7 +85,7 @@ class Scheduler:
 
     def __init__(
         self,
-        store: ResultStore,
+        store: ResultSink,
         max_concurrency: int,
         clock: Clock = SYSTEM_CLOCK,
         runner: Runner = run_probe,

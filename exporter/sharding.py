@@ -7,19 +7,28 @@ import re
 from dataclasses import dataclass
 
 
-def _score(name: str, shard: int) -> int:
-    digest = hashlib.blake2b(f"{shard}\0{name}".encode(), digest_size=8).digest()
+def _score(name: str, shard: int, salt: str = "") -> int:
+    digest = hashlib.blake2b(f"{salt}{shard}\0{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
-def owner(name: str, count: int) -> int:
+def owner(name: str, count: int, salt: str = "") -> int:
     """The shard that probes ``name``.
 
     Rendezvous hashing: every shard scores the name and the highest score wins. Adding a shard
     moves only the services the new shard now wins, about 1/(N+1) of them, and removing one moves
     only that shard's services.
     """
-    return max(range(count), key=lambda shard: _score(name, shard))
+    return max(range(count), key=lambda shard: _score(name, shard, salt))
+
+
+def worker_of(name: str, count: int) -> int:
+    """The worker process (of ``count``) that probes ``name`` within this replica.
+
+    The same rendezvous hashing as shards, salted: unsalted, a replica's services would all win
+    on the worker with the replica's own index whenever the two counts are equal.
+    """
+    return 0 if count == 1 else owner(name, count, "worker")
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult, Sample
 from exporter.runtime import Exporter
 from exporter.sharding import Shard
 from exporter.types import redact_url
+from exporter.workers import WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,13 @@ def make_app(
     schedule: bool = True,
     watch_interval: float = 0.0,
     middlewares: tuple[Middleware, ...] = (),
+    workers: int = 1,
+    worker_argv: tuple[str, ...] = (),
 ) -> web.Application:
     """Build the web app; with ``schedule`` the services are probed while it runs.
 
     With ``watch_interval`` the config file and discovered files are checked for changes
-    that often.
+    that often. With ``workers`` above 1, that many worker processes probe (exporter.workers).
     """
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     # Each kind gets the parts it needs here; only the push kind reads the heartbeat board.
@@ -65,6 +68,8 @@ def make_app(
         clock=clock,
         heartbeats=board,
         probers=table,
+        workers=workers,
+        worker_argv=worker_argv,
     )
     app[EXPORTER] = exporter
     app[WATCH_INTERVAL] = watch_interval
@@ -170,7 +175,10 @@ async def probe(request: web.Request) -> web.Response:
         budget = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
         timeout = min(timeout, budget if budget > 0 else scrape_timeout)
     with probelogs.capture() as captured:
-        result = await exporter.probe(target, module, timeout, guard)
+        try:
+            result = await exporter.probe(target, module, timeout, guard)
+        except WorkerLost as err:
+            return _bad(503, f"{err} before the probe finished; try again")
     # blackbox (0.25 and later) reports the timeout it applied beside the probe's values.
     result = dataclasses.replace(result, samples=(*result.samples, Sample("probe_timeout_seconds", timeout)))
     body = render_result(result, module.prober)

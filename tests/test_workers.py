@@ -1,0 +1,443 @@
+"""Worker processes, run for real: who probes what, restarts, reloads, /probe, SIGTERM, --workers 1.
+
+The exporter runs as ``python -m exporter --workers 2``. The target is an HTTP server in this
+test process that finds, for every request, which process of the exporter opened the
+connection (through /proc/net/tcp and the processes' descriptors), so the tests see where each
+probe ran instead of trusting the exporter's own account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.result import FailureReason, ProbeResult, Sample, Trace
+from exporter.sharding import owner, worker_of
+from exporter.workers import concurrency_share, pack_result, unpack_result
+from tests.metrics_util import Series, parse, value
+from tests.stack import Process, _ThreadedServer, exporter_argv, free_port, wait_until
+
+TOKEN = "worker-push-token"
+WAIT = 30.0
+
+
+def children(pid: int) -> dict[int, int]:
+    """The worker processes of exporter ``pid``: worker index -> pid."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for child in map(int, text.split()):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"exporter.workers" in argv and b"--index" in argv:
+            out[int(argv[argv.index(b"--index") + 1])] = child
+    return out
+
+
+def socket_owner(local_port: int, remote_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the loopback TCP socket local_port -> remote_port."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        ports = (int(local.split(":")[1], 16), int(remote.split(":")[1], 16))
+        # A closed connection of the same ports may linger in TIME_WAIT, with no inode.
+        if ports == (local_port, remote_port) and fields[9] != "0":
+            inode = fields[9]
+            break
+    if inode is None:
+        return None
+    wanted = f"socket:[{inode}]"
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == wanted:
+                        return pid
+    return None
+
+
+class Target(_ThreadedServer):
+    """Answers 200 to any path and notes which exporter process asked, per path."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self.seen: dict[str, set[int]] = {}
+        self.lock = threading.Lock()
+        super().__init__(_Handler)
+
+    def note(self, path: str, client_port: int) -> None:
+        if not self.pids:
+            return  # the exporter's processes are not known yet
+        owner = socket_owner(client_port, self.port, self.pids)
+        if owner is None:
+            return  # the prober gave up (a busy machine) and closed it before we looked
+        with self.lock:
+            self.seen.setdefault(path, set()).add(owner)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        # Looked up while the connection is open: the prober waits for this answer.
+        self.server.owner.note(self.path, self.client_address[1])  # type: ignore[attr-defined]
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    server = Target()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def config(target: Target, tmp_path: Path, names: list[str], push: bool = True) -> dict[str, Any]:
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    services: list[dict[str, Any]] = [
+        {"name": name, "prober": "http", "target": f"{target.url}/{name}"} for name in names
+    ]
+    if push:
+        services.append(
+            {"name": "beat", "prober": "push", "push": {"token_file": str(token), "max_silence": "1h"}}
+        )
+    return {
+        "global": {"interval": "1s", "timeout": "900ms", "location": "test"},
+        "probe_allowlist": ["127.0.0.0/8"],
+        "modules": {"http_2xx": {"prober": "http"}},
+        "services": services,
+    }
+
+
+@contextlib.contextmanager
+def exporter(tmp_path: Path, cfg: dict[str, Any], *flags: str) -> Iterator[Process]:
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    process = Process(
+        f"exporter-{port}", exporter_argv(path, port, *flags), f"http://127.0.0.1:{port}", tmp_path
+    )
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=20) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.read().decode()
+
+
+def metrics(process: Process) -> Series:
+    status, text = get(process.url + "/metrics")
+    assert status == 200
+    return parse(text)
+
+
+def runs(series: Series) -> dict[str, float]:
+    return {dict(lb)["service"]: v for (n, lb), v in series.items() if n == "probe_runs_total"}
+
+
+def run_counts(process: Process) -> dict[str, float]:
+    return runs(metrics(process))
+
+
+NAMES = [f"svc-{i}" for i in range(12)]
+
+
+def expected_share(names: list[str]) -> dict[int, set[str]]:
+    share: dict[int, set[str]] = {0: set(), 1: set()}
+    for name in names:
+        share[worker_of(name, 2)].add(name)
+    return share
+
+
+def test_services_are_partitioned_among_workers(target: Target, tmp_path: Path) -> None:
+    """Each service is probed only by its rendezvous worker; the push service by none of them."""
+    share = expected_share(NAMES)
+    assert share[0] and share[1], "the names should land on both workers"
+    with exporter(tmp_path, config(target, tmp_path, NAMES), "--workers", "2") as process:
+        front = process.popen.pid
+        workers = wait_until(lambda: len(children(front)) == 2 and children(front), WAIT, "two workers")
+        target.pids = [front, *workers.values()]
+        wait_until(
+            lambda: all(count >= 3 for count in run_counts(process).values()),
+            WAIT,
+            "every service probed three times",
+        )
+        series = metrics(process)
+        assert value(series, "outage_exporter_worker_services", worker="0") == len(share[0])
+        assert value(series, "outage_exporter_worker_services", worker="1") == len(share[1])
+        assert value(series, "outage_exporter_worker_services", worker="front") == 1
+        assert value(series, "outage_exporter_worker_restarts_total") == 0
+        with target.lock:
+            seen = {path.lstrip("/"): owners for path, owners in target.seen.items()}
+        for index, names in share.items():
+            for name in names:
+                assert seen.get(name) == {workers[index]}, (name, index, seen.get(name), workers)
+        # The push service is judged in the front, from a heartbeat the front received.
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        push = urllib.request.Request(process.url + "/push/beat?status=down", method="POST", headers=bearer)
+        with urllib.request.urlopen(push, timeout=20) as reply:
+            assert reply.status == 200
+        wait_until(
+            lambda: (
+                [v for (n, _), v in metrics(process).items() if n == "probe_push_reported_success"] == [0.0]
+            ),
+            WAIT,
+            "the pushed failure judged",
+        )
+        assert value(metrics(process), "probe_success", service="beat") == 0
+
+
+def test_killed_worker_is_restarted_with_its_services(target: Target, tmp_path: Path) -> None:
+    """SIGKILL a worker: it is started again, its services resume and no counter goes back."""
+    share = expected_share(NAMES)
+    with exporter(tmp_path, config(target, tmp_path, NAMES), "--workers", "2") as process:
+        front = process.popen.pid
+        workers = wait_until(lambda: len(children(front)) == 2 and children(front), WAIT, "two workers")
+        wait_until(lambda: all(c >= 2 for c in run_counts(process).values()), WAIT, "first runs")
+        os.kill(workers[0], signal.SIGKILL)
+        before = run_counts(process)
+        restarted = wait_until(
+            lambda: (w := children(front)).get(0) not in (None, workers[0]) and len(w) == 2 and w,
+            WAIT,
+            "worker 0 started again",
+        )
+        assert restarted[1] == workers[1], "the other worker keeps running"
+        wait_until(
+            lambda: all(run_counts(process)[name] >= before[name] + 2 for name in share[0]),
+            WAIT,
+            "worker 0's services probed again",
+        )
+        series = metrics(process)
+        assert value(series, "outage_exporter_worker_restarts_total") == 1
+        after = runs(series)
+        assert set(after) == set(before)
+        assert all(after[name] >= before[name] for name in before)
+        assert value(series, "outage_exporter_worker_services", worker="0") == len(share[0])
+        logs = process.logs()
+        assert "probe worker 0 exited (code -9); starting it again" in logs
+        assert "Traceback" not in logs
+
+
+def test_reload_keeps_series_and_counters_while_services_change_process(
+    target: Target, tmp_path: Path
+) -> None:
+    """A reload adds, removes, changes and moves services (worker to front, back): series, counters kept."""
+    names = NAMES[:6]
+    cfg = config(target, tmp_path, names)
+    with exporter(tmp_path, cfg, "--workers", "2") as process:
+        wait_until(lambda: all(c >= 2 for c in run_counts(process).values()), WAIT, "first runs")
+        mover = names[0]
+        # mover becomes a push service (judged in the front), svc-5 goes, svc-1 changes, new-1 comes.
+        token = str(tmp_path / "token")
+        moved = config(target, tmp_path, [n for n in names if n not in (mover, "svc-5")] + ["new-1"])
+        moved["services"].append(
+            {"name": mover, "prober": "push", "push": {"token_file": token, "max_silence": "1h"}}
+        )
+        for service in moved["services"]:
+            if service["name"] == "svc-1":
+                service["timeout"] = "800ms"
+        before = run_counts(process)
+        (tmp_path / "config.yml").write_text(yaml.safe_dump(moved))
+        request = urllib.request.Request(process.url + "/-/reload", method="POST")
+        with urllib.request.urlopen(request, timeout=20) as reply:
+            assert reply.status == 200
+        series = metrics(process)
+        assert value(series, "outage_exporter_worker_services", worker="front") == 2
+        wait_until(
+            lambda: all(run_counts(process).get(n, 0) >= before.get(n, 0) + 2 for n in (*names[:5], "new-1")),
+            WAIT,
+            "every service probed twice since the reload",
+        )
+        series = metrics(process)
+        counted = runs(series)
+        assert set(counted) == {*names[:5], "new-1", "beat"}
+        assert all(counted[n] >= before[n] for n in names[:5])
+        info = [dict(lb) for (n, lb) in series if n == "probe_service_info" and dict(lb)["service"] == mover]
+        assert len(info) == 1 and info[0]["prober"] == "push"
+        # And back to a worker: the series is still one, its counter still not reset.
+        mid = run_counts(process)
+        (tmp_path / "config.yml").write_text(yaml.safe_dump(cfg))
+        with urllib.request.urlopen(request, timeout=20) as reply:
+            assert reply.status == 200
+        wait_until(
+            lambda: run_counts(process)[mover] >= mid[mover] + 2, WAIT, "the mover probed by its worker"
+        )
+        series = metrics(process)
+        assert len([1 for (n, lb) in series if n == "probe_runs_total" and dict(lb)["service"] == mover]) == 1
+        assert runs(series)[mover] >= mid[mover]
+        assert value(series, "probe_success", service=mover) == 1
+        assert value(series, "outage_exporter_worker_services", worker="front") == 1
+        assert "new-1" not in runs(series)
+
+
+def test_probe_runs_in_a_worker(target: Target, tmp_path: Path) -> None:
+    """/probe is answered by a worker process, not by the front, with blackbox's output."""
+    with exporter(tmp_path, config(target, tmp_path, [], push=False), "--workers", "2") as process:
+        front = process.popen.pid
+        workers = wait_until(lambda: len(children(front)) == 2 and children(front), WAIT, "two workers")
+        target.pids = [front, *workers.values()]
+        for attempt in range(4):
+            status, text = get(f"{process.url}/probe?module=http_2xx&target={target.url}/adhoc-{attempt}")
+            assert status == 200, text
+            assert value(parse(text), "probe_success") == 1
+        with target.lock:
+            owners = set().union(*(target.seen.get(f"/adhoc-{attempt}", set()) for attempt in range(4)))
+        assert owners and owners <= set(workers.values()), (owners, workers, front)
+        status, text = get(f"{process.url}/probe?module=http_2xx&target=http://10.1.2.3/")
+        assert status == 403
+
+
+def test_sigterm_with_probes_in_flight_stops_every_process(tmp_path: Path) -> None:
+    """SIGTERM while 60 probes hang in the workers: exit 0 within the bound, no worker left behind."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1024)
+    port = silent.getsockname()[1]
+    cfg = {
+        "global": {"interval": "2s", "timeout": "1900ms"},
+        "services": [
+            {
+                "name": f"hang-{i}",
+                "prober": "tcp",
+                "target": f"127.0.0.1:{port}",
+                "tcp": {"query_response": [{"expect": "never"}]},
+            }
+            for i in range(60)
+        ],
+    }
+    try:
+        with exporter(tmp_path, cfg, "--workers", "2") as process:
+            front = process.popen.pid
+            workers = wait_until(lambda: len(children(front)) == 2 and children(front), WAIT, "two workers")
+            wait_until(
+                lambda: value(metrics(process), "outage_exporter_probes_in_flight") >= 40,
+                WAIT,
+                "probes in flight",
+            )
+            process.popen.send_signal(signal.SIGTERM)
+            code = process.popen.wait(timeout=30)
+            logs = process.logs()
+            assert code == 0, logs
+            assert "outage-exporter stopped" in logs
+            assert "Traceback" not in logs
+            for pid in workers.values():
+                wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 10, f"worker {pid} gone")
+    finally:
+        silent.close()
+
+
+def test_one_worker_probes_in_the_front(target: Target, tmp_path: Path) -> None:
+    """--workers 1 starts no child process; the front probes and serves as one process always did."""
+    with exporter(tmp_path, config(target, tmp_path, NAMES[:3]), "--workers", "1") as process:
+        front = process.popen.pid
+        target.pids = [front]
+        wait_until(lambda: all(c >= 2 for c in run_counts(process).values()), WAIT, "runs")
+        assert children(front) == {}
+        series = metrics(process)
+        assert not [1 for (n, _) in series if n == "outage_exporter_worker_services"]
+        assert value(series, "outage_exporter_worker_restarts_total") == 0
+        with target.lock:
+            assert set().union(*target.seen.values()) == {front}
+        status, text = get(f"{process.url}/probe?module=http_2xx&target={target.url}/one")
+        assert status == 200 and value(parse(text), "probe_success") == 1
+
+
+def test_workers_flag_rejects_nonsense(tmp_path: Path) -> None:
+    """--workers 0 is refused with a message naming the flag."""
+    path = tmp_path / "config.yml"
+    path.write_text("services: []\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(path), "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "--workers: must be a whole number, 1 or more, got '0'" in done.stderr
+
+
+def test_results_cross_the_socket_unchanged() -> None:
+    """A result packed by a worker reads back equal, phases, samples, retries and stall included."""
+    trace = Trace()
+    trace.add_phase("connect", 0.25)
+    trace.set("probe_http_status_code", 503)
+    trace.set("probe_tls_version_info", 1, (("version", "TLS 1.3"),))
+    failed = trace.fail(FailureReason.HTTP_STATUS, "status 503")
+    result = dataclasses.replace(failed, failed_attempts=(FailureReason.TIMEOUT,), stalled=0.2)
+    back = unpack_result(pack_result(result))
+    assert back == result
+    assert dict(back.phases) == {"connect": 0.25}
+    assert back.samples[1] == Sample("probe_tls_version_info", 1.0, (("version", "TLS 1.3"),))
+    ok = ProbeResult(success=True, duration=0.001, started_at=1.0)
+    assert unpack_result(pack_result(ok)) == ok
+
+
+def test_concurrency_cap_is_split_among_workers() -> None:
+    """The global cap is shared out: the parts add up to it, each at least 1."""
+    assert [concurrency_share(10, 3, i) for i in range(3)] == [4, 3, 3]
+    assert [concurrency_share(1, 2, i) for i in range(2)] == [1, 1]
+    assert sum(concurrency_share(1000, 7, i) for i in range(7)) == 1000
+
+
+def test_worker_hashing_is_independent_of_shards() -> None:
+    """With as many shards as workers, one shard's services still spread over every worker."""
+    names = [f"service-{i}" for i in range(2000)]
+    mine = [name for name in names if owner(name, 2) == 0]
+    per_worker = [sum(1 for name in mine if worker_of(name, 2) == w) for w in range(2)]
+    assert min(per_worker) > 0.4 * len(mine), per_worker
+    # And adding a worker moves only the services the new one wins.
+    moved = [name for name in names if worker_of(name, 3) != worker_of(name, 2)]
+    assert all(worker_of(name, 3) == 2 for name in moved)
+    assert 0.2 * len(names) < len(moved) < 0.45 * len(names)
+
+
+def test_default_worker_count_follows_a_cpu_limit(tmp_path: Path) -> None:
+    """A cgroup CPU quota caps the default; no quota leaves the affinity mask's count."""
+    from exporter.cli import usable_cpus
+
+    mask = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("50000 100000\n")
+    assert usable_cpus(str(cpu_max)) == 1
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(str(cpu_max)) == mask
+    cpu_max.write_text(f"{mask * 300000} 100000\n")
+    assert usable_cpus(str(cpu_max)) == mask
+    assert usable_cpus(str(tmp_path / "absent")) == mask

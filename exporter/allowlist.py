@@ -36,6 +36,8 @@ def parse_ip(text: str) -> IPAddress | None:
 def target_host(target: str) -> str:
     """The host part of a target, whether a URL, ``host:port``, ``[v6]:port`` or a bare host."""
     text = target.strip()
+    if text.startswith(("/", "@")):
+        return text  # a unix socket path, which may hold colons
     if "://" in text:
         try:
             return urlsplit(text).hostname or ""

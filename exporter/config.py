@@ -591,7 +591,8 @@ def _service_module(item: ServiceSpec, spec: _Sections, error: _ServiceErrors) -
             error("module", f"unknown module {item.module!r} (modules: {known})")
         elif item.retries is not None:
             module = dataclasses.replace(module, retries=item.retries)
-            for key, message in module_problems(module):
+            # Only the retries are the service's own; the module's problems are reported there.
+            for key, message in check_module(module):
                 error(key, message)
         return module
     if item.prober is None:
@@ -646,7 +647,11 @@ def _plain(value: object) -> object:
             else:
                 default = dataclasses.MISSING
             if current != default:
-                out[yaml_key(f)] = _plain(current)
+                # A URL option may carry a password (oauth2's token_url): shown redacted.
+                shown = (
+                    redact_url(current) if f.name.endswith("_url") and isinstance(current, str) else current
+                )
+                out[yaml_key(f)] = _plain(shown)
         return out
     return value
 

@@ -92,8 +92,9 @@ class ResultStore:
             elif state.service is not service:  # changed: kept ones are the same object
                 if state.latency.bounds != service.latency_buckets:
                     state.latency = Histogram(service.latency_buckets)
-                if (state.service.group, state.service.target) != (service.group, service.target):
-                    # Another target: the old result describes something else now.
+                before = (state.service.group, state.service.target, state.service.module.prober)
+                if before != (service.group, service.target, service.module.prober):
+                    # Another target or kind: the old result describes something else now.
                     state.last = None
                     state.history = None
                 state.service = service

@@ -223,6 +223,7 @@ class Secret(str):
 
     __slots__ = ()
     yaml_string: ClassVar[bool] = True  # read from YAML as Go reads a string (see yamlread)
+    yaml_secret: ClassVar[bool] = True  # never quoted in a config error (see yamlread)
 
     @classmethod
     def from_yaml(cls, value: Any) -> Secret:
@@ -268,7 +269,11 @@ class ProxyURL(Secret):
         scheme, separator, rest = text.partition("://")
         if not separator or scheme.lower() not in ("http", "https"):
             hint = " (SOCKS proxies are not supported)" if scheme.lower().startswith("socks") else ""
-            raise ValueError(f"must be an http:// or https:// proxy URL{hint}, got {redact_url(text)!r}")
+            # Without a scheme, "user:password@host" would pass redact_url unchanged.
+            shown = redact_url(text if separator else f"http://{text}").removeprefix(
+                "" if separator else "http://"
+            )
+            raise ValueError(f"must be an http:// or https:// proxy URL{hint}, got {shown!r}")
         host = rest.split("/", 1)[0].rpartition("@")[2]
         if not host or host.startswith(":"):
             raise ValueError(f"must name the proxy's host, got {redact_url(text)!r}")
@@ -379,7 +384,7 @@ class HostPattern:
             raise ValueError(f"must be a CIDR such as 10.0.0.0/8 or a host glob, got {value!r}")
         text = value.strip()
         if text.startswith(("/", "@")):
-            regex = "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in text)
+            regex = "".join("[^/\0]*" if c == "*" else "[^/\0]" if c == "?" else re.escape(c) for c in text)
             return cls(text, None, None, re.compile(regex + r"\Z"))
         looks_numeric = bool(re.fullmatch(r"[0-9.]+(/\d+)?|[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/\d+)?", text))
         if looks_numeric:

@@ -209,7 +209,9 @@ class Reader:
         if node.tag == _NULL_TAG:
             return ()
         if not isinstance(node, yaml.SequenceNode):
-            self.error(path, node, f"must be a list, got {describe(node)}")
+            # A secret's value stays out of the message, even when it is in the wrong shape.
+            got = f"a {_kind(node)}" if getattr(item_type, "yaml_secret", False) else describe(node)
+            self.error(path, node, f"must be a list, got {got}")
             return _INVALID
         items = [self.read(item_type, item, f"{path}[{i}]") for i, item in enumerate(node.value)]
         return _INVALID if any(i is _INVALID for i in items) else tuple(items)
@@ -297,6 +299,15 @@ def _construct(node: yaml.ScalarNode) -> Any:
 
 
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _kind(node: yaml.Node) -> str:
+    """What a node is, without its value: ``string``, ``mapping``..."""
+    if isinstance(node, yaml.MappingNode):
+        return "mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "list"
+    return "string" if node.tag.endswith(":str") else "scalar"
 
 
 def describe(node: yaml.Node) -> str:

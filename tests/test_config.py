@@ -358,3 +358,28 @@ def test_loading_keeps_no_reference_to_the_yaml_tree(monkeypatch: pytest.MonkeyP
     alive = [ref() for ref in nodes if ref() is not None]
     assert len(nodes) > 50
     assert alive == []
+
+
+def test_secret_values_stay_out_of_shape_errors() -> None:
+    """A proxy header written as a string, or a scheme-less proxy URL: the secret is not quoted."""
+    text = (
+        "modules:\n  m:\n    prober: http\n    http:\n      proxy_url: 'u:s3cr3t@proxy:3128'\n"
+        "  n:\n    prober: http\n    http:\n      proxy_url: http://proxy:3128\n"
+        "      proxy_connect_header: {Proxy-Authorization: 'Basic s3cr3t'}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        parse_config(text)
+    messages = [str(issue) for issue in err.value.issues]
+    assert len(messages) == 2, messages
+    assert all("s3cr3t" not in message for message in messages), messages
+    assert any("must be a list, got a string" in message for message in messages)
+
+
+def test_dumped_token_url_hides_its_password() -> None:
+    config = parse_config(
+        "modules:\n  m:\n    prober: http\n    http:\n      oauth2:\n        client_id: c\n"
+        "        client_secret: s\n        token_url: 'http://u:s3cr3t@auth.example/token'\n"
+    )
+    dumped = dump_config(config)
+    assert "s3cr3t" not in dumped
+    assert "auth.example/token" in dumped

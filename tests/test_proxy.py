@@ -19,12 +19,13 @@ from aiohttp.test_utils import TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from exporter.allowlist import Allowlist
 from exporter.config import dump_config, parse_config
 from exporter.errors import ConfigError
 from exporter.modules import FlowProbe, FlowStep, HTTPProbe, Module, StatuspageProbe, TLSConfig
 from exporter.probes import http, proxy
 from exporter.result import FailureReason, ProbeResult
-from exporter.types import ProxyURL, Secret
+from exporter.types import HostPattern, ProxyURL, Secret
 
 ProbeRunner = Callable[..., Awaitable[ProbeResult]]
 PROXY_ENV = (
@@ -543,7 +544,7 @@ REFUSED = {
     ),
     "connect-header-not-a-list": (
         "proxy_url: http://127.0.0.1:3128\nproxy_connect_header:\n  X-Token: abc",
-        ["modules.m.http.proxy_connect_header.X-Token (line 7): must be a list, got string 'abc'"],
+        ["modules.m.http.proxy_connect_header.X-Token (line 7): must be a list, got a string"],
     ),
     "socks": (
         "proxy_url: socks5://user:pw@127.0.0.1:1080",
@@ -597,3 +598,21 @@ modules:
     assert "hunter2" not in dumped and "Bearer token" not in dumped
     assert "proxy_url: http://user:xxxxx@127.0.0.1:3128" in dumped
     assert "hunter2" not in repr(config.modules)
+
+
+async def test_on_demand_probe_through_a_proxy_needs_a_trusted_name(
+    run_probe: ProbeRunner, start_proxy: Any, serve: Any
+) -> None:
+    """With probe_allowlist, the proxy re-resolves names: only an address or a glob-listed name go."""
+    relay = await start_proxy()
+    target = await serve()
+    by_network = Allowlist((HostPattern.from_yaml("127.0.0.0/8"),))
+    by_glob = Allowlist((HostPattern.from_yaml("127.0.0.0/8"), HostPattern.from_yaml("localhost")))
+    via = module(proxy_url=relay.url)
+    refused = await run_probe(f"http://localhost:{target.port}/ok", via, guard=by_network)
+    assert refused.reason is FailureReason.OTHER
+    assert "the proxy would resolve it again" in refused.message
+    assert relay.seen == []
+    assert (await run_probe(f"http://127.0.0.1:{target.port}/ok", via, guard=by_network)).success
+    assert (await run_probe(f"http://localhost:{target.port}/ok", via, guard=by_glob)).success
+    assert len(relay.seen) == 2

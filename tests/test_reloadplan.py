@@ -82,3 +82,15 @@ async def test_exporter_applies_the_plan_to_scheduler_store_and_collector() -> N
         assert info["relabelled"]["team"] == "b"  # re-rendered, not the cached lines
     finally:
         await exporter.stop()
+
+
+def test_a_new_kind_forgets_the_last_result_but_keeps_counters() -> None:
+    from exporter.store import ResultStore
+
+    store = ResultStore()
+    store.sync(parse_config("services:\n  - {name: a, target: '127.0.0.1:1', prober: tcp}\n").services)
+    store.record("a", Trace().succeed())
+    store.sync(parse_config("services:\n  - {name: a, target: '127.0.0.1:1', prober: http}\n").services)
+    [state] = list(store)
+    assert state.last is None  # the tcp result says nothing about the http probe
+    assert state.runs == 1

@@ -250,3 +250,28 @@ def test_service_with_inline_unix_settings() -> None:
     [service] = config.services
     assert service.module.prober == "unix"
     assert service.module.section(UnixProbe).query_response[0].expect is not None
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("var/run/docker.sock", "the target must be an absolute socket path or @name"),
+        ("./app.sock", "the target must be an absolute socket path or @name"),
+        ("/run/apps/../docker.sock", "the socket path must not hold '.', '..' or a NUL byte"),
+        ("/run/apps/./app.sock", "the socket path must not hold '.', '..' or a NUL byte"),
+        ("/run/apps/app\0.sock", "the socket path must not hold '.', '..' or a NUL byte"),
+    ],
+)
+async def test_only_absolute_normal_paths(target: str, message: str, run_probe: ProbeRunner) -> None:
+    """A relative path, a dot segment or a NUL could reach another socket than the one listed."""
+    guard = Allowlist((HostPattern.from_yaml("/run/apps/*"), HostPattern.from_yaml("10.0.0.0/8")))
+    for allowlist in (None, guard):
+        result = await run_probe(target, unix_module(), guard=allowlist)
+        assert (result.reason, result.message) == (FailureReason.OTHER, message)
+    assert not guard.allows_host("/run/apps/app\0.sock")
+
+
+def test_socket_path_with_a_colon_is_checked_whole() -> None:
+    from exporter.allowlist import target_host
+
+    assert target_host("/run/app/a:b.sock") == "/run/app/a:b.sock"

@@ -21,6 +21,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import brotli  # type: ignore[import-untyped]
 
 from exporter import __version__, cel, offloop
+from exporter.allowlist import parse_ip
 from exporter.modules import HTTPProbe, OAuth2
 from exporter.probes import http1, net, oauth2
 from exporter.probes import proxy as proxies
@@ -371,6 +372,20 @@ class HTTPClient:
             what = "target host" if url is first else "redirect to"
             raise ProbeFailure(FailureReason.OTHER, f"{what} {url.host} is outside probe_allowlist")
 
+    def _check_proxied(self, url: URL) -> None:
+        """An on-demand probe through a proxy: the proxy resolves the name again, by its own DNS.
+
+        So only an address, or a name a probe_allowlist glob trusts wherever it resolves, may go
+        through it; a name allowed for its addresses could point elsewhere by then.
+        """
+        assert self.guard is not None
+        if parse_ip(url.host) is None and not self.guard.allows_address(url.host, ""):
+            raise ProbeFailure(
+                FailureReason.OTHER,
+                f"{url.host} is allowed by probe_allowlist for its addresses only, and the proxy would"
+                " resolve it again: list it with a host glob to probe it through the proxy",
+            )
+
     async def _exchange(
         self,
         url: URL,
@@ -405,6 +420,8 @@ class HTTPClient:
                 await self._resolve(url.host, Trace(self.trace.clock))
             if choice is not None and choice.bypassed(url.host, url.port, address):
                 choice = None
+            if choice is not None and self.guard is not None:
+                self._check_proxied(url)
             if choice is None:
                 if not addresses:
                     addresses = await self._resolve(url.host, self.trace)

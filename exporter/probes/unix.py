@@ -48,8 +48,13 @@ _MAX_PATH_BYTES = 107
 
 def socket_path(target: str) -> str:
     path = target.strip()
-    if not path:
-        raise ProbeFailure(FailureReason.OTHER, "the target must be a socket path")
+    # Only an absolute, normal path (or @name) can be matched against probe_allowlist's entries:
+    # a relative one depends on the working directory, and "..", "." or a NUL (where the kernel
+    # cuts the name) would reach another socket than the one listed.
+    if not path.startswith(("/", "@")):
+        raise ProbeFailure(FailureReason.OTHER, "the target must be an absolute socket path or @name")
+    if "\0" in path or any(part in (".", "..") for part in path.split("/")):
+        raise ProbeFailure(FailureReason.OTHER, "the socket path must not hold '.', '..' or a NUL byte")
     # Go's net package writes a Linux abstract socket as "@name"; the kernel wants a NUL.
     return "\0" + path[1:] if path.startswith("@") else path
 

@@ -23,11 +23,10 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
-from exporter.logs import LogfmtFormatter, redact_query
+from exporter.logs import LogfmtFormatter
 from exporter.result import ProbeResult
-from exporter.types import redact_url
+from exporter.types import redact_target
 
 ENTRIES = 3
 MAX_PAIRS = 1000
@@ -45,18 +44,6 @@ def target_key(target: str, module: str) -> Key:
 
 def service_key(name: str) -> Key:
     return ("service", name)
-
-
-def redact_target(target: str) -> str:
-    """A target fit for a log: URL password and credential query parameters masked."""
-    text = redact_url(target)
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return text
-    if not parts.query:
-        return text
-    return urlunsplit(parts._replace(query=redact_query(parts.query)))
 
 
 def _when(wall: float) -> str:

@@ -121,7 +121,8 @@ async def test_secrets_in_the_target_are_masked(
     await get_text(client, "/probe", {"target": secret_target, "module": "http_2xx"})
     text = await get_text(client, "/logs", {"target": secret_target, "module": "http_2xx"})
     assert "pa55word" not in text and "t0ken-value" not in text
-    assert "user:xxxxx@" in text and "token=xxxxx" in text
+    # The one rule of every log line (exporter.types.redact_target): password hidden, no query.
+    assert "user:xxxxx@" in text and "token=" not in text
 
 
 @pytest.mark.parametrize(

@@ -143,6 +143,15 @@ class ProxyOptions:
     # Sent to the proxy with CONNECT (https targets); a value is a list, as blackbox reads it.
     proxy_connect_header: Mapping[str, tuple[Secret, ...]] = field(default_factory=_empty_map)
 
+    def proxy_options(self) -> dict[str, Any]:
+        """These four options as keywords, for settings built from another section's."""
+        return {
+            "proxy_url": self.proxy_url,
+            "no_proxy": self.no_proxy,
+            "proxy_from_environment": self.proxy_from_environment,
+            "proxy_connect_header": self.proxy_connect_header,
+        }
+
     @property
     def proxied(self) -> bool:
         """Whether a proxy may be used at all."""

@@ -18,6 +18,7 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
+from pytest_aiohttp import AiohttpServer
 
 from exporter import __version__
 from exporter.modules import Authorization, BasicAuth, HeaderMatch, HTTPProbe, Module, TLSConfig
@@ -207,19 +208,13 @@ def make_app() -> web.Application:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Starts test web apps on 127.0.0.1, optionally over TLS, and stops them afterwards."""
-    servers: list[TestServer] = []
+def serve(aiohttp_server: AiohttpServer) -> Serve:
+    """Starts test web apps on 127.0.0.1, optionally over TLS; pytest-aiohttp stops them."""
 
     async def start(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> TestServer:
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server(ssl=ssl_context)
-        servers.append(server)
-        return server
+        return await aiohttp_server(app, ssl=ssl_context)
 
-    yield start
-    for server in reversed(servers):
-        await server.close()
+    return start
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from pytest_aiohttp import AiohttpServer
 
 from exporter.allowlist import Allowlist
 from exporter.config import dump_config, parse_config
@@ -155,21 +156,14 @@ async def ok(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
-    servers: list[TestServer] = []
-
+def serve(aiohttp_server: AiohttpServer) -> Callable[..., Awaitable[TestServer]]:
     async def start(ssl_context: ssl.SSLContext | None = None) -> TestServer:
         app = web.Application()
         app.router.add_get("/ok", ok)
         app.router.add_get("/api/v2/summary.json", summary)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server(ssl=ssl_context)
-        servers.append(server)
-        return server
+        return await aiohttp_server(app, ssl=ssl_context)
 
-    yield start
-    for server in reversed(servers):
-        await server.close()
+    return start
 
 
 async def summary(request: web.Request) -> web.Response:

@@ -54,10 +54,7 @@ def request_settings(
         body=urlencode(form),
         basic_auth=None if basic is None else BasicAuth(basic[0], Secret(basic[1])),
         tls_config=config.tls_config,
-        proxy_url=config.proxy_url,
-        no_proxy=config.no_proxy,
-        proxy_from_environment=config.proxy_from_environment,
-        proxy_connect_header=config.proxy_connect_header,
+        **config.proxy_options(),
         preferred_ip_protocol=probe.preferred_ip_protocol,
         ip_protocol_fallback=probe.ip_protocol_fallback,
     )

@@ -116,10 +116,7 @@ def _http_settings(settings: StatuspageProbe) -> HTTPProbe:
         ip_protocol_fallback=settings.ip_protocol_fallback,
         tls_config=settings.tls_config,
         body_size_limit=settings.body_size_limit,
-        proxy_url=settings.proxy_url,
-        no_proxy=settings.no_proxy,
-        proxy_from_environment=settings.proxy_from_environment,
-        proxy_connect_header=settings.proxy_connect_header,
+        **settings.proxy_options(),
     )
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
-from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpServer
 
 from exporter.config import parse_config
 from exporter.web import make_app
@@ -73,7 +73,7 @@ def modules_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def target() -> AsyncIterator[str]:
+async def target(aiohttp_server: AiohttpServer) -> AsyncIterator[str]:
     """A real local HTTP server: /ok, /status/{code} and /redirect (a 302 to /ok)."""
 
     async def ok(request: web.Request) -> web.Response:
@@ -89,12 +89,8 @@ async def target() -> AsyncIterator[str]:
     app.router.add_get("/ok", ok)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/redirect", redirect)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"127.0.0.1:{server.port}"
-    finally:
-        await server.close()
+    server = await aiohttp_server(app)
+    yield f"127.0.0.1:{server.port}"
 
 
 @pytest.fixture
@@ -279,7 +275,9 @@ def labelled(text: str, name: str) -> tuple[dict[str, str], float]:
     return found[0]
 
 
-async def test_tls_values_match_blackbox(tmp_path: Path, ca: Any, blackbox_binary: str) -> None:
+async def test_tls_values_match_blackbox(
+    tmp_path: Path, ca: Any, blackbox_binary: str, aiohttp_server: AiohttpServer
+) -> None:
     """A TLS target, verified and not: the leaf's labels and the last-chain expiry as blackbox says."""
     import ssl
 
@@ -292,8 +290,7 @@ async def test_tls_values_match_blackbox(tmp_path: Path, ca: Any, blackbox_binar
 
     app = web.Application()
     app.router.add_get("/", ok)
-    target = TestServer(app, host="127.0.0.1")
-    await target.start_server(ssl=context)
+    target = await aiohttp_server(app, ssl=context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     modules = {
@@ -315,14 +312,12 @@ async def test_tls_values_match_blackbox(tmp_path: Path, ca: Any, blackbox_binar
         f"http://127.0.0.1:{port}",
         tmp_path,
     )
-    ours_server = TestServer(
+    ours_server = await aiohttp_server(
         make_app(
             parse_config(yaml.safe_dump({"probe_allowlist": ["127.0.0.0/8"], "modules": modules})),
             schedule=False,
-        ),
-        host="127.0.0.1",
+        )
     )
-    await ours_server.start_server()
     try:
         await asyncio.to_thread(theirs.wait_ready, "/-/healthy")
         async with ClientSession(timeout=ClientTimeout(total=15)) as session:
@@ -351,8 +346,6 @@ async def test_tls_values_match_blackbox(tmp_path: Path, ca: Any, blackbox_binar
                     assert expiries[0] == -62135596800.0
     finally:
         theirs.stop()
-        await ours_server.close()
-        await target.close()
 
 
 def leaf_serial(leaf: Any) -> int:

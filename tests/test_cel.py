@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from exporter import cel, offloop
 from exporter.config import dump_config, parse_config
@@ -38,7 +38,7 @@ def check(matches: str | None = None, not_matches: str | None = None) -> Module:
 
 
 @pytest.fixture
-async def json_target() -> AsyncIterator[str]:
+async def json_target(aiohttp_server: AiohttpServer) -> AsyncIterator[str]:
     """Serves /status (a small health document), /big, /text, /empty and /null."""
 
     async def status(request: web.Request) -> web.Response:
@@ -65,12 +65,8 @@ async def json_target() -> AsyncIterator[str]:
         ("/null", null),
     ):
         app.router.add_get(path, handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
+    server = await aiohttp_server(app)
+    yield f"http://127.0.0.1:{server.port}"
 
 
 def config_error(text: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from exporter.config import dump_config, parse_config
 from exporter.errors import ConfigError
@@ -44,7 +44,7 @@ def empty_cache() -> None:
 
 
 @pytest.fixture
-async def site() -> AsyncIterator[tuple[str, Endpoint]]:
+async def site(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[str, Endpoint]]:
     """A token endpoint (/token) and a target (/ok) that wants the newest token."""
     state = Endpoint()
 
@@ -80,10 +80,8 @@ async def site() -> AsyncIterator[tuple[str, Endpoint]]:
     app = web.Application()
     app.router.add_post("/token", token)
     app.router.add_get("/ok", ok)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    server = await aiohttp_server(app)
     yield f"http://127.0.0.1:{server.port}", state
-    await server.close()
 
 
 def module(base: str, **options: Any) -> Module:

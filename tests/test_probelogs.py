@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from exporter import probelogs
 from exporter.config import parse_config
@@ -19,20 +20,11 @@ ClientFactory = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[ClientFactory]:
-    clients: list[Client] = []
-
+def make_client(aiohttp_client: AiohttpClient) -> ClientFactory:
     async def make(text: str, schedule: bool = False) -> Client:
-        client: Client = TestClient(
-            TestServer(make_app(parse_config(text), schedule=schedule), host="127.0.0.1")
-        )
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await aiohttp_client(make_app(parse_config(text), schedule=schedule))
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 def config(base: str) -> str:

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from cryptography import x509
+from pytest_aiohttp import AiohttpServer
 from wsproto.frame_protocol import Opcode
 
 from exporter.collector import render_result
@@ -147,22 +147,20 @@ class Site:
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[Site]]]:
+async def serve(aiohttp_server: AiohttpServer) -> AsyncIterator[Callable[..., Awaitable[Site]]]:
     """Starts the WebSocket app on 127.0.0.1, over TLS when given a context."""
-    servers: list[tuple[TestServer, Seen]] = []
+    seens: list[Seen] = []
 
     async def start(context: ssl.SSLContext | None = None) -> Site:
         seen = Seen()
-        server = TestServer(make_app(seen), host="127.0.0.1")
-        await server.start_server(ssl=context)
-        servers.append((server, seen))
+        server = await aiohttp_server(make_app(seen), ssl=context)
+        seens.append(seen)
         scheme = "wss" if context is not None else "ws"
         return Site(f"{scheme}://127.0.0.1:{server.port}", seen)
 
     yield start
-    for server, seen in servers:
-        seen.release.set()
-        await server.close()
+    for seen in seens:
+        seen.release.set()  # handlers still holding a socket end before the servers close
 
 
 @pytest.fixture

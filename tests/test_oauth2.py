@@ -273,14 +273,59 @@ REFUSED: dict[str, tuple[str, str, list[str]]] = {
             "client_secret_file may be set"
         ],
     ),
-    "jwt-grant": (
+    "unknown-grant": (
+        "client_id: probe\ntoken_url: https://a.example/t\ngrant_type: password",
+        "",
+        [
+            "modules.m.http.oauth2.grant_type (line 8): must be client_credentials or "
+            "urn:ietf:params:oauth:grant-type:jwt-bearer, got 'password'"
+        ],
+    ),
+    "jwt-without-key": (
         "client_id: probe\ntoken_url: https://a.example/t\n"
         "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer",
         "",
         [
-            "modules.m.http.oauth2.grant_type (line 8): only the client_credentials grant is supported, "
-            "got 'urn:ietf:params:oauth:grant-type:jwt-bearer'"
+            "modules.m.http.oauth2.grant_type (line 8): the jwt-bearer grant signs with a private key: "
+            "set client_certificate_key or client_certificate_key_file"
         ],
+    ),
+    "jwt-both-keys": (
+        "client_id: probe\ntoken_url: https://a.example/t\n"
+        "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
+        "client_certificate_key: not-a-key\nclient_certificate_key_file: /run/key.pem",
+        "",
+        [
+            "modules.m.http.oauth2.client_certificate_key (line 9): at most one of client_certificate_key "
+            "and client_certificate_key_file may be set"
+        ],
+    ),
+    "jwt-bad-key": (
+        "client_id: probe\ntoken_url: https://a.example/t\n"
+        "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
+        "client_certificate_key: hunter2-not-a-key",
+        "",
+        [
+            "modules.m.http.oauth2.client_certificate_key (line 9): must be an unencrypted RSA private key "
+            "in PEM (PKCS #1 or PKCS #8)"
+        ],
+    ),
+    "jwt-bad-algorithm": (
+        "client_id: probe\ntoken_url: https://a.example/t\n"
+        "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
+        "client_certificate_key_file: /run/key.pem\nsignature_algorithm: ES256",
+        "",
+        [
+            "modules.m.http.oauth2.signature_algorithm (line 10): must be one of RS256, RS384, RS512, "
+            "got 'ES256'"
+        ],
+    ),
+    "jwt-claim-not-json": (
+        "client_id: probe\ntoken_url: https://a.example/t\n"
+        "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
+        "client_certificate_key_file: /run/key.pem\nclaims:\n  limits: {rate: .inf}",
+        "",
+        ["modules.m.http.oauth2.claims.limits (line 11): must be a finite number, got inf"],
     ),
     "with-basic-auth": (
         "client_id: probe\ntoken_url: https://a.example/t",

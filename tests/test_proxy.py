@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 import trustme
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
@@ -27,6 +29,7 @@ from exporter.modules import FlowProbe, FlowStep, HTTPProbe, Module, StatuspageP
 from exporter.probes import http, proxy
 from exporter.result import FailureReason, ProbeResult
 from exporter.types import HostPattern, ProxyURL, Secret
+from tests.stack import Process, free_port
 
 ProbeRunner = Callable[..., Awaitable[ProbeResult]]
 PROXY_ENV = (
@@ -639,8 +642,10 @@ class SocksProxy:
 
     port: int = 0
     seen: list[SocksRequest] = field(default_factory=list)
-    # When set, only username/password authentication with these credentials is accepted.
+    # When set, username/password authentication with these credentials is asked for when
+    # offered, and is the only method accepted unless ``optional_auth``.
     users: dict[str, str] | None = None
+    optional_auth: bool = False
     # Answer the connect request with this reply code instead of connecting.
     refuse: int | None = None
     routes: dict[str, str] = field(default_factory=dict)
@@ -668,7 +673,7 @@ async def start_socks() -> AsyncIterator[Callable[[], Awaitable[SocksProxy]]]:
                 assert version == 5
                 methods = list(await reader.readexactly(count))
                 credentials = None
-                if state.users is not None:
+                if state.users is not None and (2 in methods or not state.optional_auth):
                     if 2 not in methods:
                         writer.write(b"\x05\xff")
                         return
@@ -863,3 +868,76 @@ modules:
     dumped = dump_config(config)
     assert "hunter2" not in dumped
     assert "proxy_url: socks5://user:xxxxx@127.0.0.1:1080" in dumped
+
+
+SOCKS_PARITY = {
+    # module: the http settings (blackbox's format), the target's scheme and host
+    "socks5_resolved": ({"proxy_url": "socks5://probe:pw@127.0.0.1:{port}"}, "http", "localhost"),
+    "socks5_skip_resolve": (
+        {"proxy_url": "socks5://127.0.0.1:{port}", "skip_resolve_phase_with_proxy": True},
+        "http",
+        "localhost",
+    ),
+    "socks5_https": (
+        {"proxy_url": "socks5://127.0.0.1:{port}", "tls_config": {"insecure_skip_verify": True}},
+        "https",
+        "localhost",
+    ),
+}
+
+
+async def test_socks_requests_match_blackbox(
+    run_probe: ProbeRunner,
+    start_socks: Any,
+    serve: Any,
+    named_cert: trustme.LeafCert,
+    blackbox_binary: str,
+    tmp_path: Path,
+) -> None:
+    """What the SOCKS proxy is asked (methods, credentials, address or name, port) is what blackbox asks."""
+    relay = await start_socks()
+    relay.users, relay.optional_auth = {"probe": "pw"}, True
+    targets = {"http": await serve(), "https": await serve(context_for(named_cert))}
+    modules = {
+        name: {
+            "prober": "http",
+            "http": {
+                "preferred_ip_protocol": "ip4",
+                **{k: v.format(port=relay.port) if isinstance(v, str) else v for k, v in settings.items()},
+            },
+        }
+        for name, (settings, _, _) in SOCKS_PARITY.items()
+    }
+    config = tmp_path / "blackbox.yml"
+    config.write_text(yaml.safe_dump({"modules": modules}), encoding="utf-8")
+    port = free_port()
+    theirs = Process(
+        "blackbox",
+        [blackbox_binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
+        f"http://127.0.0.1:{port}",
+        tmp_path,
+    )
+    try:
+        await asyncio.to_thread(theirs.wait_ready, "/-/healthy")
+        async with aiohttp.ClientSession() as session:
+            for name, (_, scheme, host) in SOCKS_PARITY.items():
+                target = f"{scheme}://{host}:{targets[scheme].port}/ok"
+                async with session.get(
+                    f"{theirs.url}/probe", params={"target": target, "module": name}
+                ) as answer:
+                    assert "\nprobe_success 1" in await answer.text(), name
+    finally:
+        theirs.stop()
+    theirs_seen = [(r.methods, r.credentials, r.address_type, r.host, r.port) for r in relay.seen]
+    relay.seen.clear()
+    loaded = parse_config(yaml.safe_dump({"modules": modules}))
+    for name, (_, scheme, host) in SOCKS_PARITY.items():
+        result = await run_probe(f"{scheme}://{host}:{targets[scheme].port}/ok", loaded.modules[name])
+        assert result.success, (name, result.message)
+    ours_seen = [(r.methods, r.credentials, r.address_type, r.host, r.port) for r in relay.seen]
+    assert ours_seen == theirs_seen
+    assert ours_seen == [
+        ([0, 2], ("probe", "pw"), 1, "127.0.0.1", targets["http"].port),
+        ([0], None, 3, "localhost", targets["http"].port),
+        ([0], None, 1, "127.0.0.1", targets["https"].port),
+    ]

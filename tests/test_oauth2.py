@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from pytest_aiohttp import AiohttpServer
 
 from exporter.config import dump_config, parse_config
 from exporter.errors import ConfigError
@@ -313,7 +314,7 @@ class JWTEndpoint:
 
 @pytest.fixture
 async def jwt_site(
-    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey], aiohttp_server: AiohttpServer
 ) -> AsyncIterator[tuple[str, JWTEndpoint]]:
     """A token endpoint (/token) that verifies assertions, and a target (/ok) that wants the newest token."""
     state = JWTEndpoint(keys[0].public_key())
@@ -340,12 +341,10 @@ async def jwt_site(
     app = web.Application()
     app.router.add_post("/token", token)
     app.router.add_get("/ok", ok)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    server = await aiohttp_server(app, host="127.0.0.1")
     base = f"http://127.0.0.1:{server.port}"
     state.audience = f"{base}/token"
     yield base, state
-    await server.close()
 
 
 def jwt_module(base: str, **options: Any) -> Module:

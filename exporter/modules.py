@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, cast
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from exporter.cel import CELProgram
 from exporter.types import (
@@ -179,12 +184,47 @@ class ProxyOptions:
                 yield f"proxy_connect_header.{name}", f"invalid header name {name!r}"
 
 
-OAUTH2_GRANT_TYPES = ("", "client_credentials")
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+OAUTH2_GRANT_TYPES = ("", "client_credentials", JWT_BEARER)
+JWT_SIGNATURE_ALGORITHMS = ("RS256", "RS384", "RS512")
+
+
+def rsa_private_key(pem: str) -> RSAPrivateKey:
+    """An unencrypted RSA private key in PEM (PKCS #1 or PKCS #8), as Go's jwt package reads one.
+
+    Raises ValueError with a message that never quotes the key.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem.encode("utf-8", "surrogateescape"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, RSAPrivateKey):
+        raise ValueError("must be an unencrypted RSA private key in PEM (PKCS #1 or PKCS #8)")
+    return key
+
+
+def _json_problem(value: object) -> str | None:
+    """Why ``value`` (YAML read as ``any``) cannot be a JSON claim, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if isinstance(value, Mapping):
+        for item in value.values():
+            if (problem := _json_problem(item)) is not None:
+                return problem
+    if isinstance(value, tuple):
+        for item in value:
+            if (problem := _json_problem(item)) is not None:
+                return problem
+    return None
 
 
 @dataclass(frozen=True)
 class OAuth2(ProxyOptions):
-    """prometheus/common's OAuth 2.0 client credentials grant: the token is sent as a bearer."""
+    """prometheus/common's OAuth 2.0 client: the client credentials grant (the default) or the
+    JWT bearer grant of RFC 7523; the token is sent as a bearer either way.
+
+    As in prometheus/common the options of the grant not chosen are read and left unused.
+    """
 
     client_id: str = ""
     client_secret: Secret | None = None
@@ -194,6 +234,20 @@ class OAuth2(ProxyOptions):
     endpoint_params: Mapping[str, str] = field(default_factory=_empty_map)
     tls_config: TLSConfig = field(default_factory=TLSConfig)
     grant_type: str = ""
+    # The JWT bearer grant: the assertion is signed with this RSA key, ``kid`` is its id.
+    client_certificate_key: Secret | None = None
+    client_certificate_key_file: str = ""
+    client_certificate_key_id: str = ""
+    signature_algorithm: str = ""
+    # The assertion's issuer (client_id if empty) and audience (token_url if empty).
+    iss: str = ""
+    audience: str = ""
+    # Added to the assertion's claims, replacing the standard ones of the same name.
+    claims: Mapping[str, object] = field(default_factory=_empty_map)
+
+    @property
+    def jwt_bearer(self) -> bool:
+        return self.grant_type == JWT_BEARER
 
     def check(self) -> Problems:
         if not self.client_id:
@@ -201,14 +255,43 @@ class OAuth2(ProxyOptions):
         if not self.token_url:
             # Like blackbox, any other token_url loads; one that is not http(s) fails each probe.
             yield "token_url", "is required: where the token is asked for"
-        if self.client_secret and self.client_secret_file:
-            yield "client_secret", "at most one of client_secret and client_secret_file may be set"
         if self.grant_type not in OAUTH2_GRANT_TYPES:
             yield (
                 "grant_type",
-                f"only the client_credentials grant is supported, got {self.grant_type!r}",
+                f"must be client_credentials or {JWT_BEARER}, got {self.grant_type!r}",
             )
+        elif self.jwt_bearer:
+            yield from self._jwt_problems()
+        elif self.client_secret and self.client_secret_file:
+            yield "client_secret", "at most one of client_secret and client_secret_file may be set"
         yield from self.proxy_problems()
+
+    def _jwt_problems(self) -> Problems:
+        key = self.client_certificate_key
+        if key and self.client_certificate_key_file:
+            yield (
+                "client_certificate_key",
+                "at most one of client_certificate_key and client_certificate_key_file may be set",
+            )
+        elif not key and not self.client_certificate_key_file:
+            yield (
+                "grant_type",
+                "the jwt-bearer grant signs with a private key: set client_certificate_key or "
+                "client_certificate_key_file",
+            )
+        elif key:
+            try:
+                rsa_private_key(key.reveal())
+            except ValueError as err:
+                yield "client_certificate_key", str(err)
+        if self.signature_algorithm and self.signature_algorithm not in JWT_SIGNATURE_ALGORITHMS:
+            yield (
+                "signature_algorithm",
+                f"must be one of RS256, RS384, RS512, got {self.signature_algorithm!r}",
+            )
+        for name, value in self.claims.items():
+            if (problem := _json_problem(value)) is not None:
+                yield f"claims.{name}", problem
 
 
 @dataclass(frozen=True)

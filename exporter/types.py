@@ -256,8 +256,9 @@ class SecretValues(tuple[Secret, ...]):
 
 
 class ProxyURL(Secret):
-    """A forward proxy's URL (``http://`` or ``https://``): it may carry credentials, so it prints
-    with its password hidden, as Go's URL.Redacted shows it. Empty means no proxy."""
+    """A forward proxy's URL (``http://``, ``https://``, ``socks5://`` or ``socks5h://``): it may
+    carry credentials, so it prints with its password hidden, as Go's URL.Redacted shows it.
+    Empty means no proxy."""
 
     __slots__ = ()
 
@@ -267,13 +268,15 @@ class ProxyURL(Secret):
         if not text:
             return cls("")
         scheme, separator, rest = text.partition("://")
-        if not separator or scheme.lower() not in ("http", "https"):
-            hint = " (SOCKS proxies are not supported)" if scheme.lower().startswith("socks") else ""
+        if not separator or scheme.lower() not in ("http", "https", "socks5", "socks5h"):
+            hint = " (of SOCKS, socks5 and socks5h only)" if scheme.lower().startswith("socks") else ""
             # Without a scheme, "user:password@host" would pass redact_url unchanged.
             shown = redact_url(text if separator else f"http://{text}").removeprefix(
                 "" if separator else "http://"
             )
-            raise ValueError(f"must be an http:// or https:// proxy URL{hint}, got {shown!r}")
+            raise ValueError(
+                f"must be an http://, https://, socks5:// or socks5h:// proxy URL{hint}, got {shown!r}"
+            )
         host = rest.split("/", 1)[0].rpartition("@")[2]
         if not host or host.startswith(":"):
             raise ValueError(f"must name the proxy's host, got {redact_url(text)!r}")

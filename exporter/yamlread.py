@@ -26,6 +26,7 @@ _BOOL_TAG = "tag:yaml.org,2002:bool"
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _BINARY_TAG = "tag:yaml.org,2002:binary"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 # Go's yaml fills a string field from any plain scalar, as written: ``X-Num: 5`` is "5".
 _GO_STRING_TAGS = (_STR_TAG, _INT_TAG, _FLOAT_TAG, _BOOL_TAG)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -160,6 +161,8 @@ class Reader:
             return _INVALID if value is _INVALID else float(value)
         if tp is str:
             return self._go_string(node, path)
+        if tp is object:
+            return self._any(node, path)
         raise TypeError(f"no reader for type {tp!r}")  # a programming error, not a config one
 
     def read_dataclass(self, cls: Any, node: yaml.Node, path: str) -> Any:
@@ -240,6 +243,24 @@ class Reader:
             else:
                 out[key_node.value] = value
         return MappingProxyType(out) if ok else _INVALID
+
+    def _any(self, node: yaml.Node, path: str) -> Any:
+        """Any YAML value as Go's yaml decodes one into ``any``: a date stays the string written.
+
+        Mappings come back read-only, sequences as tuples.
+        """
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(object, node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return self._sequence(object, node, path)
+        if node.tag == _NULL_TAG:
+            return None
+        if node.tag == _TIMESTAMP_TAG:
+            return str(node.value)
+        if node.tag == _BINARY_TAG:
+            return self._go_string(node, path)
+        assert isinstance(node, yaml.ScalarNode)
+        return self._construct(node, path, "a value")
 
     def _go_string(self, node: yaml.Node, path: str) -> Any:
         """A string as Go's yaml reads one: any plain scalar as written; ``!!binary`` decoded.

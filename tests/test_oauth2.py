@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pytest_aiohttp import AiohttpServer
 
 from exporter.config import dump_config, parse_config
@@ -239,6 +244,236 @@ def test_token_cache_renews_before_expiry_and_is_bounded() -> None:
     assert cache.get(("a",)) is None and cache.get(("c",)) == "Bearer c"
 
 
+# --- the jwt-bearer grant -----------------------------------------------------------------------
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+HASHES = {"RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.SHA512}
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
+    """The client's RSA key, and one the token endpoint does not know."""
+    return (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    )
+
+
+def pem_of(key: rsa.RSAPrivateKey, pkcs8: bool = False) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8 if pkcs8 else serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def b64decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+@dataclass
+class JWTEndpoint:
+    """A token endpoint that checks each assertion's signature and claims, and what it saw."""
+
+    public_key: rsa.RSAPublicKey
+    issuer: str = "probe client"
+    audience: str = ""
+    expires_in: int = 3600
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    assertions: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    issued: int = 0
+    target_saw: list[str] = field(default_factory=list)
+
+    def verify(self, token: str) -> str | None:
+        """Why ``token`` is not a valid assertion, or None."""
+        header_part, claims_part, signature = token.split(".")
+        header = json.loads(b64decode(header_part))
+        claims = json.loads(b64decode(claims_part))
+        try:
+            self.public_key.verify(
+                b64decode(signature),
+                f"{header_part}.{claims_part}".encode(),
+                padding.PKCS1v15(),
+                HASHES[header["alg"]](),
+            )
+        except InvalidSignature:
+            return "bad signature"
+        self.assertions.append((header, claims))
+        if claims["iss"] != self.issuer:
+            return "wrong issuer"
+        if claims["aud"] != self.audience:
+            return "wrong audience"
+        if not claims["iat"] <= time.time() < claims["exp"]:
+            return "expired"
+        return None
+
+
+@pytest.fixture
+async def jwt_site(
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey], aiohttp_server: AiohttpServer
+) -> AsyncIterator[tuple[str, JWTEndpoint]]:
+    """A token endpoint (/token) that verifies assertions, and a target (/ok) that wants the newest token."""
+    state = JWTEndpoint(keys[0].public_key())
+
+    async def token(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        state.requests.append({"form": form, "authorization": request.headers.get("Authorization")})
+        problem = (
+            "wrong grant" if form.get("grant_type") != JWT_BEARER else state.verify(str(form["assertion"]))
+        )
+        if problem is not None:
+            state.refusals.append(problem)
+            return web.json_response({"error": "invalid_grant", "error_description": problem}, status=400)
+        state.issued += 1
+        return web.json_response(
+            {"access_token": f"jwt-{state.issued}", "token_type": "bearer", "expires_in": state.expires_in}
+        )
+
+    async def ok(request: web.Request) -> web.Response:
+        seen = request.headers.get("Authorization", "")
+        state.target_saw.append(seen)
+        return web.Response(status=202 if seen == f"Bearer jwt-{state.issued}" else 401)
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    app.router.add_get("/ok", ok)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    base = f"http://127.0.0.1:{server.port}"
+    state.audience = f"{base}/token"
+    yield base, state
+
+
+def jwt_module(base: str, **options: Any) -> Module:
+    options.setdefault("grant_type", JWT_BEARER)
+    options.setdefault("client_secret", None)
+    return module(base, **options)
+
+
+async def test_jwt_bearer_assertion_is_signed_posted_and_its_token_cached(
+    run_probe: ProbeRunner,
+    jwt_site: tuple[str, JWTEndpoint],
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+) -> None:
+    """The assertion is RS256 with the standard claims, posted without client auth; the token is reused."""
+    base, state = jwt_site
+    settings = jwt_module(
+        base,
+        client_certificate_key=Secret(pem_of(keys[0])),
+        client_certificate_key_id="key-1",
+        scopes=("read", "write"),
+        endpoint_params={"resource": "probes"},
+    )
+    first = await run_probe(f"{base}/ok", settings)
+    second = await run_probe(f"{base}/ok", settings)
+    assert first.success and second.success, (first.message, second.message, state.refusals)
+    assert state.target_saw == ["Bearer jwt-1", "Bearer jwt-1"]
+    [request] = state.requests
+    assert request["authorization"] is None
+    form = request["form"]
+    assert sorted(form) == ["assertion", "grant_type", "resource", "scope"]
+    assert (form["grant_type"], form["scope"], form["resource"]) == (JWT_BEARER, "read write", "probes")
+    [(header, claims)] = state.assertions
+    assert header == {"alg": "RS256", "kid": "key-1", "typ": "JWT"}
+    assert sorted(claims) == ["aud", "exp", "iat", "iss", "jti", "scope", "sub"]
+    assert (claims["iss"], claims["sub"], claims["aud"]) == ("probe client", "probe client", f"{base}/token")
+    assert claims["exp"] - claims["iat"] == 600
+    assert claims["scope"] == "read write"
+    assert first.value("probe_http_status_code") == 202
+
+
+async def test_jwt_bearer_options_and_refresh(
+    run_probe: ProbeRunner,
+    jwt_site: tuple[str, JWTEndpoint],
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    tmp_path: Path,
+) -> None:
+    """A PKCS #8 key file, RS512, iss, audience and claims are used; an expiring token is fetched anew."""
+    base, state = jwt_site
+    state.issuer, state.audience, state.expires_in = "issuer-1", "https://auth.example/", 5
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(pem_of(keys[0], pkcs8=True))
+    settings = jwt_module(
+        base,
+        client_certificate_key_file=str(key_file),
+        signature_algorithm="RS512",
+        iss="issuer-1",
+        audience="https://auth.example/",
+        claims={"tenant": "ops", "limits": {"rate": (1, 2)}, "sub": "robot"},
+    )
+    results = [await run_probe(f"{base}/ok", settings) for _ in range(2)]
+    assert [r.success for r in results] == [True, True], [r.message for r in results]
+    assert state.target_saw == ["Bearer jwt-1", "Bearer jwt-2"]
+    (header, claims), (_, again) = state.assertions
+    assert header == {"alg": "RS512", "typ": "JWT"}
+    # claims are laid over the standard ones, sub included.
+    assert (claims["tenant"], claims["limits"], claims["sub"]) == ("ops", {"rate": [1, 2]}, "robot")
+    assert claims["jti"] != again["jti"]
+
+
+async def test_refused_assertion_fails_with_other(
+    run_probe: ProbeRunner,
+    jwt_site: tuple[str, JWTEndpoint],
+    keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey],
+    tmp_path: Path,
+) -> None:
+    """An assertion the endpoint refuses (a key it does not know) fails once, with other; no key shown."""
+    base, state = jwt_site
+    stranger = pem_of(keys[1])
+    result = await run_probe(f"{base}/ok", jwt_module(base, client_certificate_key=Secret(stranger)))
+    assert (result.reason, result.message) == (
+        FailureReason.OTHER,
+        f"oauth2 token endpoint {base}/token answered status 400",
+    )
+    assert state.refusals == ["bad signature"]
+    assert len(state.requests) == 1 and state.target_saw == []
+    wrong_audience = jwt_module(base, client_certificate_key=Secret(pem_of(keys[0])), audience="elsewhere")
+    assert not (await run_probe(f"{base}/ok", wrong_audience)).success
+    assert state.refusals == ["bad signature", "wrong audience"]
+    not_a_key = tmp_path / "key.pem"
+    not_a_key.write_text("hunter2\n")
+    for path, message in (
+        (not_a_key, "oauth2.client_certificate_key_file must be an unencrypted RSA private key in PEM"),
+        (tmp_path / "missing", "cannot read oauth2.client_certificate_key_file: No such file or directory"),
+    ):
+        failed = await run_probe(f"{base}/ok", jwt_module(base, client_certificate_key_file=str(path)))
+        assert failed.reason is FailureReason.OTHER
+        assert failed.message.startswith(message) and "hunter2" not in failed.message
+    assert len(state.requests) == 2
+
+
+def test_jwt_bearer_module_loads_and_redacts(keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]) -> None:
+    """A jwt-bearer module in prometheus/common's format loads; /config hides the key."""
+    pem = pem_of(keys[0])
+    indented = "".join(f"          {line}\n" for line in pem.splitlines())
+    config = parse_config(
+        f"""
+modules:
+  jwt:
+    prober: http
+    http:
+      oauth2:
+        grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer
+        client_id: probe
+        token_url: https://auth.example/token
+        signature_algorithm: RS384
+        client_certificate_key_id: key-1
+        claims:
+          tenant: ops
+          since: 2024-01-01
+          weights: [1, 2.5, true]
+        client_certificate_key: |
+{indented}"""
+    )
+    settings = config.modules["jwt"].section(HTTPProbe).oauth2
+    assert settings is not None and settings.jwt_bearer
+    assert settings.client_certificate_key is not None and settings.client_certificate_key.reveal() == pem
+    # As Go's yaml decodes into any: a date stays the string written.
+    assert dict(settings.claims) == {"tenant": "ops", "since": "2024-01-01", "weights": (1, 2.5, True)}
+    dumped = dump_config(config)
+    assert "PRIVATE KEY" not in dumped and "client_certificate_key: <secret>" in dumped
+
+
 # --- configuration ------------------------------------------------------------------------------
 
 
@@ -271,14 +506,59 @@ REFUSED: dict[str, tuple[str, str, list[str]]] = {
             "client_secret_file may be set"
         ],
     ),
-    "jwt-grant": (
+    "unknown-grant": (
+        "client_id: probe\ntoken_url: https://a.example/t\ngrant_type: password",
+        "",
+        [
+            "modules.m.http.oauth2.grant_type (line 8): must be client_credentials or "
+            "urn:ietf:params:oauth:grant-type:jwt-bearer, got 'password'"
+        ],
+    ),
+    "jwt-without-key": (
         "client_id: probe\ntoken_url: https://a.example/t\n"
         "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer",
         "",
         [
-            "modules.m.http.oauth2.grant_type (line 8): only the client_credentials grant is supported, "
-            "got 'urn:ietf:params:oauth:grant-type:jwt-bearer'"
+            "modules.m.http.oauth2.grant_type (line 8): the jwt-bearer grant signs with a private key: "
+            "set client_certificate_key or client_certificate_key_file"
         ],
+    ),
+    "jwt-both-keys": (
+        "client_id: probe\ntoken_url: https://a.example/t\n"
+        "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
+        "client_certificate_key: not-a-key\nclient_certificate_key_file: /run/key.pem",
+        "",
+        [
+            "modules.m.http.oauth2.client_certificate_key (line 9): at most one of client_certificate_key "
+            "and client_certificate_key_file may be set"
+        ],
+    ),
+    "jwt-bad-key": (
+        "client_id: probe\ntoken_url: https://a.example/t\n"
+        "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
+        "client_certificate_key: hunter2-not-a-key",
+        "",
+        [
+            "modules.m.http.oauth2.client_certificate_key (line 9): must be an unencrypted RSA private key "
+            "in PEM (PKCS #1 or PKCS #8)"
+        ],
+    ),
+    "jwt-bad-algorithm": (
+        "client_id: probe\ntoken_url: https://a.example/t\n"
+        "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
+        "client_certificate_key_file: /run/key.pem\nsignature_algorithm: ES256",
+        "",
+        [
+            "modules.m.http.oauth2.signature_algorithm (line 10): must be one of RS256, RS384, RS512, "
+            "got 'ES256'"
+        ],
+    ),
+    "jwt-claim-not-json": (
+        "client_id: probe\ntoken_url: https://a.example/t\n"
+        "grant_type: urn:ietf:params:oauth:grant-type:jwt-bearer\n"
+        "client_certificate_key_file: /run/key.pem\nclaims:\n  limits: {rate: .inf}",
+        "",
+        ["modules.m.http.oauth2.claims.limits (line 11): must be a finite number, got inf"],
     ),
     "with-basic-auth": (
         "client_id: probe\ntoken_url: https://a.example/t",

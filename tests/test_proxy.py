@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 import trustme
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
@@ -27,6 +30,7 @@ from exporter.modules import FlowProbe, FlowStep, HTTPProbe, Module, StatuspageP
 from exporter.probes import http, proxy
 from exporter.result import FailureReason, ProbeResult
 from exporter.types import HostPattern, ProxyURL, Secret
+from tests.stack import Process, free_port
 
 ProbeRunner = Callable[..., Awaitable[ProbeResult]]
 PROXY_ENV = (
@@ -540,11 +544,11 @@ REFUSED = {
         "proxy_url: http://127.0.0.1:3128\nproxy_connect_header:\n  X-Token: abc",
         ["modules.m.http.proxy_connect_header.X-Token (line 7): must be a list, got a string"],
     ),
-    "socks": (
-        "proxy_url: socks5://user:pw@127.0.0.1:1080",
+    "socks4": (
+        "proxy_url: socks4://user:pw@127.0.0.1:1080",
         [
-            "modules.m.http.proxy_url (line 5): must be an http:// or https:// proxy URL (SOCKS proxies "
-            "are not supported), got 'socks5://user:xxxxx@127.0.0.1:1080'"
+            "modules.m.http.proxy_url (line 5): must be an http://, https://, socks5:// or socks5h:// proxy "
+            "URL (of SOCKS, socks5 and socks5h only), got 'socks4://user:xxxxx@127.0.0.1:1080'"
         ],
     ),
     "no-host": (
@@ -610,3 +614,324 @@ async def test_on_demand_probe_through_a_proxy_needs_a_trusted_name(
     assert (await run_probe(f"http://127.0.0.1:{target.port}/ok", via, guard=by_network)).success
     assert (await run_probe(f"http://localhost:{target.port}/ok", via, guard=by_glob)).success
     assert len(relay.seen) == 2
+
+
+# --- SOCKS5 -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SocksRequest:
+    """One SOCKS5 request as the server saw it."""
+
+    methods: list[int]
+    credentials: tuple[str, str] | None
+    address_type: int
+    host: str
+    port: int
+
+
+@dataclass
+class SocksProxy:
+    """A small SOCKS5 server (RFC 1928, RFC 1929): records requests, may ask for a password or refuse."""
+
+    port: int = 0
+    seen: list[SocksRequest] = field(default_factory=list)
+    # When set, username/password authentication with these credentials is asked for when
+    # offered, and is the only method accepted unless ``optional_auth``.
+    users: dict[str, str] | None = None
+    optional_auth: bool = False
+    # Answer the connect request with this reply code instead of connecting.
+    refuse: int | None = None
+    routes: dict[str, str] = field(default_factory=dict)
+
+    def url(self, scheme: str = "socks5", userinfo: str = "") -> str:
+        return f"{scheme}://{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def start_socks() -> AsyncIterator[Callable[[], Awaitable[SocksProxy]]]:
+    """Starts SOCKS5 servers on 127.0.0.1 and stops them afterwards."""
+    servers: list[asyncio.Server] = []
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def start() -> SocksProxy:
+        state = SocksProxy()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.add(task)
+            upstream: asyncio.StreamWriter | None = None
+            try:
+                version, count = await reader.readexactly(2)
+                assert version == 5
+                methods = list(await reader.readexactly(count))
+                credentials = None
+                if state.users is not None and (2 in methods or not state.optional_auth):
+                    if 2 not in methods:
+                        writer.write(b"\x05\xff")
+                        return
+                    writer.write(b"\x05\x02")
+                    _, size = await reader.readexactly(2)
+                    username = (await reader.readexactly(size)).decode()
+                    (size,) = await reader.readexactly(1)
+                    password = (await reader.readexactly(size)).decode()
+                    credentials = (username, password)
+                    good = state.users.get(username) == password
+                    writer.write(b"\x01" + (b"\x00" if good else b"\x01"))
+                    if not good:
+                        state.seen.append(SocksRequest(methods, credentials, 0, "", 0))
+                        return
+                else:
+                    writer.write(b"\x05\x00")
+                _, command, _, kind = await reader.readexactly(4)
+                assert command == 1
+                if kind == 1:
+                    host = str(ipaddress.IPv4Address(await reader.readexactly(4)))
+                elif kind == 4:
+                    host = str(ipaddress.IPv6Address(await reader.readexactly(16)))
+                else:
+                    (size,) = await reader.readexactly(1)
+                    host = (await reader.readexactly(size)).decode()
+                port = int.from_bytes(await reader.readexactly(2), "big")
+                state.seen.append(SocksRequest(methods, credentials, kind, host, port))
+                if state.refuse is not None:
+                    writer.write(bytes([5, state.refuse, 0, 1, 0, 0, 0, 0, 0, 0]))
+                    return
+                host = state.routes.get(host, host)
+                assert host in ("127.0.0.1", "localhost"), host  # never anywhere but loopback
+                up_reader, upstream = await asyncio.open_connection(host, port)
+                writer.write(bytes([5, 0, 0, 1, 127, 0, 0, 1]) + (1080).to_bytes(2, "big"))
+                await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                pass
+            finally:
+                if upstream is not None:
+                    upstream.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.drain()
+                writer.close()
+                tasks.discard(task)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        state.port = server.sockets[0].getsockname()[1]
+        return state
+
+    yield start
+    for server in servers:
+        server.close()
+    for task in list(tasks):
+        task.cancel()
+    for task in list(tasks):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    for server in servers:
+        await server.wait_closed()
+
+
+async def test_socks5_carries_http_and_https_targets(
+    run_probe: ProbeRunner, start_socks: Any, serve: Any, named_cert: trustme.LeafCert, ca_file: Path
+) -> None:
+    """socks5:// tunnels both schemes to the resolved address; the request inside is origin-form."""
+    relay = await start_socks()
+    plain = await serve()
+    secure = await serve(context_for(named_cert))
+    settings = module(proxy_url=relay.url(), tls_config=TLSConfig(ca_file=str(ca_file)))
+    first = await run_probe(f"http://localhost:{plain.port}/ok", settings)
+    second = await run_probe(f"https://localhost:{secure.port}/ok", settings)
+    assert first.success, first.message
+    assert second.success, second.message
+    assert [(r.methods, r.credentials, r.address_type, r.host, r.port) for r in relay.seen] == [
+        ([0], None, 1, "127.0.0.1", plain.port),
+        ([0], None, 1, "127.0.0.1", secure.port),
+    ]
+    # The target saw an ordinary request: the Host is the name, the path origin-form.
+    assert first.value("probe_http_content_length") == len(f"ok localhost:{plain.port}")
+    assert label_of(second, "probe_ssl_last_chain_info", "fingerprint_sha256") == fingerprint(named_cert)
+    assert set(first.phases) == set(http.PHASES)
+    assert first.phases["connect"] > 0 and second.phases["tls"] > 0
+    assert sum(second.phases.values()) <= second.duration
+
+
+async def test_socks5h_with_skip_resolve_sends_the_name(
+    run_probe: ProbeRunner, start_socks: Any, serve: Any, named_cert: trustme.LeafCert, ca_file: Path
+) -> None:
+    """With skip_resolve_phase_with_proxy the SOCKS proxy gets the name (type 3) and resolves it."""
+    relay = await start_socks()
+    relay.routes[NAME] = "127.0.0.1"
+    secure = await serve(context_for(named_cert))
+    for scheme in ("socks5", "socks5h"):
+        settings = module(
+            proxy_url=relay.url(scheme),
+            skip_resolve_phase_with_proxy=True,
+            tls_config=TLSConfig(ca_file=str(ca_file)),
+        )
+        result = await run_probe(f"https://{NAME}:{secure.port}/ok", settings)
+        assert result.success, result.message
+        assert result.value("probe_dns_lookup_time_seconds") is None
+    assert [(r.address_type, r.host, r.port) for r in relay.seen] == [(3, NAME, secure.port)] * 2
+
+
+async def test_socks5_username_and_password(run_probe: ProbeRunner, start_socks: Any, serve: Any) -> None:
+    """User info is offered as RFC 1929 credentials; wrong ones fail with reason connect, unshown."""
+    relay = await start_socks()
+    relay.users = {"probe": "pa ss"}
+    target = await serve()
+    good = await run_probe(
+        f"http://127.0.0.1:{target.port}/ok", module(proxy_url=relay.url(userinfo="probe:pa%20ss"))
+    )
+    assert good.success, good.message
+    bad = await run_probe(
+        f"http://127.0.0.1:{target.port}/ok", module(proxy_url=relay.url(userinfo="probe:hunter2"))
+    )
+    none = await run_probe(f"http://127.0.0.1:{target.port}/ok", module(proxy_url=relay.url()))
+    assert [(r.methods, r.credentials) for r in relay.seen] == [
+        ([0, 2], ("probe", "pa ss")),
+        ([0, 2], ("probe", "hunter2")),
+    ]
+    assert (bad.reason, bad.message) == (
+        FailureReason.CONNECT,
+        f"SOCKS proxy socks5://127.0.0.1:{relay.port} refused the username and password",
+    )
+    assert (none.reason, none.message) == (
+        FailureReason.CONNECT,
+        f"SOCKS proxy socks5://127.0.0.1:{relay.port} accepts none of the authentication methods offered",
+    )
+
+
+async def test_socks5_refusal_names_the_reply_code(
+    run_probe: ProbeRunner, start_socks: Any, serve: Any, ca_file: Path
+) -> None:
+    """A SOCKS reply other than success fails with reason connect and the code's meaning."""
+    relay = await start_socks()
+    relay.refuse = 2
+    target = await serve()
+    settings = module(
+        proxy_url=relay.url(userinfo="probe:hunter2"), tls_config=TLSConfig(ca_file=str(ca_file))
+    )
+    result = await run_probe(f"https://127.0.0.1:{target.port}/ok", settings)
+    assert result.reason is FailureReason.CONNECT
+    assert result.message == (
+        f"SOCKS proxy socks5://127.0.0.1:{relay.port} refused the connection to 127.0.0.1:{target.port}: "
+        "reply 2 (connection not allowed by ruleset)"
+    )
+    assert "hunter2" not in result.message
+    assert result.phases["tls"] == 0
+    assert len(relay.seen) == 1
+
+
+async def test_socks_proxy_from_the_environment(
+    run_probe: ProbeRunner, start_socks: Any, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY naming socks5:// is used as Go uses it; socks4:// is refused with a message."""
+    relay = await start_socks()
+    target = await serve()
+    settings = module(proxy_from_environment=True)
+    monkeypatch.setenv("HTTP_PROXY", relay.url())
+    # Go never proxies loopback from the environment: a name the proxy alone resolves is needed.
+    relay.routes[NAME] = "127.0.0.1"
+    skip = module(proxy_from_environment=True, skip_resolve_phase_with_proxy=True)
+    result = await run_probe(f"http://{NAME}:{target.port}/ok", skip)
+    assert result.success, result.message
+    assert [(r.host, r.port) for r in relay.seen] == [(NAME, target.port)]
+    monkeypatch.setenv("HTTP_PROXY", f"socks4://127.0.0.1:{relay.port}")
+    refused = await run_probe(f"http://{NAME}:{target.port}/ok", settings)
+    assert (refused.reason, refused.message) == (
+        FailureReason.OTHER,
+        "HTTP_PROXY names a socks4 proxy: only socks5 and socks5h are supported",
+    )
+
+
+def test_socks_proxy_urls_load_and_redact() -> None:
+    """socks5:// and socks5h:// load with their credentials; /config hides the password."""
+    config = parse_config(
+        """
+modules:
+  a:
+    prober: http
+    http:
+      proxy_url: "socks5://user:hunter2@127.0.0.1:1080"
+  b:
+    prober: http
+    http:
+      proxy_url: "socks5h://127.0.0.1"
+"""
+    )
+    assert proxy.parse_proxy("socks5h://127.0.0.1", "proxy_url") == proxy.Proxy("socks5h", "127.0.0.1", 1080)
+    dumped = dump_config(config)
+    assert "hunter2" not in dumped
+    assert "proxy_url: socks5://user:xxxxx@127.0.0.1:1080" in dumped
+
+
+SOCKS_PARITY = {
+    # module: the http settings (blackbox's format), the target's scheme and host
+    "socks5_resolved": ({"proxy_url": "socks5://probe:pw@127.0.0.1:{port}"}, "http", "localhost"),
+    "socks5_skip_resolve": (
+        {"proxy_url": "socks5://127.0.0.1:{port}", "skip_resolve_phase_with_proxy": True},
+        "http",
+        "localhost",
+    ),
+    "socks5_https": (
+        {"proxy_url": "socks5://127.0.0.1:{port}", "tls_config": {"insecure_skip_verify": True}},
+        "https",
+        "localhost",
+    ),
+}
+
+
+async def test_socks_requests_match_blackbox(
+    run_probe: ProbeRunner,
+    start_socks: Any,
+    serve: Any,
+    named_cert: trustme.LeafCert,
+    blackbox_binary: str,
+    tmp_path: Path,
+) -> None:
+    """What the SOCKS proxy is asked (methods, credentials, address or name, port) is what blackbox asks."""
+    relay = await start_socks()
+    relay.users, relay.optional_auth = {"probe": "pw"}, True
+    targets = {"http": await serve(), "https": await serve(context_for(named_cert))}
+    modules = {
+        name: {
+            "prober": "http",
+            "http": {
+                "preferred_ip_protocol": "ip4",
+                **{k: v.format(port=relay.port) if isinstance(v, str) else v for k, v in settings.items()},
+            },
+        }
+        for name, (settings, _, _) in SOCKS_PARITY.items()
+    }
+    config = tmp_path / "blackbox.yml"
+    config.write_text(yaml.safe_dump({"modules": modules}), encoding="utf-8")
+    port = free_port()
+    theirs = Process(
+        "blackbox",
+        [blackbox_binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
+        f"http://127.0.0.1:{port}",
+        tmp_path,
+    )
+    try:
+        await asyncio.to_thread(theirs.wait_ready, "/-/healthy")
+        async with aiohttp.ClientSession() as session:
+            for name, (_, scheme, host) in SOCKS_PARITY.items():
+                target = f"{scheme}://{host}:{targets[scheme].port}/ok"
+                async with session.get(
+                    f"{theirs.url}/probe", params={"target": target, "module": name}
+                ) as answer:
+                    assert "\nprobe_success 1" in await answer.text(), name
+    finally:
+        theirs.stop()
+    theirs_seen = [(r.methods, r.credentials, r.address_type, r.host, r.port) for r in relay.seen]
+    relay.seen.clear()
+    loaded = parse_config(yaml.safe_dump({"modules": modules}))
+    for name, (_, scheme, host) in SOCKS_PARITY.items():
+        result = await run_probe(f"{scheme}://{host}:{targets[scheme].port}/ok", loaded.modules[name])
+        assert result.success, (name, result.message)
+    ours_seen = [(r.methods, r.credentials, r.address_type, r.host, r.port) for r in relay.seen]
+    assert ours_seen == theirs_seen
+    assert ours_seen == [
+        ([0, 2], ("probe", "pw"), 1, "127.0.0.1", targets["http"].port),
+        ([0], None, 3, "localhost", targets["http"].port),
+        ([0], None, 1, "127.0.0.1", targets["https"].port),
+    ]

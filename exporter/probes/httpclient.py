@@ -431,7 +431,7 @@ class HTTPClient:
         finally:
             self._keep_first_hop_values()
         try:
-            if choice is not None and not url.tls:
+            if choice is not None and not url.tls and not choice.proxy.socks:
                 payload = self._proxy_request(choice.proxy, url, host_header, method, headers, body)
             if url.tls:
                 configured = settings.tls_config.server_name
@@ -461,12 +461,13 @@ class HTTPClient:
     async def _through_proxy(
         self, proxy: proxies.Proxy, url: URL, address: str | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A connection to ``proxy``, tunnelled to the target with CONNECT for an https URL.
+        """A connection to ``proxy``, tunnelled to the target with CONNECT for an https URL, or
+        with SOCKS5 for any URL.
 
         Looking up the proxy's name is part of ``resolve``; reaching the proxy (TCP, TLS to an
-        https proxy) and its answer to CONNECT are ``connect``. The proxy's own values (address,
-        certificate) are never recorded: they would pass for the target's. Any failure on the way
-        is ``connect``.
+        https proxy) and its answer to CONNECT or to the SOCKS handshake are ``connect``. The
+        proxy's own values (address, certificate) are never recorded: they would pass for the
+        target's. Any failure on the way is ``connect``.
         """
         trace = self.trace
         scratch = Trace(trace.clock)
@@ -500,7 +501,10 @@ class HTTPClient:
                         }
                     ):
                         await writer.start_tls(self._tls_context(), server_hostname=proxy.host)
-                if url.tls:
+                if proxy.socks:
+                    # As CONNECT: the resolved address when there is one, else the name.
+                    await proxies.socks_connect(reader, writer, proxy, address or url.host, url.port)
+                elif url.tls:
                     # CONNECT names host:port always, the resolved address when there is one.
                     authority = f"{_host_text(address or url.host)}:{url.port}"
                     await proxies.tunnel(reader, writer, proxy, authority, self._connect_headers(proxy))

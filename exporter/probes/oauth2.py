@@ -1,27 +1,41 @@
-"""OAuth 2.0 client credentials for the HTTP client: a token asked for, cached until it expires.
+"""OAuth 2.0 tokens for the HTTP client: a token asked for, cached until it expires.
 
-The token request follows Go's oauth2 package, which blackbox uses through Prometheus' HTTP
-client: a form POST to ``token_url`` with ``grant_type=client_credentials``, the client's
-credentials first in a Basic Authorization header and, if the endpoint refuses that, in the
-form; the answer is JSON (or a form, by its Content-Type). A token is renewed EXPIRY_MARGIN
-before it expires; one without ``expires_in`` is kept until the cache drops it.
+The client credentials request follows Go's oauth2 package, which blackbox uses through
+Prometheus' HTTP client: a form POST to ``token_url`` with ``grant_type=client_credentials``,
+the client's credentials first in a Basic Authorization header and, if the endpoint refuses
+that, in the form; the answer is JSON (or a form, by its Content-Type).
 
-Neither the token nor the secret is ever in a message, a metric or a log line.
+The JWT bearer grant (RFC 7523 2.1) follows prometheus/common's own token source: a JWT
+signed with the client's RSA key (RS256 unless ``signature_algorithm`` says RS384 or RS512,
+``kid`` from ``client_certificate_key_id``) with ``iss`` (``iss`` or client_id), ``sub``
+(client_id), ``aud`` (``audience`` or token_url), a fresh ``jti``, ``iat``, ``exp`` ten
+minutes on, ``scope`` when scopes are set, then ``claims`` over them; posted as
+``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=...`` with no client
+authentication, once (no second style), the answer read as JSON.
+
+A token is renewed EXPIRY_MARGIN before it expires; one without ``expires_in`` is kept until
+the cache drops it. Neither the token, the secret nor the key is ever in a message, a metric
+or a log line.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import parse_qs, quote_plus, urlencode
 
-from exporter.modules import BasicAuth, HTTPProbe, OAuth2
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from exporter.modules import JWT_BEARER, BasicAuth, HTTPProbe, OAuth2, rsa_private_key
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason
 from exporter.types import Secret, read_secret_file, redact_target
@@ -118,8 +132,67 @@ def _secret(config: OAuth2) -> str:
     return config.client_secret.reveal() if config.client_secret is not None else ""
 
 
-def _form(config: OAuth2) -> dict[str, str]:
-    form = {"grant_type": "client_credentials"}
+def _key(config: OAuth2) -> str:
+    if config.client_certificate_key_file:
+        try:
+            return read_secret_file(config.client_certificate_key_file)
+        except (OSError, UnicodeError) as err:
+            detail = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+            message = f"cannot read oauth2.client_certificate_key_file: {detail}"
+            raise ProbeFailure(FailureReason.OTHER, message) from None
+    return config.client_certificate_key.reveal() if config.client_certificate_key is not None else ""
+
+
+_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "RS256": hashes.SHA256(),
+    "RS384": hashes.SHA384(),
+    "RS512": hashes.SHA512(),
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def assertion(config: OAuth2, pem: str, now: float | None = None) -> str:
+    """The signed JWT that ``config`` posts for a token (RFC 7523 2.1)."""
+    try:
+        key = rsa_private_key(pem)
+    except ValueError as err:
+        raise ProbeFailure(FailureReason.OTHER, f"oauth2.client_certificate_key_file {err}") from None
+    algorithm = config.signature_algorithm or "RS256"
+    header: dict[str, object] = {"alg": algorithm, "typ": "JWT"}
+    if config.client_certificate_key_id:
+        header["kid"] = config.client_certificate_key_id
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, object] = {
+        "iss": config.iss or config.client_id,
+        "sub": config.client_id,
+        "jti": str(uuid.uuid4()),
+        "aud": config.audience or config.token_url,
+        "iat": issued,
+        "exp": issued + 600,
+    }
+    if config.scopes:
+        claims["scope"] = " ".join(config.scopes)
+    claims.update(_json_value(config.claims))  # type: ignore[call-overload]
+    signing_input = ".".join(
+        _b64(json.dumps(part, separators=(",", ":"), sort_keys=True).encode()) for part in (header, claims)
+    )
+    signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), _HASHES[algorithm])
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def _form(config: OAuth2, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    form = dict(base) if base is not None else {"grant_type": "client_credentials"}
     if config.scopes:
         form["scope"] = " ".join(config.scopes)
     for name, value in config.endpoint_params.items():
@@ -132,6 +205,8 @@ def _form(config: OAuth2) -> dict[str, str]:
 
 async def authorization(config: OAuth2, post: Post, cache: TokenCache = TOKENS) -> str:
     """The Authorization value for ``config``: a cached token, or one fetched now."""
+    if config.jwt_bearer:
+        return await _jwt_authorization(config, post, cache)
     secret = _secret(config)
     digest = hashlib.blake2b(secret.encode("utf-8", "surrogateescape"), digest_size=16).digest()
     params = tuple(sorted(config.endpoint_params.items()))
@@ -151,6 +226,37 @@ async def authorization(config: OAuth2, post: Post, cache: TokenCache = TOKENS) 
             cache.remember_style(config.token_url, True)
     else:
         header, lifetime = await _attempt(config, secret, form, in_form, post)
+    cache.put(key, header, lifetime)
+    return header
+
+
+async def _jwt_authorization(config: OAuth2, post: Post, cache: TokenCache) -> str:
+    pem = _key(config)
+    digest = hashlib.blake2b(pem.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+    claims = json.dumps(_json_value(config.claims), sort_keys=True)
+    key = (
+        JWT_BEARER,
+        config.token_url,
+        config.client_id,
+        config.scopes,
+        tuple(sorted(config.endpoint_params.items())),
+        digest,
+        config.client_certificate_key_id,
+        config.signature_algorithm,
+        config.iss,
+        config.audience,
+        claims,
+    )
+    header = cache.get(key)
+    if header is not None:
+        return header
+    base = {"grant_type": JWT_BEARER, "assertion": assertion(config, pem)}
+    if config.scopes:
+        base["scope"] = " ".join(config.scopes)
+    try:
+        header, lifetime = await _fetch_answer(config, _form(config, base), None, post, json_only=True)
+    except _Refused as refused:
+        raise refused.failure from None
     cache.put(key, header, lifetime)
     return header
 
@@ -179,7 +285,6 @@ async def _attempt(
 async def _fetch(
     config: OAuth2, secret: str, form: dict[str, str], in_form: bool, post: Post
 ) -> tuple[str, float | None]:
-    where = redact_target(config.token_url)
     if in_form:
         form = {**form, "client_id": config.client_id}
         if secret:
@@ -188,6 +293,17 @@ async def _fetch(
     else:
         # Go escapes both as a query would before joining them.
         basic = (quote_plus(config.client_id), quote_plus(secret))
+    return await _fetch_answer(config, form, basic, post)
+
+
+async def _fetch_answer(
+    config: OAuth2,
+    form: Mapping[str, str],
+    basic: tuple[str, str] | None,
+    post: Post,
+    json_only: bool = False,
+) -> tuple[str, float | None]:
+    where = redact_target(config.token_url)
     try:
         answer = await post(config, form, basic)
     except ProbeFailure as failure:
@@ -196,7 +312,7 @@ async def _fetch(
         ) from None
     if not 200 <= answer.status <= 299:
         raise _Refused.because(f"oauth2 token endpoint {where} answered status {answer.status}")
-    fields = _token_fields(answer)
+    fields = _token_fields(answer, json_only)
     if fields is None:
         raise _Refused.because(f"oauth2 token endpoint {where} answered with a body that is not JSON")
     token = fields.get("access_token")
@@ -207,9 +323,9 @@ async def _fetch(
     return header, _lifetime(fields.get("expires_in"))
 
 
-def _token_fields(answer: TokenAnswer) -> dict[str, object] | None:
+def _token_fields(answer: TokenAnswer, json_only: bool = False) -> dict[str, object] | None:
     media = answer.content_type.partition(";")[0].strip().lower()
-    if media in ("application/x-www-form-urlencoded", "text/plain"):
+    if not json_only and media in ("application/x-www-form-urlencoded", "text/plain"):
         values = parse_qs(answer.body.decode("utf-8", "replace"))
         return {name: items[0] for name, items in values.items()}
     try:

@@ -1,9 +1,16 @@
-"""Forward proxies for the HTTP client: which proxy a request takes, and the CONNECT tunnel to it.
+"""Forward proxies for the HTTP client: which proxy a request takes, and the tunnel through it.
 
 The choice follows Prometheus' HTTP client, which blackbox uses: ``proxy_url`` alone sends
 every request through the proxy; with ``no_proxy``, or with ``proxy_from_environment``
 (HTTP_PROXY, HTTPS_PROXY, NO_PROXY, upper or lower case), Go's httpproxy rules apply, and
 those never proxy ``localhost`` or a loopback address.
+
+An http or https proxy tunnels an https target with CONNECT and takes a plain http request
+whole. A SOCKS proxy (``socks5://`` or ``socks5h://``, both as Go's transport treats them)
+tunnels every target (RFC 1928), with the URL's user info as RFC 1929 credentials. Go never
+resolves a name for a SOCKS proxy: it sends the host it dials, which in blackbox is the address
+its resolve phase found, or the name with ``skip_resolve_phase_with_proxy``; so both schemes
+send the same, and so do we.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from exporter.result import FailureReason
 
 # The most of a CONNECT answer we read: a proxy's error page is not worth more.
 MAX_CONNECT_HEAD = 16 * 1024
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_DEFAULT_PORTS = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080}
+SOCKS_SCHEMES = ("socks5", "socks5h")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,10 @@ class Proxy:
         return self.scheme == "https"
 
     @property
+    def socks(self) -> bool:
+        return self.scheme in SOCKS_SCHEMES
+
+    @property
     def authorization(self) -> str | None:
         """Proxy-Authorization from the URL's user info, as Go sends it (Basic)."""
         if not self.username and not self.password:
@@ -59,14 +71,16 @@ class Proxy:
 def parse_proxy(text: str, origin: str) -> Proxy | None:
     """A proxy URL as Go reads one; a bare ``host:port`` is an http proxy. None if unusable.
 
-    Go ignores an environment value it cannot parse; a SOCKS proxy, which Go would use, is
-    refused with a message rather than ignored.
+    Go ignores an environment value it cannot parse; a SOCKS proxy other than socks5 or
+    socks5h, which Go would not ignore, is refused with a message.
     """
     text = text.strip()
     scheme = text.partition("://")[0].lower() if "://" in text else ""
-    if scheme.startswith("socks"):
-        raise ProbeFailure(FailureReason.OTHER, f"{origin} names a SOCKS proxy, which is not supported")
-    if scheme not in ("http", "https"):
+    if scheme.startswith("socks") and scheme not in SOCKS_SCHEMES:
+        raise ProbeFailure(
+            FailureReason.OTHER, f"{origin} names a {scheme} proxy: only socks5 and socks5h are supported"
+        )
+    if scheme not in ("http", "https", *SOCKS_SCHEMES):
         text = "http://" + text
     try:
         parts = urlsplit(text)
@@ -268,3 +282,83 @@ async def tunnel(
 
 def _failed(message: str) -> ProbeFailure:
     return ProbeFailure(FailureReason.CONNECT, message)
+
+
+# RFC 1928 reply codes, named as Go's socks package names them.
+SOCKS_REPLIES = {
+    1: "general SOCKS server failure",
+    2: "connection not allowed by ruleset",
+    3: "network unreachable",
+    4: "host unreachable",
+    5: "connection refused",
+    6: "TTL expired",
+    7: "command not supported",
+    8: "address type not supported",
+}
+_NO_AUTH, _USER_PASSWORD, _NO_METHOD = 0x00, 0x02, 0xFF
+
+
+async def socks_connect(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: Proxy, host: str, port: int
+) -> None:
+    """Ask SOCKS5 ``proxy`` for a connection to ``host`` (an address, or a name it resolves).
+
+    As Go's client: no authentication offered alone, or with user info both no authentication
+    and username/password (RFC 1929), the proxy choosing. Every failure is ``connect``; the
+    credentials are never in a message.
+    """
+    credentials = proxy.username or proxy.password
+    username = proxy.username.encode("utf-8")
+    password = proxy.password.encode("utf-8")
+    if credentials and not (0 < len(username) <= 255 and len(password) <= 255):
+        raise _failed(f"SOCKS proxy {proxy}: the username must be 1 to 255 bytes, the password at most 255")
+    address = _ip(host)
+    if address is not None:
+        target = (b"\x01" if address.version == 4 else b"\x04") + address.packed
+    else:
+        name = host.encode("idna") if not host.isascii() else host.encode("ascii")
+        if not 0 < len(name) <= 255:
+            raise _failed(f"SOCKS proxy {proxy}: the host name {host!r} is too long for SOCKS")
+        target = b"\x03" + bytes([len(name)]) + name
+    methods = bytes([_NO_AUTH, _USER_PASSWORD]) if credentials else bytes([_NO_AUTH])
+    try:
+        writer.write(b"\x05" + bytes([len(methods)]) + methods)
+        await writer.drain()
+        version, method = await reader.readexactly(2)
+        if version != 5:
+            raise _failed(f"SOCKS proxy {proxy} answered with version {version}, not 5")
+        if method == _USER_PASSWORD and credentials:
+            writer.write(b"\x01" + bytes([len(username)]) + username + bytes([len(password)]) + password)
+            await writer.drain()
+            _, status = await reader.readexactly(2)
+            if status != 0:
+                raise _failed(f"SOCKS proxy {proxy} refused the username and password")
+        elif method == _NO_METHOD or method not in methods:
+            raise _failed(f"SOCKS proxy {proxy} accepts none of the authentication methods offered")
+        writer.write(b"\x05\x01\x00" + target + port.to_bytes(2, "big"))
+        await writer.drain()
+        version, reply, _, kind = await reader.readexactly(4)
+        if version != 5:
+            raise _failed(f"SOCKS proxy {proxy} answered with version {version}, not 5")
+        if reply != 0:
+            shown = f"{_host_text(host)}:{port}"
+            why = SOCKS_REPLIES.get(reply, "unknown reply")
+            raise _failed(f"SOCKS proxy {proxy} refused the connection to {shown}: reply {reply} ({why})")
+        if kind == 1:
+            await reader.readexactly(4 + 2)
+        elif kind == 4:
+            await reader.readexactly(16 + 2)
+        elif kind == 3:
+            (length,) = await reader.readexactly(1)
+            await reader.readexactly(length + 2)
+        else:
+            raise _failed(f"SOCKS proxy {proxy} answered with an unknown address type {kind}")
+    except asyncio.IncompleteReadError:
+        raise _failed(f"SOCKS proxy {proxy} closed the connection during the handshake") from None
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise _failed(f"connection to SOCKS proxy {proxy} lost during the handshake: {reason}") from None
+
+
+def _host_text(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

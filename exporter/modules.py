@@ -295,6 +295,55 @@ class OAuth2(ProxyOptions):
 
 
 @dataclass(frozen=True)
+class HeaderValues:
+    """One header of prometheus/common's ``http_headers``: every value is sent, in this order."""
+
+    values: tuple[str, ...] = ()
+    secrets: tuple[Secret, ...] = ()
+    # Read at each request, surrounding whitespace trimmed.
+    files: tuple[str, ...] = ()
+
+
+# prometheus/common refuses these in http_headers: the client or the connection sets them.
+RESERVED_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Authorization",
+        "Host",
+        "Content-Encoding",
+        "Content-Length",
+        "Content-Type",
+        "User-Agent",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Www-Authenticate",
+        "Accept-Encoding",
+        "X-Prometheus-Remote-Write-Version",
+        "X-Prometheus-Remote-Read-Version",
+        "X-Prometheus-Scrape-Timeout-Seconds",
+        "X-Amz-Date",
+        "X-Amz-Security-Token",
+        "X-Amz-Content-Sha256",
+    )
+)
+
+
+def canonical_header(name: str) -> str:
+    """Go's http.CanonicalHeaderKey: ``x-api-key`` is ``X-Api-Key``."""
+    if not name or any(c in name for c in " \t\r\n:"):
+        return name
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def header_problems(http_headers: Mapping[str, HeaderValues]) -> Problems:
+    for name in http_headers:
+        if name.lower() in RESERVED_HEADERS:
+            yield f"http_headers.{name}", f"setting header {canonical_header(name)!r} is not allowed"
+
+
+@dataclass(frozen=True)
 class RequestOptions(ProxyOptions):
     """One HTTP request and the checks on its answer: what an http module and a flow step share.
 
@@ -304,6 +353,8 @@ class RequestOptions(ProxyOptions):
 
     method: str = "GET"
     headers: Mapping[str, Secret] = field(default_factory=_empty_map)
+    # prometheus/common's header options (blackbox 0.28): added to the request after ``headers``.
+    http_headers: Mapping[str, HeaderValues] = field(default_factory=_empty_map)
     body_file: str = ""
     # blackbox inlines Prometheus' HTTP client options here.
     basic_auth: BasicAuth | None = None
@@ -345,6 +396,7 @@ class HTTPProbe(RequestOptions):
     enable_http3: bool = False
 
     def check(self) -> Problems:
+        yield from header_problems(self.http_headers)
         if self.fail_if_ssl and self.fail_if_not_ssl:
             yield "fail_if_ssl", "fail_if_ssl and fail_if_not_ssl cannot both be true"
         if self.body and self.body_file:
@@ -732,6 +784,7 @@ class FlowStep(RequestOptions):
             yield "body", self.body.reveal()
 
     def check(self) -> Problems:
+        yield from header_problems(self.http_headers)
         if not STEP_NAME_RE.match(self.name):
             yield "name", f"must match [a-zA-Z0-9_-]+, got {self.name!r}"
         if not self.method or not self.method.replace("-", "").isalnum():

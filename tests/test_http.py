@@ -21,6 +21,8 @@ from cryptography import x509
 from pytest_aiohttp import AiohttpServer
 
 from exporter import __version__
+from exporter.config import dump_config, parse_config
+from exporter.errors import ConfigError
 from exporter.modules import Authorization, BasicAuth, HeaderMatch, HTTPProbe, Module, TLSConfig
 from exporter.probes import http, httpclient
 from exporter.probes.base import ProbeRequest
@@ -1093,3 +1095,50 @@ async def test_cancellation_propagates(raw_server: RawServe) -> None:
 def test_content_length_is_gos(status: int, headers: list[tuple[str, str]], head: bool, length: int) -> None:
     """probe_http_content_length is Go's resp.ContentLength, which blackbox exports."""
     assert httpclient._content_length(status, headers, head) == length
+
+
+async def test_http_headers_values_secrets_and_files(
+    run_probe: ProbeRunner, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    """prometheus/common's http_headers (blackbox 0.28): every value sent, files read each probe."""
+    seen: list[list[str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.getall("X-Api-Key", []))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", record)
+    server = await aiohttp_server(app)
+    key_file = tmp_path / "api-key.txt"
+    key_file.write_text("  from-file\n")
+    config = parse_config(
+        "modules:\n  m:\n    prober: http\n    http:\n      headers: {X-Api-Key: plain}\n"
+        "      http_headers:\n        X-Api-Key:\n          values: [v1, v2]\n"
+        f"          secrets: [s3cr3t]\n          files: [{key_file}]\n"
+    )
+    target = f"http://127.0.0.1:{server.port}/"
+    result = await run_probe(target, config.modules["m"])
+    assert result.success, result.message
+    assert seen == [["plain", "v1", "v2", "s3cr3t", "from-file"]]
+    key_file.write_text("rotated")
+    assert (await run_probe(target, config.modules["m"])).success
+    assert seen[1][-1] == "rotated"  # read again at each probe, as Go does
+    key_file.unlink()
+    missing = await run_probe(target, config.modules["m"])
+    assert missing.reason is FailureReason.OTHER
+    assert missing.message == f"cannot read http_headers X-Api-Key file {key_file}: No such file or directory"
+    assert "s3cr3t" not in dump_config(config)
+
+
+def test_http_headers_refuse_what_prometheus_common_reserves() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            "modules:\n  m:\n    prober: http\n    http:\n      http_headers:\n"
+            "        authorization: {values: [x]}\n        x-ok: {values: [y]}\n"
+            "        user-agent: {values: [z]}\n"
+        )
+    assert [str(issue) for issue in err.value.issues] == [
+        "modules.m.http.http_headers.authorization (line 6): setting header 'Authorization' is not allowed",
+        "modules.m.http.http_headers.user-agent (line 8): setting header 'User-Agent' is not allowed",
+    ]

@@ -326,9 +326,12 @@ class HTTPClient:
             key = name.lower()
             if key != "host" and key not in FRAMING_HEADERS:
                 headers[key] = (name, value.reveal())
+        # http_headers (prometheus/common) are added after, each value its own line, as Go adds them.
+        added = [(name, value) for name, value in self._http_headers() if name.lower() != "host"]
         if not _same_site(url.host, first.host):
             for key in SENSITIVE_HEADERS:
                 headers.pop(key, None)
+            added = [(name, value) for name, value in added if name.lower() not in SENSITIVE_HEADERS]
         cookies = self.jar.header(url)
         if cookies:
             configured = headers.get("cookie", ("Cookie", ""))[1]
@@ -339,8 +342,17 @@ class HTTPClient:
         # Go sends header values as UTF-8 bytes; so do we.
         return [
             (name.encode("ascii"), value.encode("utf-8"))
-            for name, value in [("Host", host_header), *headers.values()]
+            for name, value in [("Host", host_header), *headers.values(), *added]
         ]
+
+    def _http_headers(self) -> list[tuple[str, str]]:
+        lines: list[tuple[str, str]] = []
+        for name, header in self.settings.http_headers.items():
+            lines.extend((name, value) for value in header.values)
+            lines.extend((name, secret.reveal()) for secret in header.secrets)
+            for path in header.files:
+                lines.append((name, _secret_file(path, f"http_headers {name} file {path}").strip()))
+        return lines
 
     async def _post_token(
         self, config: OAuth2, form: Mapping[str, str], basic: tuple[str, str] | None

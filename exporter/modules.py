@@ -80,19 +80,48 @@ def _empty_map() -> Mapping[str, Any]:
     return MappingProxyType({})
 
 
+def refs_refused(**refs: str) -> Problems:
+    """prometheus/common's ``*_ref`` options name a secret in a secret manager; there is none."""
+    for option, value in refs.items():
+        if value:
+            base = option.removesuffix("_ref")
+            yield (
+                option,
+                (
+                    f"secret references need a secret manager, which blackbox_exporter and this exporter"
+                    f" do not have: use {base} or {base}_file"
+                ),
+            )
+
+
 @dataclass(frozen=True)
 class TLSConfig:
+    # prometheus/common's: a PEM written inline, or a file (read again when it changes).
+    ca: str = ""
+    cert: str = ""
+    key: Secret | None = None
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    ca_ref: str = ""
+    cert_ref: str = ""
+    key_ref: str = ""
     server_name: str = ""
     insecure_skip_verify: bool = False
     min_version: TLSVersion | None = None
     max_version: TLSVersion | None = None
 
     def check(self) -> Problems:
-        if bool(self.cert_file) != bool(self.key_file):
-            yield "cert_file", "cert_file and key_file must be set together"
+        yield from refs_refused(ca_ref=self.ca_ref, cert_ref=self.cert_ref, key_ref=self.key_ref)
+        for inline, file in (("ca", "ca_file"), ("cert", "cert_file"), ("key", "key_file")):
+            if getattr(self, inline) and getattr(self, file):
+                yield inline, f"at most one of {inline} and {file} may be set"
+        has_cert = bool(self.cert or self.cert_file or self.cert_ref)
+        has_key = bool(self.key or self.key_file or self.key_ref)
+        if has_cert and not has_key:
+            yield "cert_file" if self.cert_file else "cert", "a client certificate needs key or key_file"
+        elif has_key and not has_cert:
+            yield "key_file" if self.key_file else "key", "a client key needs cert or cert_file"
         order = ("TLS10", "TLS11", "TLS12", "TLS13")
         if (
             self.min_version
@@ -105,10 +134,16 @@ class TLSConfig:
 @dataclass(frozen=True)
 class BasicAuth:
     username: str = ""
+    username_file: str = ""
     password: Secret | None = None
     password_file: str = ""
+    username_ref: str = ""
+    password_ref: str = ""
 
     def check(self) -> Problems:
+        yield from refs_refused(username_ref=self.username_ref, password_ref=self.password_ref)
+        if self.username and self.username_file:
+            yield "username", "at most one of username and username_file may be set"
         if self.password is not None and self.password_file:
             yield "password", "at most one of password and password_file may be set"
 
@@ -118,8 +153,10 @@ class Authorization:
     type: str = "Bearer"
     credentials: Secret | None = None
     credentials_file: str = ""
+    credentials_ref: str = ""
 
     def check(self) -> Problems:
+        yield from refs_refused(credentials_ref=self.credentials_ref)
         if self.credentials is not None and self.credentials_file:
             yield "credentials", "at most one of credentials and credentials_file may be set"
         if self.type.lower() == "basic":

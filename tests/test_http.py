@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import gzip
 import socket
@@ -1142,3 +1143,69 @@ def test_http_headers_refuse_what_prometheus_common_reserves() -> None:
         "modules.m.http.http_headers.authorization (line 6): setting header 'Authorization' is not allowed",
         "modules.m.http.http_headers.user-agent (line 8): setting header 'User-Agent' is not allowed",
     ]
+
+
+async def test_inline_ca_cert_and_key(
+    run_probe: ProbeRunner, serve: Serve, server_cert: trustme.LeafCert, ca: trustme.CA
+) -> None:
+    """prometheus/common's inline ca, cert and key (blackbox 0.28) work as the files do."""
+    server = await serve(make_app(), client_cert_context(server_cert, ca))
+    client = ca.issue_cert("probe@outage-exporter.test")
+    inline = TLSConfig(
+        ca=ca.cert_pem.bytes().decode(),
+        cert=client.cert_chain_pems[0].bytes().decode(),
+        key=Secret(client.private_key_pem.bytes().decode()),
+    )
+    url = str(server.make_url("/ok"))
+    result = await run_probe(url, module(tls_config=inline))
+    assert result.success, result.message
+    # Under TLS 1.2 a refused client fails the handshake itself (1.3 says so after it).
+    no_client = await run_probe(
+        url, module(tls_config=TLSConfig(ca=ca.cert_pem.bytes().decode(), max_version="TLS12"))
+    )
+    assert no_client.reason is FailureReason.TLS
+    broken = TLSConfig(ca=ca.cert_pem.bytes().decode(), cert="not a pem", key=Secret("hunter2-key"))
+    failed = await run_probe(url, module(tls_config=broken))
+    assert (failed.reason, failed.message) == (
+        FailureReason.TLS,
+        "cannot load client certificate: not a usable certificate and key",
+    )
+
+
+async def test_basic_auth_username_file(run_probe: ProbeRunner, serve: Serve, tmp_path: Path) -> None:
+    """username_file (prometheus/common) is read at each probe, as password_file is."""
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", record)
+    server = await serve(app)
+    user_file = tmp_path / "user"
+    user_file.write_text("probe-user\n")
+    settings = module(basic_auth=BasicAuth(username_file=str(user_file), password=Secret("pw")))
+    assert (await run_probe(str(server.make_url("/")), settings)).success
+    assert seen == ["Basic " + base64.b64encode(b"probe-user:pw").decode()]
+
+
+def test_tls_and_auth_options_of_prometheus_common_are_checked() -> None:
+    """The inline/file pairs are one or the other; secret references are refused, saying why."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            "modules:\n  m:\n    prober: http\n    http:\n"
+            "      tls_config: {ca: x, ca_file: /y, cert: c, key_ref: k}\n"
+            "      basic_auth: {username: u, username_file: /u, password_ref: p}\n"
+        )
+    assert [str(issue) for issue in err.value.issues] == [
+        "modules.m.http.tls_config.ca (line 5): at most one of ca and ca_file may be set",
+        "modules.m.http.tls_config.key_ref (line 5): secret references need a secret manager, which"
+        " blackbox_exporter and this exporter do not have: use key or key_file",
+        "modules.m.http.basic_auth.password_ref (line 6): secret references need a secret manager, which"
+        " blackbox_exporter and this exporter do not have: use password or password_file",
+        "modules.m.http.basic_auth.username (line 6): at most one of username and username_file may be set",
+    ]
+    with pytest.raises(ConfigError) as alone:
+        parse_config("modules:\n  m:\n    prober: http\n    http:\n      tls_config: {cert_file: /c}\n")
+    assert [issue.message for issue in alone.value.issues] == ["a client certificate needs key or key_file"]

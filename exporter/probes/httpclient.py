@@ -291,7 +291,10 @@ class HTTPClient:
             password = auth.password.reveal() if auth.password is not None else ""
             if auth.password_file:
                 password = _secret_file(auth.password_file, "basic_auth.password_file")
-            return _basic(auth.username, password)
+            username = auth.username
+            if auth.username_file:
+                username = _secret_file(auth.username_file, "basic_auth.username_file")
+            return _basic(username, password)
         if settings.bearer_token is not None:
             return f"Bearer {settings.bearer_token.reveal()}"
         if settings.bearer_token_file:

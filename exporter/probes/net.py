@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import ssl
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -377,14 +378,20 @@ async def connect(
 def make_ssl_context(config: TLSConfig) -> ssl.SSLContext:
     """An SSL context for blackbox's ``tls_config``; unreadable files become ProbeFailure."""
     try:
-        context = ssl.create_default_context(cafile=config.ca_file or None)
-    except (OSError, ssl.SSLError) as err:
-        raise ProbeFailure(FailureReason.TLS, f"cannot load ca_file: {err}") from None
+        context = ssl.create_default_context(cafile=config.ca_file or None, cadata=config.ca or None)
+    except (OSError, ssl.SSLError, ValueError) as err:
+        raise ProbeFailure(
+            FailureReason.TLS, f"cannot load {'ca' if config.ca else 'ca_file'}: {err}"
+        ) from None
     try:
-        if config.cert_file:
+        if config.cert or config.key is not None:
+            _load_inline_chain(context, config)
+        elif config.cert_file:
             context.load_cert_chain(config.cert_file, config.key_file or None)
     except (OSError, ssl.SSLError) as err:
-        raise ProbeFailure(FailureReason.TLS, f"cannot load client certificate: {err}") from None
+        # Not the error's text when the key was inline: OpenSSL may quote it.
+        detail = "not a usable certificate and key" if config.key is not None else str(err)
+        raise ProbeFailure(FailureReason.TLS, f"cannot load client certificate: {detail}") from None
     if config.insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -393,6 +400,28 @@ def make_ssl_context(config: TLSConfig) -> ssl.SSLContext:
     if config.max_version:
         context.maximum_version = TLS_VERSIONS[config.max_version]
     return context
+
+
+def _load_inline_chain(context: ssl.SSLContext, config: TLSConfig) -> None:
+    """Load a client certificate and key, each inline or in a file (OpenSSL reads only files).
+
+    Inline ones are written for the moment of loading into a private directory, then removed.
+    """
+    with tempfile.TemporaryDirectory(prefix="outage-exporter-tls-") as directory:
+        cert, key = config.cert_file, config.key_file
+        if config.cert:
+            cert = os.path.join(directory, "cert.pem")
+            _write_private(cert, config.cert)
+        if config.key is not None:
+            key = os.path.join(directory, "key.pem")
+            _write_private(key, config.key.reveal())
+        context.load_cert_chain(cert, key or None)
+
+
+def _write_private(path: str, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 # Building a context loads the system's CA store: tens of milliseconds of CPU on the event loop,

@@ -66,7 +66,7 @@ def request_settings(
         method="POST",
         headers=MappingProxyType({"Content-Type": Secret("application/x-www-form-urlencoded")}),
         body=urlencode(form),
-        basic_auth=None if basic is None else BasicAuth(basic[0], Secret(basic[1])),
+        basic_auth=None if basic is None else BasicAuth(username=basic[0], password=Secret(basic[1])),
         tls_config=config.tls_config,
         **config.proxy_options(),
         preferred_ip_protocol=probe.preferred_ip_protocol,

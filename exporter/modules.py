@@ -274,6 +274,8 @@ class OAuth2(ProxyOptions):
     # The JWT bearer grant: the assertion is signed with this RSA key, ``kid`` is its id.
     client_certificate_key: Secret | None = None
     client_certificate_key_file: str = ""
+    client_secret_ref: str = ""
+    client_certificate_key_ref: str = ""
     client_certificate_key_id: str = ""
     signature_algorithm: str = ""
     # The assertion's issuer (client_id if empty) and audience (token_url if empty).
@@ -287,6 +289,10 @@ class OAuth2(ProxyOptions):
         return self.grant_type == JWT_BEARER
 
     def check(self) -> Problems:
+        yield from refs_refused(
+            client_secret_ref=self.client_secret_ref,
+            client_certificate_key_ref=self.client_certificate_key_ref,
+        )
         if not self.client_id:
             yield "client_id", "is required: the client the token is asked for"
         if not self.token_url:

@@ -73,8 +73,10 @@ from exporter.types import HostPattern
 
 log = logging.getLogger(__name__)
 
-# How long a worker gathers results before sending them as one message.
-FLUSH_DELAY = 0.02
+# How long a worker gathers results before sending them as one message. Each message wakes
+# both loops; at 0.1 s a worker at 250 probes/s sends 10 a second rather than 50, and a result
+# still reaches /metrics far sooner than any scrape interval.
+FLUSH_DELAY = 0.1
 # How often a worker reports its in-flight count and lag histograms.
 STATS_INTERVAL = 0.5
 # A worker silent this long (no results, no stats) is stuck: it is killed and started again.

@@ -425,6 +425,7 @@ class Profiler:
                 "--format",
                 "raw",
                 "--nolineno",
+                "--subprocesses",
                 "--output",
                 str(self.output),
             ],

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -114,17 +113,22 @@ class Trace:
         """Seconds since the probe started."""
         return self.clock.monotonic() - self._start
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str) -> _Phase:
         """Time a phase; repeated phases (as over redirects) add up."""
-        start = self.clock.monotonic()
-        try:
-            yield
-        finally:
-            self.add_phase(name, self.clock.monotonic() - start)
+        return _Phase(self, name)
 
     def add_phase(self, name: str, seconds: float) -> None:
         self.phases[name] = self.phases.get(name, 0.0) + max(seconds, 0.0)
+
+    def set_defaults(self, phases: Iterable[str], samples: Mapping[tuple[str, Labels], float]) -> None:
+        """Every phase in ``phases`` (kept if already timed) and every sample set as given.
+
+        One call for what a probe writes at its start, as ``add_phase(name, 0.0)`` and ``set``
+        one by one would.
+        """
+        for name in phases:
+            self.phases.setdefault(name, 0.0)
+        self._samples.update(samples)
 
     def set(self, name: str, value: float, labels: Labels = ()) -> None:
         """Record a per-kind gauge value; setting it again replaces it."""
@@ -149,3 +153,21 @@ class Trace:
 
     def fail(self, reason: FailureReason, message: str) -> ProbeResult:
         return self._result(False, reason, message)
+
+
+class _Phase:
+    """``Trace.phase``'s timer: a plain context manager, a few per probe, cheaper than a generator's."""
+
+    __slots__ = ("_name", "_start", "_trace")
+
+    def __init__(self, trace: Trace, name: str) -> None:
+        self._trace = trace
+        self._name = name
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        self._start = self._trace.clock.monotonic()
+
+    def __exit__(self, *exc_info: object) -> None:
+        trace = self._trace
+        trace.add_phase(self._name, trace.clock.monotonic() - self._start)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -244,3 +248,37 @@ async def test_timed_out_probe_stops_its_evaluation(run_probe: ProbeRunner, json
         1,
         1,
     ]
+
+
+_LOADED_AFTER = """
+import pickle, sys
+from exporter.config import parse_config
+import exporter.workers
+config = parse_config(sys.stdin.read())
+pickle.loads(pickle.dumps(config.services))
+print("celpy" in sys.modules, "lark" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "loaded"),
+    [
+        ("prober: http", "False False"),
+        ("prober: http\n    http:\n      fail_if_body_json_matches_cel: 'body.up == false'", "True True"),
+    ],
+)
+def test_cel_python_loads_only_with_an_expression(module: str, loaded: str) -> None:
+    """A process whose config has no CEL check never imports cel-python; one with a check does."""
+    services = "services:\n  - name: a\n    target: http://127.0.0.1:9/\n    module: m\n"
+    config = f"modules:\n  m:\n    {module}\n{services}"
+    done = subprocess.run(
+        [sys.executable, "-c", _LOADED_AFTER],
+        input=config,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == loaded

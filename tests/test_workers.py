@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import signal
 import socket
@@ -407,6 +408,28 @@ def test_results_cross_the_socket_unchanged() -> None:
     assert back.samples[1] == Sample("probe_tls_version_info", 1.0, (("version", "TLS 1.3"),))
     ok = ProbeResult(success=True, duration=0.001, started_at=1.0)
     assert unpack_result(pack_result(ok)) == ok
+
+
+def test_unpacked_samples_are_shared_and_exact() -> None:
+    """Whole-number samples of two results are one object; -0.0, fractions and ints keep their value."""
+
+    def run(duration: float) -> ProbeResult:
+        trace = Trace()
+        trace.set("probe_http_status_code", 200)
+        trace.set("probe_dns_lookup_time_seconds", duration)
+        return dataclasses.replace(
+            trace.succeed(),
+            samples=(*trace.succeed().samples, Sample("minus_zero", -0.0), Sample("an_int", 3)),
+        )
+
+    first, second = (unpack_result(pack_result(run(d))) for d in (0.0015, 0.0025))
+    assert first.samples[0] is second.samples[0]
+    assert first.samples[0] == Sample("probe_http_status_code", 200.0)
+    assert [s.value for s in first.samples[1:]] == [0.0015, -0.0, 3]
+    assert [s.value for s in second.samples[1:]] == [0.0025, -0.0, 3]
+    assert math.copysign(1.0, second.samples[2].value) == -1.0
+    assert type(second.samples[3].value) is int
+    assert first.samples[1] is not second.samples[1]
 
 
 def test_concurrency_cap_is_split_among_workers() -> None:

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
+from types import MappingProxyType
 from urllib.parse import quote, urljoin, urlsplit
 
 import brotli  # type: ignore[import-untyped]
@@ -27,7 +28,7 @@ from exporter.probes import http1, net, oauth2
 from exporter.probes import proxy as proxies
 from exporter.probes.cookies import CookieJar
 from exporter.probes.net import ProbeFailure
-from exporter.result import FailureReason, MetricFamily, Trace
+from exporter.result import FailureReason, Labels, MetricFamily, Trace
 from exporter.types import read_secret_file
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
@@ -74,12 +75,14 @@ DEFAULT_GAUGES = (
 FIRST_HOP_GAUGES = ("probe_dns_lookup_time_seconds", "probe_ip_protocol", "probe_ip_addr_hash")
 
 
+_DEFAULT_SAMPLES: Mapping[tuple[str, Labels], float] = MappingProxyType(
+    {(name, ()): 0.0 for name in DEFAULT_GAUGES}
+)
+
+
 def record_defaults(trace: Trace) -> None:
     """Start a trace as blackbox starts an HTTP probe: every phase and gauge at 0."""
-    for phase in PHASES:
-        trace.add_phase(phase, 0.0)
-    for name in DEFAULT_GAUGES:
-        trace.set(name, 0)
+    trace.set_defaults(PHASES, _DEFAULT_SAMPLES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,19 +90,53 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Listeners:
+    """Local stream servers for one test; closing them also ends the connections they serve."""
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.Server] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def serve(self, handler: Handler, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Serve ``handler`` on a loopback port, returned."""
+
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.add(task)
+            try:
+                await handler(reader, writer)
+            finally:
+                self.tasks.discard(task)
+
+        server = await asyncio.start_server(run, "127.0.0.1", 0, ssl=ssl_context)
+        self.servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        for task in list(self.tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for server in self.servers:
+            await server.wait_closed()
+
+
 @pytest.fixture
 async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[RecordingProxy]]]:
     """Starts recording proxies on 127.0.0.1 (plain or TLS) and stops them afterwards."""
-    servers: list[asyncio.Server] = []
-    tasks: set[asyncio.Task[Any]] = set()
+    listeners = Listeners()
 
     async def start(ssl_context: ssl.SSLContext | None = None) -> RecordingProxy:
         state = RecordingProxy(scheme="https" if ssl_context else "http")
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            tasks.add(task)
             upstream: asyncio.StreamWriter | None = None
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -136,23 +170,12 @@ async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[RecordingProxy]
                 if upstream is not None:
                     upstream.close()
                 writer.close()
-                tasks.discard(task)
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ssl_context)
-        servers.append(server)
-        state.port = server.sockets[0].getsockname()[1]
+        state.port = await listeners.serve(handle, ssl_context)
         return state
 
     yield start
-    for server in servers:
-        server.close()
-    for task in list(tasks):
-        task.cancel()
-    for task in list(tasks):
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    for server in servers:
-        await server.wait_closed()
+    await listeners.close()
 
 
 async def ok(request: web.Request) -> web.Response:
@@ -651,16 +674,12 @@ class SocksProxy:
 @pytest.fixture
 async def start_socks() -> AsyncIterator[Callable[[], Awaitable[SocksProxy]]]:
     """Starts SOCKS5 servers on 127.0.0.1 and stops them afterwards."""
-    servers: list[asyncio.Server] = []
-    tasks: set[asyncio.Task[Any]] = set()
+    listeners = Listeners()
 
     async def start() -> SocksProxy:
         state = SocksProxy()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            tasks.add(task)
             upstream: asyncio.StreamWriter | None = None
             try:
                 version, count = await reader.readexactly(2)
@@ -711,23 +730,12 @@ async def start_socks() -> AsyncIterator[Callable[[], Awaitable[SocksProxy]]]:
                 with contextlib.suppress(ConnectionError, OSError):
                     await writer.drain()
                 writer.close()
-                tasks.discard(task)
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        state.port = server.sockets[0].getsockname()[1]
+        state.port = await listeners.serve(handle)
         return state
 
     yield start
-    for server in servers:
-        server.close()
-    for task in list(tasks):
-        task.cancel()
-    for task in list(tasks):
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    for server in servers:
-        await server.wait_closed()
+    await listeners.close()
 
 
 async def test_socks5_carries_http_and_https_targets(

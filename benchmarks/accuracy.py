@@ -346,31 +346,13 @@ class Run:
 
         services = round(self.rate * self.args.interval)
         self.services = services
-        port = run.free_port()
         conf = self.tmp / "ours.yml"
         text = run.our_config(self.target, services, self.args.interval)
         buckets = ", ".join(repr(b) for b in BUCKETS)
         text = text.replace("location: bench}", f"location: bench, latency_buckets: [{buckets}]}}", 1)
         conf.write_text(text)
-        proc = self.start(
-            "ours",
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--config.file",
-                str(conf),
-                "--web.listen-address",
-                f"127.0.0.1:{port}",
-                "--web.config.file",
-                str(self.web_config),
-                "--log.level",
-                "warn",
-                *(("--workers", str(self.args.workers)) if self.args.workers else ()),
-            ],
-            env={"PYTHONPATH": str(ROOT)},
-        )
-        self.ours = f"http://127.0.0.1:{port}"
+        argv, self.ours = run.ours_argv(conf, self.args.workers, "--web.config.file", str(self.web_config))
+        proc = self.start("ours", argv, env={"PYTHONPATH": str(ROOT)})
         wait_ready(proc, f"{self.ours}/-/ready")
         for base in (self.ours, self.blackbox):
             status, body, _ = request(f"{base}/probe?target={self.target}&module=http_2xx")

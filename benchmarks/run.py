@@ -314,27 +314,10 @@ class Bench:
         self, name: str, services: int, interval: float, extra: tuple[str, ...] = ()
     ) -> tuple[Process, str, float]:
         """Our exporter with ``services`` services probing nginx; returns the time to ready."""
-        port = free_port()
         conf = self.tmp / f"{name}.yml"
         conf.write_text(our_config(self.nginx_url, services, interval))
-        proc = self.start(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--config.file",
-                str(conf),
-                "--web.listen-address",
-                f"127.0.0.1:{port}",
-                "--log.level",
-                "warn",
-                *(("--workers", str(self.args.workers)) if self.args.workers else ()),
-                *extra,
-            ],
-            env={"PYTHONPATH": str(ROOT)},
-        )
-        base = f"http://127.0.0.1:{port}"
+        argv, base = ours_argv(conf, self.args.workers, *extra)
+        proc = self.start(name, argv, env={"PYTHONPATH": str(ROOT)})
         return proc, base, proc.wait_ready(f"{base}/-/ready")
 
 
@@ -345,6 +328,25 @@ def nginx_argv(tmp: Path) -> tuple[list[str], str]:
     conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     return [nginx, "-p", str(tmp), "-c", str(conf), "-e", "stderr"], f"http://127.0.0.1:{port}/"
+
+
+def ours_argv(conf: Path, workers: int | None, *flags: str) -> tuple[list[str], str]:
+    """The command line of our exporter on ``conf`` on a free port (``--workers`` if given), and its URL."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config.file",
+        str(conf),
+        "--web.listen-address",
+        f"127.0.0.1:{port}",
+        "--log.level",
+        "warn",
+        *(("--workers", str(workers)) if workers else ()),
+        *flags,
+    ]
+    return argv, f"http://127.0.0.1:{port}"
 
 
 def blackbox_argv(tmp: Path, *flags: str) -> tuple[list[str], str]:

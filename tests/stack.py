@@ -173,6 +173,28 @@ def exporter_argv(config_path: Path, port: int, *flags: str) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def running_exporter(
+    tmp_path: Path, config: dict[str, Any], *flags: str, ready: bool = True
+) -> Iterator[Process]:
+    """``python -m exporter`` on ``config`` (written as YAML) on a free port, stopped afterwards.
+
+    With ``ready`` it has answered /-/ready first (a test behind basic auth waits itself).
+    """
+    config_path = tmp_path / "config.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = Process(
+        f"exporter-{port}", exporter_argv(config_path, port, *flags), f"http://127.0.0.1:{port}", tmp_path
+    )
+    try:
+        if ready:
+            process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
 def start_exporter(config_path: Path, location: str, tmp_path: Path) -> Process:
     """Start ``python -m exporter`` on a free loopback port and wait until it is ready."""
     port = free_port()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import socket
 import threading
 import time
@@ -26,7 +25,7 @@ import pytest
 import yaml
 
 from tests.metrics_util import Series, parse, value
-from tests.stack import Process, exporter_argv, free_port, server_child, wait_until
+from tests.stack import Process, running_exporter, server_child, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # How long each attack runs while the canary is watched.
@@ -113,20 +112,6 @@ def attack_config(ports: dict[str, int]) -> dict[str, Any]:
         "modules": modules,
         "services": services,
     }
-
-
-@contextlib.contextmanager
-def exporter(tmp_path: Path, config: dict[str, Any], *flags: str) -> Iterator[Process]:
-    config_path = tmp_path / "config.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    process = Process(
-        f"exporter-{port}", exporter_argv(config_path, port, *flags), f"http://127.0.0.1:{port}", tmp_path
-    )
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 def get(url: str, auth: tuple[str, str] | None = None, timeout: float = 5.0) -> tuple[int, str]:
@@ -218,8 +203,7 @@ def assert_kept_schedule(before: Series, after: Series, health: HealthWatch) -> 
 
 def test_expensive_answers_do_not_stall_scheduled_probes(tmp_path: Path, attackers: dict[str, int]) -> None:
     """Regex bombs, huge bodies, gzip bombs, long lines and 4,060-record DNS answers leave the loop free."""
-    with exporter(tmp_path, attack_config(attackers)) as process:
-        process.wait_ready()
+    with running_exporter(tmp_path, attack_config(attackers)) as process:
         wait_until(
             lambda: value(scrape(process), "probe_runs_total", service="dns_tcp-1") >= 1,
             30,
@@ -258,8 +242,7 @@ def test_expensive_answers_through_probe_endpoint(tmp_path: Path, attackers: dic
     config = attack_config(attackers)
     config["services"] = config["services"][:1]
     web = f"http://127.0.0.1:{attackers['http']}"
-    with exporter(tmp_path, config) as process:
-        process.wait_ready()
+    with running_exporter(tmp_path, config) as process:
         wait_until(
             lambda: value(scrape(process), "probe_runs_total", service="canary") >= 1, 30, "the canary"
         )
@@ -293,7 +276,7 @@ def test_wrong_password_flood_does_not_stall(tmp_path: Path, attackers: dict[str
     config = attack_config(attackers)
     config["services"] = config["services"][:1]
     good = ("prometheus", "right")
-    with exporter(tmp_path, config, "--web.config.file", str(web_config)) as process:
+    with running_exporter(tmp_path, config, "--web.config.file", str(web_config), ready=False) as process:
         wait_until(lambda: get(f"{process.url}/-/healthy", good)[0] == 200, 30, "the exporter")
         wait_until(
             lambda: value(scrape(process, good), "probe_runs_total", service="canary") >= 1, 30, "the canary"
@@ -344,8 +327,7 @@ def test_malformed_requests_get_400_and_no_error_log(tmp_path: Path, attackers: 
     """An oversized request line or header, or bytes that are not HTTP, get 400 and no traceback."""
     config = attack_config(attackers)
     config["services"] = config["services"][:1]
-    with exporter(tmp_path, config) as process:
-        process.wait_ready()
+    with running_exporter(tmp_path, config) as process:
         host, port = process.url.removeprefix("http://").split(":")
         for request in (
             b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",

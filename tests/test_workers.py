@@ -31,7 +31,7 @@ from exporter.result import FailureReason, ProbeResult, Sample, Trace
 from exporter.sharding import owner, worker_of
 from exporter.workers import concurrency_share, pack_result, unpack_result
 from tests.metrics_util import Series, parse, value
-from tests.stack import Process, _ThreadedServer, exporter_argv, free_port, wait_until
+from tests.stack import Process, _ThreadedServer, running_exporter, wait_until
 
 TOKEN = "worker-push-token"
 WAIT = 30.0
@@ -139,21 +139,6 @@ def config(target: Target, tmp_path: Path, names: list[str], push: bool = True) 
     }
 
 
-@contextlib.contextmanager
-def exporter(tmp_path: Path, cfg: dict[str, Any], *flags: str) -> Iterator[Process]:
-    path = tmp_path / "config.yml"
-    path.write_text(yaml.safe_dump(cfg))
-    port = free_port()
-    process = Process(
-        f"exporter-{port}", exporter_argv(path, port, *flags), f"http://127.0.0.1:{port}", tmp_path
-    )
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()
-
-
 def get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=20) as reply:
@@ -191,7 +176,7 @@ def test_services_are_partitioned_among_workers(target: Target, tmp_path: Path) 
     """Each service is probed only by its rendezvous worker; the push service by none of them."""
     share = expected_share(NAMES)
     assert share[0] and share[1], "the names should land on both workers"
-    with exporter(tmp_path, config(target, tmp_path, NAMES), "--workers", "2") as process:
+    with running_exporter(tmp_path, config(target, tmp_path, NAMES), "--workers", "2") as process:
         front = process.popen.pid
         workers = wait_until(lambda: len(children(front)) == 2 and children(front), WAIT, "two workers")
         target.pids = [front, *workers.values()]
@@ -228,7 +213,7 @@ def test_services_are_partitioned_among_workers(target: Target, tmp_path: Path) 
 def test_killed_worker_is_restarted_with_its_services(target: Target, tmp_path: Path) -> None:
     """SIGKILL a worker: it is started again, its services resume and no counter goes back."""
     share = expected_share(NAMES)
-    with exporter(tmp_path, config(target, tmp_path, NAMES), "--workers", "2") as process:
+    with running_exporter(tmp_path, config(target, tmp_path, NAMES), "--workers", "2") as process:
         front = process.popen.pid
         workers = wait_until(lambda: len(children(front)) == 2 and children(front), WAIT, "two workers")
         wait_until(lambda: all(c >= 2 for c in run_counts(process).values()), WAIT, "first runs")
@@ -262,7 +247,7 @@ def test_reload_keeps_series_and_counters_while_services_change_process(
     """A reload adds, removes, changes and moves services (worker to front, back): series, counters kept."""
     names = NAMES[:6]
     cfg = config(target, tmp_path, names)
-    with exporter(tmp_path, cfg, "--workers", "2") as process:
+    with running_exporter(tmp_path, cfg, "--workers", "2") as process:
         wait_until(lambda: all(c >= 2 for c in run_counts(process).values()), WAIT, "first runs")
         mover = names[0]
         # mover becomes a push service (judged in the front), svc-5 goes, svc-1 changes, new-1 comes.
@@ -310,7 +295,7 @@ def test_reload_keeps_series_and_counters_while_services_change_process(
 
 def test_probe_runs_in_a_worker(target: Target, tmp_path: Path) -> None:
     """/probe is answered by a worker process, not by the front, with blackbox's output."""
-    with exporter(tmp_path, config(target, tmp_path, [], push=False), "--workers", "2") as process:
+    with running_exporter(tmp_path, config(target, tmp_path, [], push=False), "--workers", "2") as process:
         front = process.popen.pid
         workers = wait_until(lambda: len(children(front)) == 2 and children(front), WAIT, "two workers")
         target.pids = [front, *workers.values()]
@@ -344,7 +329,7 @@ def test_sigterm_with_probes_in_flight_stops_every_process(tmp_path: Path) -> No
         ],
     }
     try:
-        with exporter(tmp_path, cfg, "--workers", "2") as process:
+        with running_exporter(tmp_path, cfg, "--workers", "2") as process:
             front = process.popen.pid
             workers = wait_until(lambda: len(children(front)) == 2 and children(front), WAIT, "two workers")
             wait_until(
@@ -366,7 +351,7 @@ def test_sigterm_with_probes_in_flight_stops_every_process(tmp_path: Path) -> No
 
 def test_one_worker_probes_in_the_front(target: Target, tmp_path: Path) -> None:
     """--workers 1 starts no child process; the front probes and serves as one process always did."""
-    with exporter(tmp_path, config(target, tmp_path, NAMES[:3]), "--workers", "1") as process:
+    with running_exporter(tmp_path, config(target, tmp_path, NAMES[:3]), "--workers", "1") as process:
         front = process.popen.pid
         target.pids = [front]
         wait_until(lambda: all(c >= 2 for c in run_counts(process).values()), WAIT, "runs")

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -22,7 +21,7 @@ from exporter.loopwatch import LAG_BUCKETS as LOOP_LAG_BUCKETS
 from exporter.loopwatch import LoopWatch
 from exporter.maintenance import MaintenanceBoard
 from exporter.modules import Module, PushProbe
-from exporter.probes import PROBERS, ProbeDeps, Prober, probers
+from exporter.probes import PROBERS, ProbeDeps, probers
 from exporter.probes.net import TargetGuard
 from exporter.reloadplan import ReloadPlan, plan_reload
 from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult
@@ -43,10 +42,6 @@ def file_digest(path: str) -> bytes | None:
         return None
 
 
-def _probers(board: HeartbeatBoard) -> Mapping[str, Prober]:
-    return probers(ProbeDeps(heartbeats=board))
-
-
 class Exporter:
     """Owns what the exporter is doing now and swaps it safely on reload."""
 
@@ -58,20 +53,18 @@ class Exporter:
         location: str | None = None,
         shard: Shard | None = None,
         clock: Clock = SYSTEM_CLOCK,
-        heartbeats: HeartbeatBoard | None = None,
-        probers: Mapping[str, Prober] | None = None,
         workers: int = 1,
         worker_argv: tuple[str, ...] = (),
     ) -> None:
-        """``probers`` is the probe of each kind, made with ``heartbeats`` (see make_app)."""
         self.config = config
         self.config_file = config_file
         self.location_override = location
         self.shard = shard or Shard()
         self.clock = clock
         self.store = ResultStore()
-        self.heartbeats = heartbeats or HeartbeatBoard(clock)
-        self.probers = probers if probers is not None else _probers(self.heartbeats)
+        self.heartbeats = HeartbeatBoard(clock)
+        # Each kind's probe, made with the parts it needs: only the push kind gets the board.
+        self.probers = probers(ProbeDeps(heartbeats=self.heartbeats))
         self.loop_watch = LoopWatch()
         self._loop_watch_task: asyncio.Task[None] | None = None
         # With worker processes the front's own scheduler runs the push services only, and the
@@ -199,8 +192,11 @@ class Exporter:
             return
         # Push services are judged here, where their heartbeats arrive; workers probe the rest.
         self.store.apply(plan)
-        self.scheduler.apply([s for s in plan.services if not PROBERS[s.module.prober].needs_target], limit)
-        probed = [s for s in plan.services if PROBERS[s.module.prober].needs_target]
+        here: list[Service] = []
+        probed: list[Service] = []
+        for service in plan.services:
+            (probed if PROBERS[service.module.prober].needs_target else here).append(service)
+        self.scheduler.apply(here, limit)
         self.pool.apply(probed, limit, self.config.probe_allowlist)
 
     def start(self) -> None:

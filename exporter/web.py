@@ -17,9 +17,7 @@ from exporter.allowlist import Allowlist, target_host
 from exporter.collector import render_result
 from exporter.config import Config, Service, dump_config
 from exporter.exposition import TEXT_FORMAT, gzip_stream, negotiate
-from exporter.heartbeats import HeartbeatBoard
 from exporter.modules import Module
-from exporter.probes import ProbeDeps, probers
 from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult, Sample
 from exporter.runtime import Exporter
 from exporter.sharding import Shard
@@ -57,17 +55,12 @@ def make_app(
     that often. With ``workers`` above 1, that many worker processes probe (exporter.workers).
     """
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
-    # Each kind gets the parts it needs here; only the push kind reads the heartbeat board.
-    board = HeartbeatBoard(clock)
-    table = probers(ProbeDeps(heartbeats=board))
     exporter = Exporter(
         config,
         config_file=config_file,
         location=location,
         shard=shard,
         clock=clock,
-        heartbeats=board,
-        probers=table,
         workers=workers,
         worker_argv=worker_argv,
     )

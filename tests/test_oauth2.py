@@ -24,6 +24,7 @@ from exporter.modules import HTTPProbe, Module, OAuth2
 from exporter.probes import http, oauth2
 from exporter.result import FailureReason, ProbeResult
 from exporter.types import Secret
+from tests.conftest import wait_for
 
 ProbeRunner = Callable[..., Awaitable[ProbeResult]]
 SECRET = "s3cret&value"
@@ -40,6 +41,8 @@ class Endpoint:
     requests: list[dict[str, Any]] = field(default_factory=list)
     issued: int = 0
     target_saw: list[str] = field(default_factory=list)
+    # While set, each token request is held (after being counted) until the test opens it.
+    gate: asyncio.Event | None = None
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +59,8 @@ async def site(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[str, Endpoi
     async def token(request: web.Request) -> web.Response:
         form = dict(await request.post())
         state.requests.append({"form": form, "authorization": request.headers.get("Authorization")})
+        if state.gate is not None:
+            await state.gate.wait()
         if state.form_only and request.headers.get("Authorization"):
             return web.json_response({"error": "invalid_client"}, status=401)
         if state.mode == "status":
@@ -229,6 +234,66 @@ async def test_client_secret_file_is_read(
     )
 
 
+async def test_concurrent_probes_share_one_token_request(
+    run_probe: ProbeRunner, site: tuple[str, Endpoint]
+) -> None:
+    """Probes that need the same token while it is being fetched wait for that one request."""
+    base, state = site
+    state.gate = asyncio.Event()
+    settings = module(base)
+    probes = [asyncio.create_task(run_probe(f"{base}/ok", settings)) for _ in range(8)]
+    await wait_for(lambda: len(state.requests) == 1 and oauth2.TOKENS.waiting == 7, what="7 probes waiting")
+    state.gate.set()
+    results = await asyncio.gather(*probes)
+    assert [r.success for r in results] == [True] * 8, [r.message for r in results]
+    assert len(state.requests) == 1
+    assert state.target_saw == ["Bearer tok-1"] * 8
+    assert oauth2.TOKENS.waiting == 0
+
+
+async def test_a_shared_failed_token_request_is_not_kept(
+    run_probe: ProbeRunner, site: tuple[str, Endpoint]
+) -> None:
+    """A refused token request fails every probe that waited on it; the next probe asks anew."""
+    base, state = site
+    state.mode, state.gate = "status", asyncio.Event()
+    settings = module(base)
+    probes = [asyncio.create_task(run_probe(f"{base}/ok", settings)) for _ in range(4)]
+    await wait_for(lambda: len(state.requests) == 1 and oauth2.TOKENS.waiting == 3, what="3 probes waiting")
+    state.gate.set()
+    failed = await asyncio.gather(*probes)
+    message = FAILURES["status"].format(base=base)
+    assert [(r.reason, r.message) for r in failed] == [(FailureReason.OTHER, message)] * 4
+    # One fetch, tried with the header and then the form, for all four probes.
+    assert len(state.requests) == 2
+    state.mode = "json"
+    again = await run_probe(f"{base}/ok", settings)
+    assert again.success, again.message
+    assert len(state.requests) == 3
+    assert state.target_saw == ["Bearer tok-1"]
+
+
+async def test_waiting_probes_ask_again_when_the_asking_probe_times_out(
+    run_probe: ProbeRunner, site: tuple[str, Endpoint]
+) -> None:
+    """The probe that asked for the token times out: one that waited asks itself and succeeds."""
+    base, state = site
+    state.gate = asyncio.Event()
+    settings = module(base)
+    hasty = asyncio.create_task(run_probe(f"{base}/ok", settings, timeout=0.3))
+    await wait_for(lambda: len(state.requests) == 1, what="the first token request")
+    patient = asyncio.create_task(run_probe(f"{base}/ok", settings, timeout=30.0))
+    await wait_for(lambda: oauth2.TOKENS.waiting == 1, what="the second probe waiting")
+    held, state.gate = state.gate, None  # the next request is answered at once
+    timed_out = await hasty
+    assert timed_out.reason is FailureReason.TIMEOUT
+    result = await patient
+    assert result.success, result.message
+    assert len(state.requests) == 2
+    assert state.target_saw == ["Bearer tok-1"]
+    held.set()  # the abandoned request may finish now; nobody reads its answer
+
+
 def test_token_cache_renews_before_expiry_and_is_bounded() -> None:
     """A cached token is dropped EXPIRY_MARGIN before it expires; the cache keeps at most its size."""
     now = [0.0]
@@ -284,6 +349,8 @@ class JWTEndpoint:
     refusals: list[str] = field(default_factory=list)
     issued: int = 0
     target_saw: list[str] = field(default_factory=list)
+    # While set, each token request is held (after being counted) until the test opens it.
+    gate: asyncio.Event | None = None
 
     def verify(self, token: str) -> str | None:
         """Why ``token`` is not a valid assertion, or None."""
@@ -319,6 +386,8 @@ async def jwt_site(
     async def token(request: web.Request) -> web.Response:
         form = dict(await request.post())
         state.requests.append({"form": form, "authorization": request.headers.get("Authorization")})
+        if state.gate is not None:
+            await state.gate.wait()
         problem = (
             "wrong grant" if form.get("grant_type") != JWT_BEARER else state.verify(str(form["assertion"]))
         )

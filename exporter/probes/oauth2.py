@@ -14,15 +14,21 @@ minutes on, ``scope`` when scopes are set, then ``claims`` over them; posted as
 authentication, once (no second style), the answer read as JSON.
 
 A token is renewed EXPIRY_MARGIN before it expires; one without ``expires_in`` is kept until
-the cache drops it. Neither the token, the secret nor the key is ever in a message, a metric
-or a log line.
+the cache drops it. Probes that need the same token at the same time share one request for it
+(``TokenCache.shared``): a hundred services behind one identity provider that start together
+ask it once, not a hundred times. A failed request fails the probes that waited on it and is
+not kept, so the next probe asks again. Each process has its own cache, so with worker
+processes each worker asks once. Neither the token, the secret nor the key is ever in a
+message, a metric or a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import logging
 import math
 import time
 import uuid
@@ -40,6 +46,8 @@ from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason
 from exporter.types import Secret, read_secret_file, redact_target
 
+log = logging.getLogger(__name__)
+
 # Go's oauth2 renews a token this many seconds before its expiry.
 EXPIRY_MARGIN = 10.0
 MAX_TOKENS = 256
@@ -56,6 +64,12 @@ class TokenAnswer:
 
 # Sends one token request: the form, and the Basic credentials (or None) for its header.
 Post = Callable[[OAuth2, Mapping[str, str], tuple[str, str] | None], Awaitable[TokenAnswer]]
+# Asks for a token: its Authorization value and lifetime (None: no expiry).
+Fetch = Callable[[], Awaitable[tuple[str, float | None]]]
+
+
+class _Abandoned(Exception):
+    """The probe fetching a token was cancelled (its timeout) before the answer came."""
 
 
 def request_settings(
@@ -83,6 +97,9 @@ class TokenCache:
         self._tokens: OrderedDict[tuple[object, ...], tuple[str, float]] = OrderedDict()
         # Go's auto-detection remembers per token URL whether credentials go in the form.
         self._in_form: OrderedDict[str, bool] = OrderedDict()
+        # The token requests under way, by key: whoever needs the same token waits for it.
+        self._flights: dict[tuple[object, ...], asyncio.Future[str]] = {}
+        self._waiting = 0
 
     def get(self, key: tuple[object, ...]) -> str | None:
         entry = self._tokens.get(key)
@@ -102,6 +119,52 @@ class TokenCache:
         while len(self._tokens) > self.size:
             self._tokens.popitem(last=False)
 
+    async def shared(self, key: tuple[object, ...], fetch: Fetch) -> str:
+        """The token for ``key``: cached, or from the one request under way, or fetched now.
+
+        Callers that come while a request is under way wait for its answer, and share its
+        failure too; a failure is not kept. If the caller that made the request is cancelled
+        (its probe timed out), those waiting try again rather than fail with it.
+        """
+        while True:
+            header = self.get(key)
+            if header is not None:
+                return header
+            flight = self._flights.get(key)
+            if flight is None:
+                break
+            self._waiting += 1
+            try:
+                # shield: one waiter's timeout must not cancel the answer the others wait for.
+                return await asyncio.shield(flight)
+            except _Abandoned:
+                continue
+            finally:
+                self._waiting -= 1
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        try:
+            header, lifetime = await fetch()
+        except Exception as err:
+            flight.set_exception(err)
+            raise
+        except BaseException:  # cancelled: those waiting ask again themselves
+            flight.set_exception(_Abandoned())
+            raise
+        else:
+            self.put(key, header, lifetime)
+            flight.set_result(header)
+            return header
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.exception()  # retrieved: no complaint when nobody was waiting
+
+    @property
+    def waiting(self) -> int:
+        """Callers now waiting for a token another caller is asking for."""
+        return self._waiting
+
     def credentials_in_form(self, token_url: str) -> bool | None:
         return self._in_form.get(token_url)
 
@@ -116,6 +179,7 @@ class TokenCache:
     def clear(self) -> None:
         self._tokens.clear()
         self._in_form.clear()
+        self._flights.clear()
 
 
 TOKENS = TokenCache()
@@ -211,23 +275,33 @@ async def authorization(config: OAuth2, post: Post, cache: TokenCache = TOKENS) 
     digest = hashlib.blake2b(secret.encode("utf-8", "surrogateescape"), digest_size=16).digest()
     params = tuple(sorted(config.endpoint_params.items()))
     key = (config.token_url, config.client_id, config.scopes, params, digest)
-    header = cache.get(key)
-    if header is not None:
-        return header
-    form = _form(config)
-    in_form = cache.credentials_in_form(config.token_url)
-    if in_form is None:
-        try:
-            header, lifetime = await _fetch(config, secret, form, False, post)
-            cache.remember_style(config.token_url, False)
-        except _Refused:
-            # As Go's auto-detection: the endpoint may want the credentials in the form instead.
-            header, lifetime = await _attempt(config, secret, form, True, post)
-            cache.remember_style(config.token_url, True)
+
+    async def fetch() -> tuple[str, float | None]:
+        form = _form(config)
+        in_form = cache.credentials_in_form(config.token_url)
+        if in_form is None:
+            try:
+                answer = await _fetch(config, secret, form, False, post)
+                cache.remember_style(config.token_url, False)
+            except _Refused:
+                # As Go's auto-detection: the endpoint may want the credentials in the form instead.
+                answer = await _attempt(config, secret, form, True, post)
+                cache.remember_style(config.token_url, True)
+        else:
+            answer = await _attempt(config, secret, form, in_form, post)
+        _fetched(config, answer[1])
+        return answer
+
+    return await cache.shared(key, fetch)
+
+
+def _fetched(config: OAuth2, lifetime: float | None) -> None:
+    # Shows in /logs which probe asked for a token and which used a kept one.
+    where = redact_target(config.token_url)
+    if lifetime is None:
+        log.debug("oauth2 token fetched from %s, with no expiry", where)
     else:
-        header, lifetime = await _attempt(config, secret, form, in_form, post)
-    cache.put(key, header, lifetime)
-    return header
+        log.debug("oauth2 token fetched from %s, valid for %gs", where, lifetime)
 
 
 async def _jwt_authorization(config: OAuth2, post: Post, cache: TokenCache) -> str:
@@ -247,18 +321,19 @@ async def _jwt_authorization(config: OAuth2, post: Post, cache: TokenCache) -> s
         config.audience,
         claims,
     )
-    header = cache.get(key)
-    if header is not None:
-        return header
-    base = {"grant_type": JWT_BEARER, "assertion": assertion(config, pem)}
-    if config.scopes:
-        base["scope"] = " ".join(config.scopes)
-    try:
-        header, lifetime = await _fetch_answer(config, _form(config, base), None, post, json_only=True)
-    except _Refused as refused:
-        raise refused.failure from None
-    cache.put(key, header, lifetime)
-    return header
+
+    async def fetch() -> tuple[str, float | None]:
+        base = {"grant_type": JWT_BEARER, "assertion": assertion(config, pem)}
+        if config.scopes:
+            base["scope"] = " ".join(config.scopes)
+        try:
+            answer = await _fetch_answer(config, _form(config, base), None, post, json_only=True)
+        except _Refused as refused:
+            raise refused.failure from None
+        _fetched(config, answer[1])
+        return answer
+
+    return await cache.shared(key, fetch)
 
 
 class _Refused(Exception):

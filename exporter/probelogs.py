@@ -227,6 +227,13 @@ def capture() -> Iterator[list[str]]:
         _CAPTURE.reset(token)
 
 
+def add_captured(lines: list[str]) -> None:
+    """Add records captured elsewhere for this task's probe (by the worker that ran it)."""
+    mine = _CAPTURE.get()
+    if mine is not None:
+        mine.extend(lines[: max(0, MAX_CAPTURED - len(mine))])
+
+
 def render(entries: list[Entry]) -> str:
     """Accounts for /logs, newest first; several are told apart by a heading."""
     if len(entries) == 1:

@@ -29,7 +29,7 @@ from exporter.runner import run_probe
 from exporter.scheduler import LAG_BUCKETS, Scheduler
 from exporter.sharding import Shard
 from exporter.store import Histogram, ResultStore
-from exporter.workers import WorkerPool, merge_histograms
+from exporter.workers import Supervision, WorkerPool, merge_histograms
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Exporter:
         clock: Clock = SYSTEM_CLOCK,
         workers: int = 1,
         worker_argv: tuple[str, ...] = (),
+        worker_supervision: Supervision | None = None,
     ) -> None:
         self.config = config
         self.config_file = config_file
@@ -69,7 +70,7 @@ class Exporter:
         self._loop_watch_task: asyncio.Task[None] | None = None
         # With worker processes the front's own scheduler runs the push services only, and the
         # store follows the whole service set (see exporter.workers).
-        self.pool = WorkerPool(workers, self.store, worker_argv) if workers > 1 else None
+        self.pool = WorkerPool(workers, self.store, worker_argv, worker_supervision) if workers > 1 else None
         self.scheduler = Scheduler(
             self.store if self.pool is None else _FrontShare(self.store),
             config.global_.max_concurrency,

@@ -22,7 +22,7 @@ from exporter.result import SYSTEM_CLOCK, Clock, ProbeResult, Sample
 from exporter.runtime import Exporter
 from exporter.sharding import Shard
 from exporter.types import redact_url
-from exporter.workers import WorkerLost
+from exporter.workers import Supervision, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,13 @@ def make_app(
     middlewares: tuple[Middleware, ...] = (),
     workers: int = 1,
     worker_argv: tuple[str, ...] = (),
+    worker_supervision: Supervision | None = None,
 ) -> web.Application:
     """Build the web app; with ``schedule`` the services are probed while it runs.
 
     With ``watch_interval`` the config file and discovered files are checked for changes
-    that often. With ``workers`` above 1, that many worker processes probe (exporter.workers).
+    that often. With ``workers`` above 1, that many worker processes probe (exporter.workers),
+    watched as ``worker_supervision`` says.
     """
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     exporter = Exporter(
@@ -63,6 +65,7 @@ def make_app(
         clock=clock,
         workers=workers,
         worker_argv=worker_argv,
+        worker_supervision=worker_supervision,
     )
     app[EXPORTER] = exporter
     app[WATCH_INTERVAL] = watch_interval

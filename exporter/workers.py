@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from exporter import probelogs
 from exporter.allowlist import Allowlist
 from exporter.config import Service
 from exporter.loopwatch import LAG_BUCKETS as LOOP_LAG_BUCKETS
@@ -82,13 +83,18 @@ FLUSH_DELAY = 0.1
 STATS_INTERVAL = 0.5
 # A worker silent this long (no results, no stats) is stuck: it is killed and started again.
 SILENCE_LIMIT = 60.0
+# How long a starting worker may take to say hello: an interpreter's start on a busy machine.
+START_LIMIT = 60.0
 # Modules of on-demand probes each worker keeps, so a module crosses the socket once, not with
 # every /probe (pickling one both ways costs about 50 us). Both sides evict the oldest first.
 MODULE_CACHE = 64
 # How long an on-demand probe waits for a worker to be up, when none is.
 WORKER_WAIT = 30.0
-# Restarts of a worker that keeps dying right after start back off up to this long.
+# Restarts of a worker that keeps dying right after start back off from MIN_BACKOFF, doubling,
+# up to MAX_BACKOFF. "Right after start": before its hello, or within QUICK_DEATH of it.
+MIN_BACKOFF = 0.25
 MAX_BACKOFF = 10.0
+QUICK_DEATH = 5.0
 _HEADER = struct.Struct("!I")
 
 PackedResult = tuple[Any, ...]
@@ -96,6 +102,22 @@ PackedResult = tuple[Any, ...]
 
 class WorkerLost(Exception):
     """The worker running an on-demand probe exited before answering."""
+
+
+@dataclass(frozen=True, slots=True)
+class Supervision:
+    """How the front watches its workers. The defaults serve; tests shorten them."""
+
+    # Killed and restarted after this long without a word (see SILENCE_LIMIT).
+    silence_limit: float = SILENCE_LIMIT
+    # The longest wait before starting again a worker that keeps dying right after start.
+    max_backoff: float = MAX_BACKOFF
+
+    def backoff(self, quick_deaths: int) -> float:
+        """The wait before the next start after ``quick_deaths`` deaths in a row (0: none)."""
+        if quick_deaths <= 0:
+            return 0.0
+        return min(MIN_BACKOFF * 2.0 ** min(quick_deaths - 1, 32), self.max_backoff)
 
 
 def frame(message: object) -> bytes:
@@ -206,8 +228,11 @@ class _Worker:
     share: dict[str, Entry] = field(default_factory=dict)
     writer: asyncio.StreamWriter | None = None
     process: asyncio.subprocess.Process | None = None
+    # The loop's time when the running process said hello; None before that.
+    up_since: float | None = None
     stats: WorkerStats = field(default_factory=WorkerStats)
-    pending: dict[int, asyncio.Future[PackedResult]] = field(default_factory=dict)
+    # On-demand probes sent, answered with the result and the log lines captured meanwhile.
+    pending: dict[int, asyncio.Future[tuple[PackedResult, list[str]]]] = field(default_factory=dict)
     # The tokens of the modules this worker holds, oldest first: the same rule as its cache.
     modules: dict[int, None] = field(default_factory=dict)
     # What the worker was last sent, to send only differences.
@@ -226,12 +251,19 @@ class _Worker:
 class WorkerPool:
     """The front's side: starts, feeds, watches and restarts the worker processes."""
 
-    def __init__(self, count: int, store: ResultStore, argv: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        count: int,
+        store: ResultStore,
+        argv: Sequence[str] = (),
+        supervision: Supervision | None = None,
+    ) -> None:
         if count < 2:
             raise ValueError("a worker pool needs at least 2 workers; 1 means probing in the front")
         self.count = count
         self.store = store
         self.argv = tuple(argv)
+        self.supervision = supervision or Supervision()
         self.restarts = 0
         self._workers = [_Worker(index) for index in range(count)]
         self._versions: dict[str, Entry] = {}
@@ -315,7 +347,7 @@ class WorkerPool:
             raise WorkerLost("every probe worker exited")
         worker = min(workers, key=lambda w: len(w.pending))
         probe_id = next(self._ids)
-        future: asyncio.Future[PackedResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[PackedResult, list[str]]] = asyncio.get_running_loop().create_future()
         worker.pending[probe_id] = future
         token = self._module_token(module)
         if token in worker.modules:
@@ -327,9 +359,12 @@ class WorkerPool:
                 del worker.modules[next(iter(worker.modules))]
         try:
             worker.send(("probe", probe_id, target, token, sent, timeout, guarded))
-            return unpack_result(await future)
+            packed, lines = await future
         finally:
             worker.pending.pop(probe_id, None)
+        # What the worker logged while probing joins this request's account, as in one process.
+        probelogs.add_captured(lines)
+        return unpack_result(packed)
 
     def _module_token(self, module: Module) -> int:
         known = self._module_tokens.get(id(module))
@@ -391,7 +426,6 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         quick_deaths = 0
         while not self._stopping:
-            started = loop.time()
             try:
                 code = await self._run(worker)
             except Exception:
@@ -408,12 +442,21 @@ class WorkerPool:
             )
             # One that dies right after starting (a broken install, no memory) is retried
             # slower and slower rather than in a busy loop.
-            quick_deaths = quick_deaths + 1 if loop.time() - started < 5.0 else 0
-            if quick_deaths:
-                await asyncio.sleep(min(0.25 * 2 ** (quick_deaths - 1), MAX_BACKOFF))
+            quick = worker.up_since is None or loop.time() - worker.up_since < QUICK_DEATH
+            quick_deaths = quick_deaths + 1 if quick else 0
+            delay = self.supervision.backoff(quick_deaths)
+            if delay:
+                log.warning(
+                    "probe worker %d died right after start %d times in a row; next start in %gs",
+                    worker.index,
+                    quick_deaths,
+                    delay,
+                )
+                await asyncio.sleep(delay)
 
     async def _run(self, worker: _Worker) -> int | None:
         """Start one worker process and serve it until it is gone; its exit code."""
+        worker.up_since = None
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -437,9 +480,10 @@ class WorkerPool:
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.open_unix_connection(sock=parent)
-            hello = await asyncio.wait_for(read_message(reader), SILENCE_LIMIT)
+            hello = await asyncio.wait_for(read_message(reader), START_LIMIT)
             if hello[0] != "hello":
                 raise ConnectionError(f"unexpected first message {hello[0]!r}")
+            worker.up_since = asyncio.get_running_loop().time()
             worker.stats = WorkerStats()
             worker.modules.clear()
             worker.writer = writer
@@ -451,13 +495,15 @@ class WorkerPool:
                 worker.send(("stop",))
             else:
                 self._send_apply(worker, list(worker.share.values()), [], full=True)
+            silence = self.supervision.silence_limit
             while True:
-                message = await asyncio.wait_for(read_message(reader), SILENCE_LIMIT)
+                message = await asyncio.wait_for(read_message(reader), silence)
                 self._handle(worker, message)
         except (asyncio.IncompleteReadError, ConnectionError, EOFError):
             pass
         except TimeoutError:
-            log.error("probe worker %d sent nothing for %gs; killing it", worker.index, SILENCE_LIMIT)
+            limit = START_LIMIT if worker.up_since is None else self.supervision.silence_limit
+            log.error("probe worker %d sent nothing for %gs; killing it", worker.index, limit)
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
         finally:
@@ -491,7 +537,7 @@ class WorkerPool:
         elif kind == "probed":
             future = worker.pending.get(message[1])
             if future is not None and not future.done():
-                future.set_result(message[2])
+                future.set_result((message[2], message[3]))
 
 
 async def _reap(process: asyncio.subprocess.Process) -> int | None:
@@ -626,9 +672,11 @@ class WorkerProcess:
 
     async def _probe(self, probe_id: int, target: str, module: Module, timeout: float, guarded: bool) -> None:
         guard = self.allowlist if guarded else None
-        result = await run_probe(target, module, timeout, guard=guard)
+        # Its own task, so only this probe's records are captured; they go back with the result.
+        with probelogs.capture() as lines:
+            result = await run_probe(target, module, timeout, guard=guard)
         if not self.writer.is_closing():
-            self.writer.write(frame(("probed", probe_id, pack_result(result))))
+            self.writer.write(frame(("probed", probe_id, pack_result(result), lines)))
 
     async def _report(self) -> None:
         while True:

@@ -200,3 +200,15 @@ def test_capture_takes_records_of_this_context_only() -> None:
         logger.warning("inside %s", "the probe")
     logger.warning("after")
     assert len(lines) == 1 and 'msg="inside the probe"' in lines[0] and "level=warn" in lines[0]
+
+
+def test_records_captured_elsewhere_join_this_probe_within_the_cap() -> None:
+    """Lines a worker captured join the current capture, up to MAX_CAPTURED; outside one, nothing."""
+    probelogs.add_captured(["level=info msg=stray"])  # no probe being captured: dropped
+    with probelogs.capture() as lines:
+        logging.getLogger("exporter.test_probelogs").warning("here")
+        probelogs.add_captured([f"level=info msg=worker-{n}" for n in range(probelogs.MAX_CAPTURED + 5)])
+    assert len(lines) == probelogs.MAX_CAPTURED
+    assert "msg=here" in lines[0]
+    assert lines[1:3] == ["level=info msg=worker-0", "level=info msg=worker-1"]
+    assert "stray" not in "".join(lines)

@@ -8,28 +8,39 @@ probe ran instead of trusting the exporter's own account.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import json
+import logging
 import math
 import os
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
+from exporter.config import parse_config
 from exporter.result import FailureReason, ProbeResult, Sample, Trace
 from exporter.sharding import owner, worker_of
-from exporter.workers import concurrency_share, pack_result, unpack_result
+from exporter.web import EXPORTER, make_app
+from exporter.workers import MIN_BACKOFF, Supervision, concurrency_share, pack_result, unpack_result
+from tests.conftest import wait_for
 from tests.metrics_util import Series, parse, value
 from tests.stack import Process, _ThreadedServer, running_exporter, wait_until
 
@@ -54,18 +65,32 @@ def children(pid: int) -> dict[int, int]:
     return out
 
 
+def _diag_inode(local_port: int, remote_port: int) -> int | None:
+    """The inode of the loopback TCP socket local_port -> remote_port, asked of the kernel by name.
+
+    One sock_diag look-up (netlink) costs a tenth of a millisecond where /proc/net/tcp lists every
+    socket of the machine, tens of thousands while a benchmark runs; 0 or None when there is none.
+    """
+    loopback = socket.inet_aton("127.0.0.1") + bytes(12)
+    no_cookie = struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie
+    sockid = struct.pack("!HH", local_port, remote_port) + loopback + loopback + no_cookie
+    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    sock_diag_by_family, nlm_f_request = 20, 1
+    header = struct.pack("=IHHII", 16 + len(request), sock_diag_by_family, nlm_f_request, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as netlink:  # NETLINK_SOCK_DIAG
+        netlink.send(header + request)
+        answer = netlink.recv(65536)
+    if struct.unpack_from("=H", answer, 4)[0] != sock_diag_by_family:
+        return None  # an error message: no such socket
+    # nlmsghdr, then family/state/timer/retrans, the 48-byte id, expires, rqueue, wqueue, uid.
+    return int(struct.unpack_from("=I", answer, 16 + 4 + 48 + 16)[0])
+
+
 def socket_owner(local_port: int, remote_port: int, pids: list[int]) -> int | None:
     """Which of ``pids`` holds the loopback TCP socket local_port -> remote_port."""
-    inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote = fields[1], fields[2]
-        ports = (int(local.split(":")[1], 16), int(remote.split(":")[1], 16))
-        # A closed connection of the same ports may linger in TIME_WAIT, with no inode.
-        if ports == (local_port, remote_port) and fields[9] != "0":
-            inode = fields[9]
-            break
-    if inode is None:
+    # A closed connection of the same ports may linger in TIME_WAIT, with no inode.
+    inode = _diag_inode(local_port, remote_port)
+    if not inode:
         return None
     wanted = f"socket:[{inode}]"
     for pid in pids:
@@ -98,6 +123,18 @@ class Target(_ThreadedServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
+
+    def do_POST(self) -> None:
+        # An oauth2 token endpoint: any client gets a token valid for an hour.
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = json.dumps(
+            {"access_token": "worker-token", "token_type": "bearer", "expires_in": 3600}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_GET(self) -> None:
         # Looked up while the connection is open: the prober waits for this answer.
@@ -349,6 +386,135 @@ def test_sigterm_with_probes_in_flight_stops_every_process(tmp_path: Path) -> No
         silent.close()
 
 
+Client = TestClient[Any, Any]
+
+
+async def wait_until_async(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """wait_until for a test whose event loop runs the exporter: polls without blocking it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (result := predicate()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+    return result
+
+
+async def scrape(client: Client) -> Series:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return parse(await response.text())
+
+
+async def test_silent_worker_is_killed_and_restarted_with_its_services(
+    target: Target, tmp_path: Path, aiohttp_client: AiohttpClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker stopped (SIGSTOP) for the silence limit is killed; a new one probes its services."""
+    caplog.set_level(logging.INFO, logger="exporter")
+    share = expected_share(NAMES)
+    cfg = parse_config(yaml.safe_dump(config(target, tmp_path, NAMES, push=False)))
+    app = make_app(cfg, workers=2, worker_supervision=Supervision(silence_limit=3.0))
+    client = await aiohttp_client(app)
+    front = os.getpid()  # the app runs in this process; its workers are our children
+    workers = await wait_until_async(lambda: len(children(front)) == 2 and children(front), "two workers")
+    store = app[EXPORTER].store
+    await wait_for(lambda: all(store.get(n).runs >= 2 for n in NAMES), WAIT, "first runs")
+    os.kill(workers[0], signal.SIGSTOP)
+    try:
+        new = await wait_until_async(
+            lambda: (w := children(front)).get(0) not in (None, workers[0]) and len(w) == 2 and w,
+            "worker 0 replaced",
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(workers[0], signal.SIGCONT)  # if it is still there, let it die of the stop
+    with pytest.raises(ProcessLookupError):
+        os.kill(workers[0], 0)  # the stopped worker is killed and reaped: no such process
+    assert new[1] == workers[1], "the other worker keeps running"
+    with target.lock:
+        target.pids = [new[0], new[1]]
+        target.seen.clear()
+    await wait_for(
+        lambda: all(f"/{name}" in target.seen for name in NAMES), WAIT, "every service probed since"
+    )
+    with target.lock:
+        seen = {path.lstrip("/"): owners for path, owners in target.seen.items()}
+    for index, names in share.items():
+        assert all(seen[name] == {new[index]} for name in names), (index, seen, new)
+    series = await scrape(client)
+    assert value(series, "outage_exporter_worker_restarts_total") == 1
+    assert value(series, "outage_exporter_worker_services", worker="0") == len(share[0])
+    assert all(value(series, "probe_success", service=name) == 1 for name in NAMES)
+    assert "probe worker 0 sent nothing for 3s; killing it" in caplog.text
+    assert "probe worker 0 exited (code -9); starting it again with its" in caplog.text
+
+
+async def test_worker_dying_at_start_is_restarted_ever_slower_while_the_front_serves(
+    target: Target, tmp_path: Path, aiohttp_client: AiohttpClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers that cannot start are retried with a doubling wait up to the cap; /metrics keeps answering."""
+    caplog.set_level(logging.INFO, logger="exporter")
+    cfg = parse_config(yaml.safe_dump(config(target, tmp_path, NAMES[:4], push=False)))
+    # A worker that refuses its command line dies before it says hello, every time.
+    app = make_app(
+        cfg, workers=2, worker_argv=("--no-such-flag",), worker_supervision=Supervision(max_backoff=0.5)
+    )
+    client = await aiohttp_client(app)
+    pattern = re.compile(r"probe worker 0 died right after start (\d+) times in a row; next start in (\S+)s")
+
+    def waits() -> list[tuple[int, float]]:
+        return [(int(m[1]), float(m[2])) for m in pattern.finditer(caplog.text)]
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2 * WAIT
+    while len(waits()) < 3:
+        assert loop.time() < deadline, f"worker 0 never waited three times: {waits()}"
+        exits_before = caplog.text.count("exited (code 2)")
+        series = await scrape(client)
+        restarts = value(series, "outage_exporter_worker_restarts_total")
+        # Every exit is counted as it is logged: the metric sits between the two log counts.
+        assert exits_before <= restarts <= caplog.text.count("exited (code 2)")
+        response = await client.get("/-/healthy")
+        assert response.status == 200
+        await asyncio.sleep(0.05)
+    # Doubling from MIN_BACKOFF, capped; counted deaths in a row, never reset (none lived).
+    assert waits()[:3] == [(1, MIN_BACKOFF), (2, 2 * MIN_BACKOFF), (3, 0.5)]
+    assert "probe worker 0 exited (code 2); starting it again with its" in caplog.text
+    assert app[EXPORTER].pool is not None and app[EXPORTER].pool.restarts >= 3
+
+
+def logged_lines(text: str) -> list[str]:
+    """The log lines of the latest account in /logs, without their times and durations."""
+    lines = text.split("Logs for the probe:\n", 1)[1].split("\n\n\n", 1)[0].splitlines()
+    return [re.sub(r"(ts|duration_seconds)=\S+ ?", "", line) for line in lines]
+
+
+def test_logs_of_a_probe_hold_its_records_whichever_process_ran_it(target: Target, tmp_path: Path) -> None:
+    """/logs?target=&module= shows the same account, the probe's records included, with 1 or 2 workers."""
+    cfg = config(target, tmp_path, [], push=False)
+    token_url = f"{target.url}/token"
+    oauth = {"client_id": "c", "client_secret": "s", "token_url": token_url}
+    cfg["modules"]["http_oauth"] = {"prober": "http", "http": {"oauth2": oauth}}
+    probed = f"{target.url}/logged"
+    accounts = {}
+    for workers in ("1", "2"):
+        with running_exporter(tmp_path, cfg, "--workers", workers, "--log.level", "debug") as process:
+            status, text = get(f"{process.url}/probe?module=http_oauth&target={probed}")
+            assert status == 200 and value(parse(text), "probe_success") == 1, text
+            query = urllib.parse.urlencode({"target": probed, "module": "http_oauth"})
+            status, text = get(f"{process.url}/logs?{query}")
+            assert status == 200, text
+            accounts[workers] = logged_lines(text)
+    fetched = (
+        "level=debug logger=exporter.probes.oauth2"
+        f' msg="oauth2 token fetched from {token_url}, valid for 3600s"'
+    )
+    assert fetched in accounts["1"], accounts["1"]
+    assert accounts["2"] == accounts["1"]
+    assert accounts["1"][0].startswith('level=info msg="Beginning probe" probe=http module=http_oauth')
+    assert accounts["1"][-1].startswith('level=info msg="Probe succeeded"')
+
+
 def test_one_worker_probes_in_the_front(target: Target, tmp_path: Path) -> None:
     """--workers 1 starts no child process; the front probes and serves as one process always did."""
     with running_exporter(tmp_path, config(target, tmp_path, NAMES[:3]), "--workers", "1") as process:
@@ -422,6 +588,14 @@ def test_concurrency_cap_is_split_among_workers() -> None:
     assert [concurrency_share(10, 3, i) for i in range(3)] == [4, 3, 3]
     assert [concurrency_share(1, 2, i) for i in range(2)] == [1, 1]
     assert sum(concurrency_share(1000, 7, i) for i in range(7)) == 1000
+
+
+def test_restart_waits_double_up_to_the_cap() -> None:
+    """The wait before a restart doubles with each quick death in a row, up to max_backoff."""
+    ladder = Supervision(max_backoff=10.0)
+    assert [ladder.backoff(n) for n in range(8)] == [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    assert ladder.backoff(10_000) == 10.0
+    assert Supervision().max_backoff == 10.0 and Supervision().silence_limit == 60.0
 
 
 def test_worker_hashing_is_independent_of_shards() -> None:

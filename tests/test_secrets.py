@@ -317,7 +317,12 @@ async def test_probe_command_output_has_no_secrets(
 ) -> None:
     """`probe` with --log.level debug prints result, phases and metrics but no credential."""
     path = tmp_path / "config.yml"
-    path.write_text(config_text(refusing.port, secret_files))
+    # One probe per command, so no need for the short interval; a busy machine needs the time.
+    path.write_text(
+        config_text(refusing.port, secret_files).replace(
+            "interval: 200ms, timeout: 150ms", "interval: 10s, timeout: 5s"
+        )
+    )
     for module, target in (
         ("with_password_file", f"http://probe:{URL_PASSWORD}@127.0.0.1:{refusing.port}/k"),
         ("with_env_password", f"http://127.0.0.1:{refusing.port}/l"),

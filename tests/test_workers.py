@@ -413,7 +413,7 @@ async def test_silent_worker_is_killed_and_restarted_with_its_services(
     caplog.set_level(logging.INFO, logger="exporter")
     share = expected_share(NAMES)
     cfg = parse_config(yaml.safe_dump(config(target, tmp_path, NAMES, push=False)))
-    app = make_app(cfg, workers=2, worker_supervision=Supervision(silence_limit=3.0))
+    app = make_app(cfg, workers=2, worker_supervision=Supervision(silence_limit=5.0))
     client = await aiohttp_client(app)
     front = os.getpid()  # the app runs in this process; its workers are our children
     workers = await wait_until_async(lambda: len(children(front)) == 2 and children(front), "two workers")
@@ -445,7 +445,7 @@ async def test_silent_worker_is_killed_and_restarted_with_its_services(
     assert value(series, "outage_exporter_worker_restarts_total") == 1
     assert value(series, "outage_exporter_worker_services", worker="0") == len(share[0])
     assert all(value(series, "probe_success", service=name) == 1 for name in NAMES)
-    assert "probe worker 0 sent nothing for 3s; killing it" in caplog.text
+    assert "probe worker 0 sent nothing for 5s; killing it" in caplog.text
     assert "probe worker 0 exited (code -9); starting it again with its" in caplog.text
 
 

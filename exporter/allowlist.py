@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -11,8 +12,12 @@ from urllib.parse import urlsplit
 from exporter.types import HostPattern
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_VERDICTS = 1024
 
 
+# Every on-demand probe asks this of its target's host and of the address it connects to;
+# the same few come back again and again, and addresses are immutable.
+@functools.lru_cache(maxsize=1024)
 def parse_ip(text: str) -> IPAddress | None:
     """An IP address in any form a resolver would accept, IPv4-mapped IPv6 unwrapped.
 
@@ -33,6 +38,8 @@ def parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
+# /probe asks this for every request, mostly for the same few targets.
+@functools.lru_cache(maxsize=256)
 def target_host(target: str) -> str:
     """The host part of a target, whether a URL, ``host:port``, ``[v6]:port`` or a bare host."""
     text = target.strip()
@@ -63,6 +70,9 @@ class Allowlist:
         self._networks = [p.network for p in patterns if p.network is not None]
         self._globs = [p.glob for p in patterns if p.glob is not None]
         self._paths = [p.path for p in patterns if p.path is not None]
+        # Verdicts that need no DNS (addresses, globs, paths) depend only on the host: /probe
+        # asks for the same few hosts again and again, and parsing an address is the cost.
+        self._verdicts: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
@@ -92,10 +102,18 @@ class Allowlist:
 
     async def allows_target(self, host: str) -> bool:
         """Check a /probe target before probing: names outside the globs must resolve inside the networks."""
+        verdict = self._verdicts.get(host)
+        if verdict is not None:
+            return verdict
         if not self.allows_host(host):
-            return False
-        if host.startswith(("/", "@")) or parse_ip(host) is not None or self._glob_match(host):
-            return True
+            verdict = False
+        elif host.startswith(("/", "@")) or parse_ip(host) is not None or self._glob_match(host):
+            verdict = True
+        if verdict is not None:
+            if len(self._verdicts) >= MAX_VERDICTS:
+                self._verdicts.clear()  # bounds it whatever hosts the requests name
+            self._verdicts[host] = verdict
+            return verdict
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)

@@ -214,13 +214,33 @@ class _Worker:
     max_concurrency: int = 0
     allowlist: tuple[HostPattern, ...] = ()
 
+    # On-demand probe requests waiting for the end of this turn of the event loop.
+    queued: list[bytes] = field(default_factory=list)
+
     @property
     def connected(self) -> bool:
         return self.writer is not None
 
     def send(self, message: object) -> None:
+        if self.queued:
+            self.flush()  # what was asked first arrives first
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(frame(message))
+
+    def send_soon(self, message: object) -> None:
+        """Send ``message`` with the others of this turn of the loop: one write for them all.
+
+        Under /probe load several requests arrive in one turn, and each write to the socket
+        costs more than framing the message.
+        """
+        if not self.queued:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.queued.append(frame(message))
+
+    def flush(self) -> None:
+        queued, self.queued = self.queued, []
+        if queued and self.writer is not None and not self.writer.is_closing():
+            self.writer.write(b"".join(queued))
 
 
 class WorkerPool:
@@ -326,7 +346,7 @@ class WorkerPool:
             if len(worker.modules) > MODULE_CACHE:
                 del worker.modules[next(iter(worker.modules))]
         try:
-            worker.send(("probe", probe_id, target, token, sent, timeout, guarded))
+            worker.send_soon(("probe", probe_id, target, token, sent, timeout, guarded))
             return unpack_result(await future)
         finally:
             worker.pending.pop(probe_id, None)
@@ -462,6 +482,7 @@ class WorkerPool:
                 process.kill()
         finally:
             worker.writer = None
+            worker.queued.clear()
             if not any(w.connected for w in self._workers):
                 self._some_connected.clear()
             self._retired.add(worker.stats)
@@ -550,6 +571,8 @@ class WorkerProcess:
         self.stopping = asyncio.Event()
         self._probes: set[asyncio.Task[None]] = set()
         self._frozen = False
+        # Answers to on-demand probes finished in this turn of the loop, sent in one write.
+        self._answers: list[bytes] = []
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -569,6 +592,7 @@ class WorkerProcess:
         for task in (*self._probes, *background):
             task.cancel()
         await asyncio.gather(*self._probes, *background, return_exceptions=True)
+        self._send_answers()
         self.outbox.flush()
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
@@ -627,8 +651,14 @@ class WorkerProcess:
     async def _probe(self, probe_id: int, target: str, module: Module, timeout: float, guarded: bool) -> None:
         guard = self.allowlist if guarded else None
         result = await run_probe(target, module, timeout, guard=guard)
-        if not self.writer.is_closing():
-            self.writer.write(frame(("probed", probe_id, pack_result(result))))
+        if not self._answers:
+            asyncio.get_running_loop().call_soon(self._send_answers)
+        self._answers.append(frame(("probed", probe_id, pack_result(result))))
+
+    def _send_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        if answers and not self.writer.is_closing():
+            self.writer.write(b"".join(answers))
 
     async def _report(self) -> None:
         while True:

@@ -70,9 +70,13 @@ class Allowlist:
         self._networks = [p.network for p in patterns if p.network is not None]
         self._globs = [p.glob for p in patterns if p.glob is not None]
         self._paths = [p.path for p in patterns if p.path is not None]
-        # Verdicts that need no DNS (addresses, globs, paths) depend only on the host: /probe
-        # asks for the same few hosts again and again, and parsing an address is the cost.
+        # Verdicts that need no DNS (addresses, globs, paths) depend only on the host (and the
+        # address): every on-demand probe asks for the same few again and again, and parsing
+        # and matching addresses was the cost. Each cache is emptied when it fills, which
+        # bounds it whatever hosts requests name; a reload builds a new Allowlist.
         self._verdicts: dict[str, bool] = {}
+        self._host_verdicts: dict[str, bool] = {}
+        self._address_verdicts: dict[tuple[str, str], bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
@@ -85,6 +89,14 @@ class Allowlist:
         return any(glob.match(name) for glob in self._globs)
 
     def allows_host(self, host: str) -> bool:
+        verdict = self._host_verdicts.get(host)
+        if verdict is None:
+            if len(self._host_verdicts) >= MAX_VERDICTS:
+                self._host_verdicts.clear()
+            verdict = self._host_verdicts[host] = self._allows_host(host)
+        return verdict
+
+    def _allows_host(self, host: str) -> bool:
         if host.startswith(("/", "@")):
             # A unix socket (the unix prober): only a path entry lists it.
             return any(path.match(host) for path in self._paths)
@@ -95,10 +107,18 @@ class Allowlist:
         return self._glob_match(host) or bool(self._networks)
 
     def allows_address(self, host: str, address: str) -> bool:
-        if parse_ip(host) is None and self._glob_match(host):
-            return True
-        ip = parse_ip(address)
-        return ip is not None and self._in_networks(ip)
+        key = (host, address)
+        verdict = self._address_verdicts.get(key)
+        if verdict is None:
+            if parse_ip(host) is None and self._glob_match(host):
+                verdict = True
+            else:
+                ip = parse_ip(address)
+                verdict = ip is not None and self._in_networks(ip)
+            if len(self._address_verdicts) >= MAX_VERDICTS:
+                self._address_verdicts.clear()
+            self._address_verdicts[key] = verdict
+        return verdict
 
     async def allows_target(self, host: str) -> bool:
         """Check a /probe target before probing: names outside the globs must resolve inside the networks."""

@@ -92,6 +92,9 @@ MAX_BACKOFF = 10.0
 _HEADER = struct.Struct("!I")
 
 PackedResult = tuple[Any, ...]
+# An on-demand probe as sent to a worker: id, target, module token, the module (None when the
+# worker holds it already), timeout, and whether the allowlist guards it.
+ProbeRequest = tuple[int, str, int, "Module | None", float, bool]
 
 
 class WorkerLost(Exception):
@@ -215,7 +218,7 @@ class _Worker:
     allowlist: tuple[HostPattern, ...] = ()
 
     # On-demand probe requests waiting for the end of this turn of the event loop.
-    queued: list[bytes] = field(default_factory=list)
+    queued: list[ProbeRequest] = field(default_factory=list)
 
     @property
     def connected(self) -> bool:
@@ -227,20 +230,20 @@ class _Worker:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(frame(message))
 
-    def send_soon(self, message: object) -> None:
-        """Send ``message`` with the others of this turn of the loop: one write for them all.
+    def request(self, probe: ProbeRequest) -> None:
+        """Ask for ``probe`` with the others of this turn of the loop: one message for them all.
 
-        Under /probe load several requests arrive in one turn, and each write to the socket
-        costs more than framing the message.
+        Under /probe load several requests arrive in one turn; each message costs both sides a
+        write, a wake-up and a read, which is more than the request itself.
         """
         if not self.queued:
             asyncio.get_running_loop().call_soon(self.flush)
-        self.queued.append(frame(message))
+        self.queued.append(probe)
 
     def flush(self) -> None:
         queued, self.queued = self.queued, []
         if queued and self.writer is not None and not self.writer.is_closing():
-            self.writer.write(b"".join(queued))
+            self.writer.write(frame(("probe", queued)))
 
 
 class WorkerPool:
@@ -346,7 +349,7 @@ class WorkerPool:
             if len(worker.modules) > MODULE_CACHE:
                 del worker.modules[next(iter(worker.modules))]
         try:
-            worker.send_soon(("probe", probe_id, target, token, sent, timeout, guarded))
+            worker.request((probe_id, target, token, sent, timeout, guarded))
             return unpack_result(await future)
         finally:
             worker.pending.pop(probe_id, None)
@@ -510,9 +513,10 @@ class WorkerPool:
             stats.loop_lag.counts, stats.loop_lag.total, stats.loop_lag.count = loop
             stats.reruns_after_stall = reruns
         elif kind == "probed":
-            future = worker.pending.get(message[1])
-            if future is not None and not future.done():
-                future.set_result(message[2])
+            for probe_id, packed in message[1]:
+                future = worker.pending.get(probe_id)
+                if future is not None and not future.done():
+                    future.set_result(packed)
 
 
 async def _reap(process: asyncio.subprocess.Process) -> int | None:
@@ -571,8 +575,8 @@ class WorkerProcess:
         self.stopping = asyncio.Event()
         self._probes: set[asyncio.Task[None]] = set()
         self._frozen = False
-        # Answers to on-demand probes finished in this turn of the loop, sent in one write.
-        self._answers: list[bytes] = []
+        # Answers to on-demand probes finished in this turn of the loop, not sent yet.
+        self._answers: list[tuple[int, PackedResult]] = []
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -626,17 +630,16 @@ class WorkerProcess:
             if not self._frozen:
                 self._freeze()
         elif kind == "probe":
-            _, probe_id, target, token, sent, timeout, guarded = message
-            if sent is not None:
-                self.modules[token] = sent
-                if len(self.modules) > MODULE_CACHE:
-                    del self.modules[next(iter(self.modules))]
-            module = self.modules[token]
-            task = asyncio.get_running_loop().create_task(
-                self._probe(probe_id, target, module, timeout, guarded)
-            )
-            self._probes.add(task)
-            task.add_done_callback(self._probes.discard)
+            loop = asyncio.get_running_loop()
+            for probe_id, target, token, sent, timeout, guarded in message[1]:
+                if sent is not None:
+                    self.modules[token] = sent
+                    if len(self.modules) > MODULE_CACHE:
+                        del self.modules[next(iter(self.modules))]
+                module = self.modules[token]
+                task = loop.create_task(self._probe(probe_id, target, module, timeout, guarded))
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
         elif kind == "stop":
             self.stopping.set()
 
@@ -651,14 +654,15 @@ class WorkerProcess:
     async def _probe(self, probe_id: int, target: str, module: Module, timeout: float, guarded: bool) -> None:
         guard = self.allowlist if guarded else None
         result = await run_probe(target, module, timeout, guard=guard)
+        # Answers finished in the same turn of the loop go back as one message.
         if not self._answers:
             asyncio.get_running_loop().call_soon(self._send_answers)
-        self._answers.append(frame(("probed", probe_id, pack_result(result))))
+        self._answers.append((probe_id, pack_result(result)))
 
     def _send_answers(self) -> None:
         answers, self._answers = self._answers, []
         if answers and not self.writer.is_closing():
-            self.writer.write(b"".join(answers))
+            self.writer.write(frame(("probed", answers)))
 
     async def _report(self) -> None:
         while True:

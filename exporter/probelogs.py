@@ -259,14 +259,15 @@ class _CaptureHandler(logging.Handler):
 
 
 _HANDLER = _CaptureHandler()
+# Looked up once: getLogger takes logging's lock, on every /probe request otherwise.
+_PACKAGE = logging.getLogger("exporter")
 
 
 @contextmanager
 def capture() -> Iterator[list[str]]:
     """Collect the exporter's log records (at the configured level) written in this task meanwhile."""
-    package = logging.getLogger("exporter")
-    if _HANDLER not in package.handlers:
-        package.addHandler(_HANDLER)
+    if _HANDLER not in _PACKAGE.handlers:
+        _PACKAGE.addHandler(_HANDLER)
     lines: list[str] = []
     token = _CAPTURE.set(lines)
     try:

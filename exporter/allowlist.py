@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -11,8 +12,12 @@ from urllib.parse import urlsplit
 from exporter.types import HostPattern
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_VERDICTS = 1024
 
 
+# Every on-demand probe asks this of its target's host and of the address it connects to;
+# the same few come back again and again, and addresses are immutable.
+@functools.lru_cache(maxsize=1024)
 def parse_ip(text: str) -> IPAddress | None:
     """An IP address in any form a resolver would accept, IPv4-mapped IPv6 unwrapped.
 
@@ -33,6 +38,8 @@ def parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
+# /probe asks this for every request, mostly for the same few targets.
+@functools.lru_cache(maxsize=256)
 def target_host(target: str) -> str:
     """The host part of a target, whether a URL, ``host:port``, ``[v6]:port`` or a bare host."""
     text = target.strip()
@@ -63,6 +70,13 @@ class Allowlist:
         self._networks = [p.network for p in patterns if p.network is not None]
         self._globs = [p.glob for p in patterns if p.glob is not None]
         self._paths = [p.path for p in patterns if p.path is not None]
+        # Verdicts that need no DNS (addresses, globs, paths) depend only on the host (and the
+        # address): every on-demand probe asks for the same few again and again, and parsing
+        # and matching addresses was the cost. Each cache is emptied when it fills, which
+        # bounds it whatever hosts requests name; a reload builds a new Allowlist.
+        self._verdicts: dict[str, bool] = {}
+        self._host_verdicts: dict[str, bool] = {}
+        self._address_verdicts: dict[tuple[str, str], bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
@@ -75,6 +89,14 @@ class Allowlist:
         return any(glob.match(name) for glob in self._globs)
 
     def allows_host(self, host: str) -> bool:
+        verdict = self._host_verdicts.get(host)
+        if verdict is None:
+            if len(self._host_verdicts) >= MAX_VERDICTS:
+                self._host_verdicts.clear()
+            verdict = self._host_verdicts[host] = self._allows_host(host)
+        return verdict
+
+    def _allows_host(self, host: str) -> bool:
         if host.startswith(("/", "@")):
             # A unix socket (the unix prober): only a path entry lists it.
             return any(path.match(host) for path in self._paths)
@@ -85,17 +107,33 @@ class Allowlist:
         return self._glob_match(host) or bool(self._networks)
 
     def allows_address(self, host: str, address: str) -> bool:
-        if parse_ip(host) is None and self._glob_match(host):
-            return True
-        ip = parse_ip(address)
-        return ip is not None and self._in_networks(ip)
+        key = (host, address)
+        verdict = self._address_verdicts.get(key)
+        if verdict is None:
+            if parse_ip(host) is None and self._glob_match(host):
+                verdict = True
+            else:
+                ip = parse_ip(address)
+                verdict = ip is not None and self._in_networks(ip)
+            if len(self._address_verdicts) >= MAX_VERDICTS:
+                self._address_verdicts.clear()
+            self._address_verdicts[key] = verdict
+        return verdict
 
     async def allows_target(self, host: str) -> bool:
         """Check a /probe target before probing: names outside the globs must resolve inside the networks."""
+        verdict = self._verdicts.get(host)
+        if verdict is not None:
+            return verdict
         if not self.allows_host(host):
-            return False
-        if host.startswith(("/", "@")) or parse_ip(host) is not None or self._glob_match(host):
-            return True
+            verdict = False
+        elif host.startswith(("/", "@")) or parse_ip(host) is not None or self._glob_match(host):
+            verdict = True
+        if verdict is not None:
+            if len(self._verdicts) >= MAX_VERDICTS:
+                self._verdicts.clear()  # bounds it whatever hosts the requests name
+            self._verdicts[host] = verdict
+            return verdict
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)

@@ -246,7 +246,9 @@ def serve(argv: list[str]) -> int:
         location=args.location,
         shard=shard,
         watch_interval=watch_interval,
-        middlewares=(access_middleware(web_config, auth),),
+        # Without users or headers the middleware would pass every request through unchanged,
+        # at a cost every /probe request pays.
+        middlewares=(access_middleware(web_config, auth),) if auth.needed else (),
         workers=args.workers,
         worker_argv=("--log.level", args.log_level, "--log.format", args.log_format),
     )

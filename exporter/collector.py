@@ -17,7 +17,7 @@ from exporter.config import Service
 from exporter.health import degraded_reason
 from exporter.maintenance import MaintenanceBoard
 from exporter.probes import PROBERS
-from exporter.result import FailureReason, ProbeResult
+from exporter.result import FailureReason, ProbeResult, Sample
 from exporter.store import Histogram, ResultStore, ServiceState
 from exporter.types import redact_url
 
@@ -180,11 +180,41 @@ def result_blocks(
     return blocks
 
 
-def render_result(result: ProbeResult, prober: str) -> bytes:
-    """One result in blackbox's /probe output: no service labels."""
-    out = Exposition()
-    out.extend(pack(result_blocks(result, prober, "")))
-    return out.render()
+def render_result(result: ProbeResult, prober: str, extra: tuple[Sample, ...] = ()) -> bytes:
+    """One result in blackbox's /probe output: no service labels; ``extra`` samples after its own.
+
+    The same text as ``result_blocks`` packed into an ``Exposition``, written in one pass: this
+    runs for every /probe request, where that general path cost twice as much.
+    """
+    families: dict[str, list[str]] = {
+        "probe_success": ["probe_success 1.0" if result.success else "probe_success 0.0"],
+        "probe_duration_seconds": [f"probe_duration_seconds {result.duration!r}"],
+    }
+    kind = PROBERS.get(prober)
+    if kind is not None and kind.phase_metric:
+        metric = kind.phase_metric
+        phases = result.phases
+        families[metric] = [
+            f'{metric}{{phase="{escape(phase)}"}} {float(phases.get(phase, 0.0))!r}'
+            for phase in dict.fromkeys((*kind.phases, *phases))
+        ]
+    for sample in (*result.samples, *extra) if extra else result.samples:
+        name = sample.name
+        if sample.labels:
+            line = f"{name}{{{label_text(dict(sample.labels))}}} {format_value(sample.value)}"
+        else:
+            line = f"{name} {format_value(sample.value)}"
+        lines = families.get(name)
+        if lines is None:
+            families[name] = [line]
+        else:
+            lines.append(line)
+    parts = []
+    for name, lines in families.items():
+        parts.append(_header(name, _FAMILY_KINDS.setdefault(name, "gauge")))
+        parts.extend(lines)
+    parts.append("")
+    return "\n".join(parts).encode()
 
 
 _REASON_LABELS = tuple((reason, f'reason="{reason.value}"') for reason in FailureReason)

@@ -114,6 +114,11 @@ class AccessLogger(AbstractAccessLogger):
     logger would write both as they came.
     """
 
+    @property
+    def enabled(self) -> bool:
+        # aiohttp asks once per connection; below info (the default) a request costs no log work.
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         query = f"?{redact_query(request.query_string)}" if request.query_string else ""
         self.logger.info(

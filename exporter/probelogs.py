@@ -126,18 +126,66 @@ def _cut(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    wall: float
-    success: bool
-    text: str
+class Draft:
+    """What ``account`` needs to write one /probe's account, kept until /logs asks for it.
+
+    Writing every account when its probe ends cost a tenth of the front's time under /probe
+    load, and nearly all of them are dropped unread; the same inputs always give the same text.
+    """
+
+    result: ProbeResult
+    target: str
+    module: str
+    prober: str
+    timeout: float
+    captured: tuple[str, ...]
+    metrics: bytes
+
+    def text(self) -> str:
+        return account(
+            self.result,
+            target=self.target,
+            module=self.module,
+            prober=self.prober,
+            timeout=self.timeout,
+            captured=list(self.captured),
+            metrics=self.metrics.decode("utf-8", "replace"),
+        )
 
     @property
-    def size(self) -> int:
-        return len(self.text.encode("utf-8", "replace")) + _OVERHEAD
+    def held(self) -> int:
+        """Bytes this draft keeps alive, roughly: its texts and the result's objects."""
+        result = self.result
+        texts = len(self.metrics) + len(self.target) + len(result.message) + sum(map(len, self.captured))
+        return texts + _RESULT_OVERHEAD + 48 * (len(result.phases) + len(result.samples))
+
+
+class Entry:
+    """One probe's account for /logs, written (``str``) or still a Draft."""
+
+    __slots__ = ("_account", "size", "success", "wall")
+
+    def __init__(self, wall: float, success: bool, account: str | Draft) -> None:
+        if isinstance(account, Draft) and account.held > MAX_ENTRY_BYTES:
+            account = account.text()  # cut to size now rather than kept whole
+        self.wall = wall
+        self.success = success
+        self._account = account
+        # What this entry costs the book's byte budget: the text it holds, or what its draft
+        # keeps alive (about the size of the text it would write), beside the objects holding it.
+        held = len(account.encode("utf-8", "replace")) if isinstance(account, str) else account.held
+        self.size = held + _OVERHEAD
+
+    @property
+    def text(self) -> str:
+        account = self._account
+        return account if isinstance(account, str) else account.text()
 
 
 # What a kept account or key costs beside its text, roughly: the objects that hold it.
 _OVERHEAD = 64
+# A result's own objects (the result, its phase mapping, its samples' tuple), roughly.
+_RESULT_OVERHEAD = 512
 
 
 def _key_size(key: Key) -> int:
@@ -211,14 +259,15 @@ class _CaptureHandler(logging.Handler):
 
 
 _HANDLER = _CaptureHandler()
+# Looked up once: getLogger takes logging's lock, on every /probe request otherwise.
+_PACKAGE = logging.getLogger("exporter")
 
 
 @contextmanager
 def capture() -> Iterator[list[str]]:
     """Collect the exporter's log records (at the configured level) written in this task meanwhile."""
-    package = logging.getLogger("exporter")
-    if _HANDLER not in package.handlers:
-        package.addHandler(_HANDLER)
+    if _HANDLER not in _PACKAGE.handlers:
+        _PACKAGE.addHandler(_HANDLER)
     lines: list[str] = []
     token = _CAPTURE.set(lines)
     try:

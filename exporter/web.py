@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -176,18 +175,9 @@ async def probe(request: web.Request) -> web.Response:
         except WorkerLost as err:
             return _bad(503, f"{err} before the probe finished; try again")
     # blackbox (0.25 and later) reports the timeout it applied beside the probe's values.
-    result = dataclasses.replace(result, samples=(*result.samples, Sample("probe_timeout_seconds", timeout)))
-    body = render_result(result, module.prober)
-    text = probelogs.account(
-        result,
-        target=target,
-        module=module_name,
-        prober=module.prober,
-        timeout=timeout,
-        captured=captured,
-        metrics=body.decode("utf-8", "replace"),
-    )
-    request.app[PROBE_LOGS].add(log_key, probelogs.Entry(result.started_at, result.success, text))
+    body = render_result(result, module.prober, (Sample("probe_timeout_seconds", timeout),))
+    draft = probelogs.Draft(result, target, module_name, module.prober, timeout, tuple(captured), body)
+    request.app[PROBE_LOGS].add(log_key, probelogs.Entry(result.started_at, result.success, draft))
     if query.get("debug", "").lower() == "true":
         return web.Response(text=debug_text(target, module, result))
     return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})

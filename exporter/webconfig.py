@@ -254,6 +254,11 @@ class AuthMiddleware:
         self.auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
         self.headers = dict(config.http_server_config.headers)
 
+    @property
+    def needed(self) -> bool:
+        """Whether it changes anything: it checks passwords or adds headers."""
+        return self.auth is not None or bool(self.headers)
+
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         auth = self.auth
         verdict = True if auth is None else await auth.check(request.headers.get("Authorization"))

@@ -98,6 +98,9 @@ QUICK_DEATH = 5.0
 _HEADER = struct.Struct("!I")
 
 PackedResult = tuple[Any, ...]
+# An on-demand probe as sent to a worker: id, target, module token, the module (None when the
+# worker holds it already), timeout, and whether the allowlist guards it.
+ProbeRequest = tuple[int, str, int, "Module | None", float, bool]
 
 
 class WorkerLost(Exception):
@@ -239,13 +242,33 @@ class _Worker:
     max_concurrency: int = 0
     allowlist: tuple[HostPattern, ...] = ()
 
+    # On-demand probe requests waiting for the end of this turn of the event loop.
+    queued: list[ProbeRequest] = field(default_factory=list)
+
     @property
     def connected(self) -> bool:
         return self.writer is not None
 
     def send(self, message: object) -> None:
+        if self.queued:
+            self.flush()  # what was asked first arrives first
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(frame(message))
+
+    def request(self, probe: ProbeRequest) -> None:
+        """Ask for ``probe`` with the others of this turn of the loop: one message for them all.
+
+        Under /probe load several requests arrive in one turn; each message costs both sides a
+        write, a wake-up and a read, which is more than the request itself.
+        """
+        if not self.queued:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.queued.append(probe)
+
+    def flush(self) -> None:
+        queued, self.queued = self.queued, []
+        if queued and self.writer is not None and not self.writer.is_closing():
+            self.writer.write(frame(("probe", queued)))
 
 
 class WorkerPool:
@@ -358,7 +381,7 @@ class WorkerPool:
             if len(worker.modules) > MODULE_CACHE:
                 del worker.modules[next(iter(worker.modules))]
         try:
-            worker.send(("probe", probe_id, target, token, sent, timeout, guarded))
+            worker.request((probe_id, target, token, sent, timeout, guarded))
             packed, lines = await future
         finally:
             worker.pending.pop(probe_id, None)
@@ -508,6 +531,7 @@ class WorkerPool:
                 process.kill()
         finally:
             worker.writer = None
+            worker.queued.clear()
             if not any(w.connected for w in self._workers):
                 self._some_connected.clear()
             self._retired.add(worker.stats)
@@ -535,9 +559,10 @@ class WorkerPool:
             stats.loop_lag.counts, stats.loop_lag.total, stats.loop_lag.count = loop
             stats.reruns_after_stall = reruns
         elif kind == "probed":
-            future = worker.pending.get(message[1])
-            if future is not None and not future.done():
-                future.set_result((message[2], message[3]))
+            for probe_id, packed, lines in message[1]:
+                future = worker.pending.get(probe_id)
+                if future is not None and not future.done():
+                    future.set_result((packed, lines))
 
 
 async def _reap(process: asyncio.subprocess.Process) -> int | None:
@@ -596,6 +621,8 @@ class WorkerProcess:
         self.stopping = asyncio.Event()
         self._probes: set[asyncio.Task[None]] = set()
         self._frozen = False
+        # Answers to on-demand probes finished in this turn of the loop, not sent yet.
+        self._answers: list[tuple[int, PackedResult, list[str]]] = []
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -615,6 +642,7 @@ class WorkerProcess:
         for task in (*self._probes, *background):
             task.cancel()
         await asyncio.gather(*self._probes, *background, return_exceptions=True)
+        self._send_answers()
         self.outbox.flush()
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
@@ -648,17 +676,16 @@ class WorkerProcess:
             if not self._frozen:
                 self._freeze()
         elif kind == "probe":
-            _, probe_id, target, token, sent, timeout, guarded = message
-            if sent is not None:
-                self.modules[token] = sent
-                if len(self.modules) > MODULE_CACHE:
-                    del self.modules[next(iter(self.modules))]
-            module = self.modules[token]
-            task = asyncio.get_running_loop().create_task(
-                self._probe(probe_id, target, module, timeout, guarded)
-            )
-            self._probes.add(task)
-            task.add_done_callback(self._probes.discard)
+            loop = asyncio.get_running_loop()
+            for probe_id, target, token, sent, timeout, guarded in message[1]:
+                if sent is not None:
+                    self.modules[token] = sent
+                    if len(self.modules) > MODULE_CACHE:
+                        del self.modules[next(iter(self.modules))]
+                module = self.modules[token]
+                task = loop.create_task(self._probe(probe_id, target, module, timeout, guarded))
+                self._probes.add(task)
+                task.add_done_callback(self._probes.discard)
         elif kind == "stop":
             self.stopping.set()
 
@@ -675,8 +702,15 @@ class WorkerProcess:
         # Its own task, so only this probe's records are captured; they go back with the result.
         with probelogs.capture() as lines:
             result = await run_probe(target, module, timeout, guard=guard)
-        if not self.writer.is_closing():
-            self.writer.write(frame(("probed", probe_id, pack_result(result), lines)))
+        # Answers finished in the same turn of the loop go back as one message.
+        if not self._answers:
+            asyncio.get_running_loop().call_soon(self._send_answers)
+        self._answers.append((probe_id, pack_result(result), lines))
+
+    def _send_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        if answers and not self.writer.is_closing():
+            self.writer.write(frame(("probed", answers)))
 
     async def _report(self) -> None:
         while True:

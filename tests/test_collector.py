@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from types import MappingProxyType
+
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Exposition, ServiceCollector, pack, render_result
+from exporter.collector import Exposition, ServiceCollector, pack, render_result, result_blocks
 from exporter.config import parse_config
-from exporter.result import FailureReason, Trace
+from exporter.result import FailureReason, ProbeResult, Sample, Trace
 from exporter.store import ResultStore
 from tests.metrics_util import labelsets, parse, value
 
@@ -162,3 +165,35 @@ def test_probe_output_keeps_every_blackbox_gauge() -> None:
     trace.set("probe_failed_due_to_regex", 0)
     series = parse(render_result(trace.succeed(), "http").decode())
     assert value(series, "probe_failed_due_to_regex") == 0
+
+
+def test_probe_output_is_the_general_exposition_written_in_one_pass() -> None:
+    """render_result writes byte for byte what result_blocks packed into an Exposition gives."""
+    trace = Trace()
+    trace.set("probe_http_status_code", 200)
+    trace.set("probe_ssl_earliest_cert_expiry", float("inf"))
+    trace.set("probe_failed_due_to_regex", -0.0)
+    results = [
+        trace.succeed(),
+        Trace().fail(FailureReason.CONNECT, "refused"),
+        ProbeResult(
+            success=True,
+            duration=0.25,
+            started_at=1.0,
+            phases=MappingProxyType({"connect": 0.1, 'odd "phase"\\': 0.2}),
+            samples=(
+                Sample("probe_tls_version_info", 1.0, (("version", "TLS 1.3"),)),
+                Sample("probe_http_version", 1.1),
+                Sample("probe_tls_version_info", 0.0, (("version", 'a"b\\c\nd'),)),
+                Sample("probe_dns_lookup_time_seconds", float("nan")),
+            ),
+        ),
+    ]
+    extra = (Sample("probe_timeout_seconds", 4.5), Sample("probe_http_version", 2.0))
+    for result in results:
+        for prober in ("http", "tcp", "dns", "push", "no-such-prober"):
+            for more in ((), extra):
+                out = Exposition()
+                whole = dataclasses.replace(result, samples=(*result.samples, *more))
+                out.extend(pack(result_blocks(whole, prober, "")))
+                assert render_result(result, prober, more) == out.render(), (prober, result)

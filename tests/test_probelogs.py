@@ -10,8 +10,10 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from exporter import probelogs
+from exporter.collector import render_result
 from exporter.config import parse_config
 from exporter.probelogs import Entry, ProbeLogBook
+from exporter.result import FailureReason, ProbeResult, Trace
 from exporter.web import EXPORTER, make_app
 from tests.conftest import TargetState, wait_for
 
@@ -212,3 +214,41 @@ def test_records_captured_elsewhere_join_this_probe_within_the_cap() -> None:
     assert "msg=here" in lines[0]
     assert lines[1:3] == ["level=info msg=worker-0", "level=info msg=worker-1"]
     assert "stray" not in "".join(lines)
+
+
+def draft_of(result: ProbeResult, captured: tuple[str, ...] = ()) -> probelogs.Draft:
+    body = render_result(result, "http")
+    return probelogs.Draft(
+        result, "http://u:pw@127.0.0.1:1/x?token=t", "http_2xx", "http", 2.0, captured, body
+    )
+
+
+def test_a_draft_writes_the_account_written_at_once() -> None:
+    """An entry kept as a draft shows, when asked, exactly the account written at probe time."""
+    trace = Trace()
+    trace.set("probe_http_status_code", 503)
+    result = trace.fail(FailureReason.HTTP_STATUS, "status code 503 is not 2xx")
+    draft = draft_of(result, ('ts=x level=warn msg="from the probe"',))
+    written = probelogs.account(
+        result,
+        target=draft.target,
+        module="http_2xx",
+        prober="http",
+        timeout=2.0,
+        captured=list(draft.captured),
+        metrics=draft.metrics.decode(),
+    )
+    entry = Entry(result.started_at, result.success, draft)
+    assert entry.text == written == entry.text
+    assert "pw" not in entry.text and "token=t" not in entry.text
+    assert 'msg="from the probe"' in entry.text and "probe_http_status_code 503" in entry.text
+    # Counted at what it keeps alive, which is of the order of the text it writes.
+    assert len(written) / 2 < entry.size < 2 * len(written) + 1024
+
+
+def test_an_oversized_draft_is_written_and_cut_at_once() -> None:
+    """A draft keeping more than MAX_ENTRY_BYTES is not kept whole: it is written and cut."""
+    lines = tuple(f'ts=x level=warn msg="{"z" * 1000}"' for _ in range(probelogs.MAX_CAPTURED))
+    entry = Entry(1.0, False, draft_of(Trace().fail(FailureReason.CONNECT, "refused"), lines))
+    assert entry.size <= probelogs.MAX_ENTRY_BYTES + probelogs._OVERHEAD
+    assert entry.text.endswith(f"{probelogs.MAX_ENTRY_BYTES} are kept]\n")

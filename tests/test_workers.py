@@ -26,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -345,6 +346,26 @@ def test_probe_runs_in_a_worker(target: Target, tmp_path: Path) -> None:
         assert owners and owners <= set(workers.values()), (owners, workers, front)
         status, text = get(f"{process.url}/probe?module=http_2xx&target=http://10.1.2.3/")
         assert status == 403
+
+
+def test_concurrent_probes_each_get_their_own_answer(target: Target, tmp_path: Path) -> None:
+    """Many /probe requests at once, sent and answered in shared messages: each gets its own result."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused
+    refused = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    settings = config(target, tmp_path, [], push=False)
+    # The test server's listen queue is short: a connection it drops is retried after a second.
+    settings["modules"]["http_2xx"]["timeout"] = "5s"
+    with closed, running_exporter(tmp_path, settings, "--workers", "2") as process:
+        urls = [target.url + f"/many-{n}" if n % 3 else refused for n in range(30)]
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            answers = list(
+                pool.map(lambda url: get(f"{process.url}/probe?module=http_2xx&target={url}"), urls)
+            )
+        for url, (status, text) in zip(urls, answers, strict=True):
+            assert status == 200, text
+            assert value(parse(text), "probe_success") == (0 if url == refused else 1), (url, text)
+            assert value(parse(text), "probe_timeout_seconds") == 5
 
 
 def test_sigterm_with_probes_in_flight_stops_every_process(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Exposition, ServiceCollector, pack, render_result
+from exporter.collector import LABELS, Exposition, ServiceCollector, pack, render_result
 from exporter.config import parse_config
 from exporter.result import FailureReason, Trace
 from exporter.store import ResultStore
@@ -109,9 +109,9 @@ async def test_large_families_are_sent_in_pieces_that_join_to_the_same_text() ->
 def test_pack_keeps_family_order_and_merges_repeated_families() -> None:
     """Packing keeps families in first-use order, joins a family's lines written apart, shares the names."""
     packed = pack([("a", "gauge", "a 1"), ("b", "counter", "b_total 2"), ("a", "gauge", "a 3")])
-    assert packed == (("a", "b"), (b"a 1\na 3", b"b_total 2"))
-    other = pack([("a", "gauge", "a 5"), ("b", "counter", "b_total 6")])
-    assert other == (("a", "b"), (b"a 5", b"b_total 6"))
+    assert packed == (("a", "b"), (b"a 1\na 3", b"b_total 2"), LABELS.encode())
+    other = pack([("a", "gauge", "a 5"), ("b", "counter", "b_total 6")], b'x="1"')
+    assert other == (("a", "b"), (b"a 5", b"b_total 6"), b'x="1"')
     assert other[0] is packed[0]  # one names tuple for every service with these families
 
 
@@ -164,3 +164,27 @@ def test_probe_output_keeps_every_blackbox_gauge() -> None:
     trace.set("probe_failed_due_to_regex", 0)
     series = parse(render_result(trace.succeed(), "http").decode())
     assert value(series, "probe_failed_due_to_regex") == 0
+
+
+async def test_a_label_value_holding_a_nul_is_written_as_it_is() -> None:
+    """The cache's stand-in for a service's label set (NUL) never replaces a NUL a probe reported."""
+    store = store_with(
+        "services:\n"
+        "  - {name: web, target: 'http://127.0.0.1:1/', prober: http}\n"
+        "  - {name: db, target: '127.0.0.1:1', prober: tcp}\n"
+    )
+    trace = Trace()
+    trace.set("probe_ssl_last_chain_info", 1, (("issuer", "CN=odd\x00name"),))
+    store.record("web", trace.succeed())
+    store.record("db", Trace().succeed())
+    collector = ServiceCollector(store, "eu")
+    body = await collector.render()
+    plain = Exposition()
+    for state in store:
+        plain.extend(pack(collector._service_blocks(state)))
+    assert body == plain.render()
+    assert (
+        b'probe_ssl_last_chain_info{service="web",group="default",location="eu",issuer="CN=odd\x00name"} 1.0' in body
+    )
+    assert body.count(b"\x00") == 1
+    assert await collector.render() == body  # from the cache

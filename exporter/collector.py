@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import platform
 import time
@@ -220,6 +221,30 @@ def render_result(result: ProbeResult, prober: str) -> bytes:
 _REASON_LABELS = tuple((reason, f'reason="{reason.value}"') for reason in FailureReason)
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None  # not glibc (musl, macOS): nothing to call
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    made: Callable[[int], int] = trim
+    return made
+
+
+def give_back_memory() -> None:
+    """Hand the heap pages a scrape freed back to the system.
+
+    A scrape at 10,000 services builds and drops tens of megabytes of lines and chunks; glibc's
+    allocator keeps the freed pages inside its heap, so the process's RSS stays about 10 MB
+    higher than what it uses. malloc_trim(0) returns them (about a millisecond at that size).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class ServiceCollector:
     """Reads the store at scrape time and writes every probe metric of every service.
 
@@ -275,6 +300,8 @@ class ServiceCollector:
         for chunk in out.chunks(openmetrics=openmetrics):
             yield chunk
             await asyncio.sleep(0)
+        del out
+        give_back_memory()
 
     def in_maintenance(self, service: Service, now: float) -> bool:
         board = self.maintenance

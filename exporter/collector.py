@@ -86,10 +86,10 @@ class Exposition:
 
     def __init__(self) -> None:
         # Per family: the blocks (LABELS standing for the label set), and each one's label set.
-        self._families: dict[str, tuple[list[bytes], list[bytes]]] = {}
+        self._families: dict[str, tuple[list[str], list[str]]] = {}
         self._kinds: dict[str, str] = {}
 
-    def family(self, family: str, kind: str) -> tuple[list[bytes], list[bytes]]:
+    def family(self, family: str, kind: str) -> tuple[list[str], list[str]]:
         """The blocks of a family and their label sets, in the order families were first used."""
         lines = self._families.get(family)
         if lines is None:
@@ -108,12 +108,12 @@ class Exposition:
         headers name a counter family without its ``_total``; the samples are the same.
         """
         for family, (blocks, label_sets) in self._families.items():
-            head = (_header(family, self._kinds[family], openmetrics) + "\n").encode()
+            head = _header(family, self._kinds[family], openmetrics) + "\n"
             for start in range(0, len(blocks), size):
                 end = start + size
-                lines = map(bytes.replace, blocks[start:end], repeat(_LABELS), label_sets[start:end])
-                yield head + b"\n".join(lines) + b"\n"
-                head = b""
+                lines = map(str.replace, blocks[start:end], repeat(LABELS), label_sets[start:end])
+                yield (head + "\n".join(lines) + "\n").encode()
+                head = ""
 
     def extend(self, packed: Packed) -> None:
         """Add one service's (or one result's) blocks, as ``pack`` keeps them."""
@@ -132,25 +132,23 @@ _FAMILY_KINDS: dict[str, str] = {}
 # probe or a config writes holds one in practice; a service where one shows up anyway is kept
 # written out in full (see ServiceCollector._pack_service).
 LABELS = "\x00"
-_LABELS = LABELS.encode()
-# One service's rendered blocks: the family names in first-use order, each family's text
-# encoded, and the label set that LABELS stands for in them (LABELS itself when the texts are
-# written out in full). The names tuple is shared by every service with the same families.
-Packed = tuple[tuple[str, ...], tuple[bytes, ...], bytes]
+# One service's rendered blocks: the family names in first-use order, each family's text, and
+# the label set that LABELS stands for in them (LABELS itself when the texts are written out in
+# full). The names tuple is shared by every service with the same families.
+Packed = tuple[tuple[str, ...], tuple[str, ...], str]
 # The distinct family lists packed so far: a handful (one per kind and settings), held once.
 _LAYOUTS: dict[tuple[str, ...], tuple[str, ...]] = {}
 MAX_LAYOUTS = 10_000
 
 
-def pack(blocks: list[tuple[str, str, str]], labels: bytes = _LABELS) -> Packed:
-    """One service's blocks as (family names, encoded texts), a family's blocks joined, in first-use order.
+def pack(blocks: list[tuple[str, str, str]], labels: str = LABELS) -> Packed:
+    """One service's blocks as (family names, texts, label set), a family's blocks joined, in first-use order.
 
     This is what the collector keeps for every service from one scrape to the next, so it is
-    kept small: two tuples (a dict of twenty families costs about 650 bytes more), the names
-    shared among services, the texts as bytes, ready to be joined into the response (an ASCII
-    str costs 16 bytes more, and encoding 40 MB at every scrape costs CPU). Tuples of strings
-    and bytes are not tracked by the garbage collector once it has seen them, so 10,000 of
-    them add nothing to its full collections.
+    kept small: tuples (a dict of twenty families costs about 650 bytes more), the names shared
+    among services. Tuples of strings are not tracked by the garbage collector once it has
+    seen them, so 10,000 of them add nothing to its full collections. (Texts are kept as str:
+    encoding twenty small blocks one by one costs more CPU than encoding each joined chunk.)
     """
     texts: dict[str, str] = {}
     for name, kind, text in blocks:
@@ -163,7 +161,7 @@ def pack(blocks: list[tuple[str, str, str]], labels: bytes = _LABELS) -> Packed:
         if len(_LAYOUTS) >= MAX_LAYOUTS:
             _LAYOUTS.clear()
         shared = _LAYOUTS[names] = names
-    return shared, tuple(text.encode() for text in texts.values()), labels
+    return shared, tuple(texts.values()), labels
 
 
 @functools.cache
@@ -316,11 +314,9 @@ class ServiceCollector:
         """
         service = state.service
         labels = label_text({"service": service.name, "group": service.group, "location": self.location})
-        packed = pack(self._service_blocks(state, inside, LABELS), labels.encode())
-        _, texts, _ = packed
-        marks = sum(map(bytes.count, texts, repeat(_LABELS)))
-        lines = sum(map(bytes.count, texts, repeat(b"\n"))) + len(texts)
-        if marks == lines - 1:
+        packed = pack(self._service_blocks(state, inside, LABELS), labels)
+        whole = "\n".join(packed[1])
+        if whole.count(LABELS) == whole.count("\n"):  # one per line, but probe_service_info's
             return packed
         return pack(self._service_blocks(state, inside))
 

@@ -112,9 +112,9 @@ async def test_large_families_are_sent_in_pieces_that_join_to_the_same_text() ->
 def test_pack_keeps_family_order_and_merges_repeated_families() -> None:
     """Packing keeps families in first-use order, joins a family's lines written apart, shares the names."""
     packed = pack([("a", "gauge", "a 1"), ("b", "counter", "b_total 2"), ("a", "gauge", "a 3")])
-    assert packed == (("a", "b"), (b"a 1\na 3", b"b_total 2"), LABELS.encode())
-    other = pack([("a", "gauge", "a 5"), ("b", "counter", "b_total 6")], b'x="1"')
-    assert other == (("a", "b"), (b"a 5", b"b_total 6"), b'x="1"')
+    assert packed == (("a", "b"), ("a 1\na 3", "b_total 2"), LABELS)
+    other = pack([("a", "gauge", "a 5"), ("b", "counter", "b_total 6")], 'x="1"')
+    assert other == (("a", "b"), ("a 5", "b_total 6"), 'x="1"')
     assert other[0] is packed[0]  # one names tuple for every service with these families
 
 

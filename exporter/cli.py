@@ -17,9 +17,10 @@ from pathlib import Path
 from aiohttp import web
 
 from exporter import __version__
+from exporter.accesslog import AccessLogger
 from exporter.config import Config, load_config, parse_config, share_equal_parts
 from exporter.errors import ConfigError, WebConfigError
-from exporter.logs import LEVELS, AccessLogger, setup_logging
+from exporter.logs import LEVELS, setup_logging
 from exporter.modules import Module
 from exporter.probes import PROBERS
 from exporter.sharding import Shard, parse_shard_index

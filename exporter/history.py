@@ -48,6 +48,9 @@ class Failure(NamedTuple):
     message: str
 
 
+NO_FAILURES: tuple[Failure, ...] = ()
+
+
 class History:
     """What one service did recently, in fixed memory whatever the probe rate.
 
@@ -96,7 +99,8 @@ class History:
         self._codes = bytearray(RECENT)
         self._next = 0
         self._count = 0
-        self.failures: deque[Failure] = deque(maxlen=FAILURES)
+        # Most services never fail: the ring (about 760 bytes) is made at the first failure.
+        self.failures: deque[Failure] | tuple[Failure, ...] = NO_FAILURES
         self.first: float | None = None
         self.last_code = -1
         # When the current outcome (ok, degraded, failed) began.
@@ -139,10 +143,13 @@ class History:
         self._next = (self._next + 1) % RECENT
         self._count = min(self._count + 1, RECENT)
         if code == FAILED:
+            failures = self.failures
+            if not isinstance(failures, deque):
+                failures = self.failures = deque(maxlen=FAILURES)
             text = message[:MAX_MESSAGE]
-            if self.failures and self.failures[-1].message == text:
-                text = self.failures[-1].message  # a repeated error is held once
-            self.failures.append(Failure(at, duration, (reason or FailureReason.OTHER).value, text))
+            if failures and failures[-1].message == text:
+                text = failures[-1].message  # a repeated error is held once
+            failures.append(Failure(at, duration, (reason or FailureReason.OTHER).value, text))
 
     def bar(self, now: float, count: int | None = None) -> list[Slot | None]:
         """The last ``count`` slots up to and including the current one, oldest first."""

@@ -8,10 +8,6 @@ import sys
 import time
 from urllib.parse import parse_qsl, urlencode
 
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web import BaseRequest, StreamResponse
-
 from exporter.types import redact_url
 
 LEVELS = {
@@ -85,6 +81,11 @@ class MalformedRequestFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         err = record.exc_info[1] if record.exc_info else None
+        if err is None:
+            return True
+        # Imported here: probe workers log through this module and never load aiohttp.
+        from aiohttp.http_exceptions import HttpProcessingError
+
         if isinstance(err, HttpProcessingError):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             # The parser's message quotes the offending bytes, which may hold a credential.
@@ -105,32 +106,3 @@ def redact_query(query: str) -> str:
     return urlencode(
         [(key, "xxxxx" if key.lower() in SECRET_PARAMS else redact_url(value)) for key, value in pairs]
     )
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request, like aiohttp's own, but with the query string redacted.
-
-    /push takes its token as ``?token=`` and /probe a target that may carry a password; aiohttp's
-    logger would write both as they came.
-    """
-
-    @property
-    def enabled(self) -> bool:
-        # aiohttp asks once per connection; below info (the default) a request costs no log work.
-        return self.logger.isEnabledFor(logging.INFO)
-
-    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        query = f"?{redact_query(request.query_string)}" if request.query_string else ""
-        self.logger.info(
-            '%s "%s %s%s HTTP/%d.%d" %d %s %.6fs "%s"',
-            request.remote,
-            request.method,
-            request.path,
-            query,
-            request.version.major,
-            request.version.minor,
-            response.status,
-            response.body_length,
-            time,
-            request.headers.get("User-Agent", "-"),
-        )

@@ -8,11 +8,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar, cast
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from exporter.cel import CELProgram
 from exporter.types import (
@@ -25,6 +21,9 @@ from exporter.types import (
     SecretValues,
     StatusRange,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 IPProtocol = Literal["ip4", "ip6", "ip"]
 TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
@@ -231,6 +230,12 @@ def rsa_private_key(pem: str) -> RSAPrivateKey:
 
     Raises ValueError with a message that never quotes the key.
     """
+    # cryptography (about 7 MiB) loads only where a key is read: probe workers get modules
+    # already checked, and most never sign anything.
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
     try:
         key = serialization.load_pem_private_key(pem.encode("utf-8", "surrogateescape"), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):

@@ -12,7 +12,7 @@ from exporter.reloadplan import ReloadPlan, plan_reload
 from exporter.result import FailureReason, ProbeResult
 
 
-@dataclass
+@dataclass(slots=True)
 class Histogram:
     """Cumulative-on-export bucket counts for fixed upper bounds (``+Inf`` implied)."""
 
@@ -43,7 +43,7 @@ def _zero_reasons() -> dict[FailureReason, int]:
     return dict.fromkeys(FailureReason, 0)
 
 
-@dataclass
+@dataclass(slots=True)
 class ServiceState:
     """What the exporter knows about one service."""
 

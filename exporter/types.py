@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
-
-import re2  # type: ignore[import-untyped]
 
 from exporter import offloop
 
@@ -101,8 +100,16 @@ def format_duration(seconds: float) -> str:
 
 # Go's regexp, and so blackbox, speaks RE2; the C++ RE2 shares its syntax and its promise that
 # matching is linear in the input, so no pattern and no body can stall the exporter.
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # the config loader reports errors; RE2 must not print them too
+@functools.cache
+def _re2() -> tuple[Any, Any]:
+    """The re2 module and our options, loaded with the first pattern (2.6 MiB a process without one saves)."""
+    import re2  # type: ignore[import-untyped]
+
+    options = re2.Options()
+    options.log_errors = False  # the config loader reports errors; RE2 must not print them too
+    return re2, options
+
+
 # Go refuses \\C (any byte) although the C++ RE2 accepts it.
 _GO_REFUSES = re.compile(r"(?<!\\)(?:\\\\)*\\C")
 
@@ -134,8 +141,9 @@ class Regex:
             raise ValueError(f"must be a regular expression string, got {value!r}")
         if _GO_REFUSES.search(value):
             raise ValueError(f"invalid regular expression {_shorten(value)}: invalid escape sequence: `\\C`")
+        re2, options = _re2()
         try:
-            return cls(value, re2.compile(value, _RE2_OPTIONS))
+            return cls(value, re2.compile(value, options))
         except re2.error as err:
             raise ValueError(f"invalid regular expression {_shorten(value)}: {_re2_reason(err)}") from None
 

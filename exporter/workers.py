@@ -739,11 +739,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log.level", dest="log_level", default="info")
     parser.add_argument("--log.format", dest="log_format", default="logfmt")
     args = parser.parse_args(argv)
-    from exporter.cli import _use_uvloop
     from exporter.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
-    _use_uvloop()
+    # As the front does (exporter.cli), without importing the command line and its web server.
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(_worker_main(args.index, args.fd))
     return 0
 

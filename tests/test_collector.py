@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
 from types import MappingProxyType
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import Exposition, ServiceCollector, pack, render_result, result_blocks
+from exporter.collector import (
+    LABELS,
+    Exposition,
+    ServiceCollector,
+    _malloc_trim,
+    pack,
+    render_result,
+    result_blocks,
+)
 from exporter.config import parse_config
 from exporter.result import FailureReason, ProbeResult, Sample, Trace
 from exporter.store import ResultStore
@@ -110,10 +120,12 @@ async def test_large_families_are_sent_in_pieces_that_join_to_the_same_text() ->
 
 
 def test_pack_keeps_family_order_and_merges_repeated_families() -> None:
-    """Packing keeps families in first-use order and joins a family's lines written apart."""
+    """Packing keeps families in first-use order, joins a family's lines written apart, shares the names."""
     packed = pack([("a", "gauge", "a 1"), ("b", "counter", "b_total 2"), ("a", "gauge", "a 3")])
-    assert list(packed) == ["a", "b"]
-    assert packed == {"a": "a 1\na 3", "b": "b_total 2"}
+    assert packed == (("a", "b"), ("a 1\na 3", "b_total 2"), LABELS)
+    other = pack([("a", "gauge", "a 5"), ("b", "counter", "b_total 6")], 'x="1"')
+    assert other == (("a", "b"), ("a 5", "b_total 6"), 'x="1"')
+    assert other[0] is packed[0]  # one names tuple for every service with these families
 
 
 LEAN_CONFIG = """
@@ -197,3 +209,34 @@ def test_probe_output_is_the_general_exposition_written_in_one_pass() -> None:
                 whole = dataclasses.replace(result, samples=(*result.samples, *more))
                 out.extend(pack(result_blocks(whole, prober, "")))
                 assert render_result(result, prober, more) == out.render(), (prober, result)
+
+
+async def test_a_label_value_holding_a_nul_is_written_as_it_is() -> None:
+    """The cache's stand-in for a service's label set (NUL) never replaces a NUL a probe reported."""
+    store = store_with(
+        "services:\n"
+        "  - {name: web, target: 'http://127.0.0.1:1/', prober: http}\n"
+        "  - {name: db, target: '127.0.0.1:1', prober: tcp}\n"
+    )
+    trace = Trace()
+    trace.set("probe_ssl_last_chain_info", 1, (("issuer", "CN=odd\x00name"),))
+    store.record("web", trace.succeed())
+    store.record("db", Trace().succeed())
+    collector = ServiceCollector(store, "eu")
+    body = await collector.render()
+    plain = Exposition()
+    for state in store:
+        plain.extend(pack(collector._service_blocks(state)))
+    assert body == plain.render()
+    line = b'probe_ssl_last_chain_info{service="web",group="default",location="eu",issuer="CN=odd\x00name"}'
+    assert line in body
+    assert body.count(b"\x00") == 1
+    assert await collector.render() == body  # from the cache
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_a_scrape_can_hand_freed_heap_pages_back() -> None:
+    """On glibc the collector finds malloc_trim, which it calls after each full scrape."""
+    trim = _malloc_trim()
+    assert trim is not None
+    assert trim(0) in (0, 1)

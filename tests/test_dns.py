@@ -24,7 +24,8 @@ from cryptography import x509
 
 from exporter.allowlist import Allowlist
 from exporter.modules import DNSProbe, DNSRRValidator, Module, TLSConfig
-from exporter.probes.dns import KIND, _from_wire, check_rrs, rr_texts
+from exporter.probes.dns import KIND
+from exporter.probes.dns_probe import _from_wire, check_rrs, rr_texts
 from exporter.result import FailureReason
 from exporter.types import HostPattern, Regex
 from tests.conftest import ProbeRunner

@@ -24,7 +24,7 @@ from cryptography import x509
 from exporter.collector import render_result
 from exporter.config import parse_config
 from exporter.modules import GRPCProbe, Module, TLSConfig
-from exporter.probes import PROBERS, grpc
+from exporter.probes import PROBERS, grpc, grpc_probe
 from exporter.result import FailureReason, ProbeResult
 from exporter.types import Secret, SecretValues
 from tests.conftest import ProbeRunner
@@ -73,7 +73,7 @@ class HealthServer:
     handlers: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def standard(self, conn: h2.connection.H2Connection, stream: int, call: Call) -> None:
-        if call.headers.get(":path") != grpc.HEALTH_CHECK_PATH:
+        if call.headers.get(":path") != grpc_probe.HEALTH_CHECK_PATH:
             trailers_only(conn, stream, 12, "unknown method")
         elif call.service not in self.statuses:
             # What grpcio's health servicer answers for a service it does not know.
@@ -268,7 +268,7 @@ async def test_untrusted_certificate(
     result = await run_probe(server.target, module(tls=True))
     assert result.reason == FailureReason.TLS
     assert result.message.startswith("certificate verification failed")
-    assert result.value("probe_grpc_status_code") == grpc.UNAVAILABLE
+    assert result.value("probe_grpc_status_code") == grpc_probe.UNAVAILABLE
     assert server.calls == []
 
 
@@ -280,7 +280,7 @@ async def test_connection_refused(run_probe: ProbeRunner) -> None:
         # Bound but not listening: connections are refused.
         result = await run_probe(f"127.0.0.1:{port}", module())
     assert result.reason == FailureReason.CONNECT
-    assert result.value("probe_grpc_status_code") == grpc.UNAVAILABLE
+    assert result.value("probe_grpc_status_code") == grpc_probe.UNAVAILABLE
 
 
 async def test_deadline_passes(run_probe: ProbeRunner, health_server: ServerFactory) -> None:
@@ -293,7 +293,7 @@ async def test_deadline_passes(run_probe: ProbeRunner, health_server: ServerFact
     server.answer = stall
     result = await run_probe(server.target, module(), timeout=0.3)
     assert result.reason == FailureReason.TIMEOUT
-    assert result.value("probe_grpc_status_code") == grpc.DEADLINE_EXCEEDED
+    assert result.value("probe_grpc_status_code") == grpc_probe.DEADLINE_EXCEEDED
     assert serving_states(result) == dict.fromkeys(grpc.SERVING_STATUSES, 0)
 
 
@@ -362,9 +362,9 @@ async def test_malformed_answer(
 @pytest.mark.parametrize(
     ("code", "status"),
     [
-        (h2.errors.ErrorCodes.INTERNAL_ERROR, grpc.INTERNAL),
-        (h2.errors.ErrorCodes.REFUSED_STREAM, grpc.UNAVAILABLE),
-        (h2.errors.ErrorCodes.CANCEL, grpc.CANCELLED),
+        (h2.errors.ErrorCodes.INTERNAL_ERROR, grpc_probe.INTERNAL),
+        (h2.errors.ErrorCodes.REFUSED_STREAM, grpc_probe.UNAVAILABLE),
+        (h2.errors.ErrorCodes.CANCEL, grpc_probe.CANCELLED),
     ],
 )
 async def test_reset_stream(
@@ -424,7 +424,7 @@ async def test_metrics_exposition(run_probe: ProbeRunner, health_server: ServerF
 )
 def test_grpc_timeout_header(seconds: float, header: str) -> None:
     """grpc-timeout is at most eight digits and a unit."""
-    assert grpc.grpc_timeout(seconds) == header
+    assert grpc_probe.grpc_timeout(seconds) == header
 
 
 def test_grpc_service_loads() -> None:

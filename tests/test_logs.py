@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from exporter.logs import AccessLogger
+from exporter.accesslog import AccessLogger
 
 
 def test_access_logger_is_off_below_info() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,11 +52,17 @@ def test_kind_has_docs_and_tests(kind: ProberKind) -> None:
 
 @pytest.mark.parametrize("kind", KINDS, ids=NAMES)
 def test_every_metric_a_kind_writes_is_declared(kind: ProberKind) -> None:
-    """Each probe_* name in the kind's module is one of its families (so it has help text)."""
+    """Each probe_* name in the kind's modules (its probe's too) is one of its families, with help text."""
     module = importlib.import_module(f"exporter.probes.{kind.name}")
     assert module.KIND is kind
-    source = Path(module.__file__ or "").read_text(encoding="utf-8")
-    written = set(re.findall(r'"(probe_[a-z0-9_]+)"', source))
+    modules = [module]
+    if kind.probe_module is not None:
+        assert kind.probe_module.startswith("exporter.probes."), kind.probe
+        modules.append(importlib.import_module(kind.probe_module))
+    written: set[str] = set()
+    for one in modules:
+        source = Path(one.__file__ or "").read_text(encoding="utf-8")
+        written |= set(re.findall(r'"(probe_[a-z0-9_]+)"', source))
     declared = {family.name for family in kind.metrics} | COMMON
     assert written <= declared, f"{kind.name}: undeclared {sorted(written - declared)}"
 
@@ -123,3 +131,37 @@ def test_kinds_without_a_target_are_known_by_name() -> None:
     with pytest.raises(config.ConfigError) as err:
         config.parse_config("services:\n  - {name: a, prober: tcp}\n")
     assert [issue.path for issue in err.value.issues] == ["services[0].target"]
+
+
+# Run in a fresh interpreter: the test process has imported every kind already.
+LAZY_KINDS_SCRIPT = """
+import asyncio, sys
+import exporter.workers
+from exporter.modules import Module
+from exporter.probes import ProbeDeps, probers
+from exporter.runner import run_probe
+
+def loaded():
+    return " ".join(m for m in ("aiohttp", "cryptography", "dns", "h2", "wsproto") if m in sys.modules)
+
+asyncio.run(run_probe("http://127.0.0.1:1/", Module("http"), 1.0))
+print(loaded())
+table = probers(ProbeDeps())
+assert table.get("nosuch") is None
+assert table.get("dns") is not None
+print(loaded())
+"""
+
+
+def test_a_kind_loads_its_own_libraries_only_when_it_runs() -> None:
+    """A probe worker that runs HTTP probes never imports dnspython, h2, wsproto, aiohttp or cryptography."""
+    done = subprocess.run(
+        [sys.executable, "-c", LAZY_KINDS_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["", "dns"]

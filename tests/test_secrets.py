@@ -17,9 +17,9 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient, AiohttpRawServer, AiohttpServer
 
+from exporter.accesslog import AccessLogger
 from exporter.config import load_config, parse_config
 from exporter.errors import ConfigError, WebConfigError
-from exporter.logs import AccessLogger
 from exporter.web import EXPORTER, make_app
 from exporter.webconfig import auth_middleware, load_web_config
 from tests.conftest import wait_for

@@ -7,7 +7,7 @@ every entry has all four.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
 from exporter.probes import dns, flow, grpc, http, icmp, push, statuspage, tcp, unix, websocket
@@ -28,10 +28,47 @@ KINDS: tuple[ProberKind, ...] = (
 PROBERS: Mapping[str, ProberKind] = MappingProxyType({kind.name: kind for kind in KINDS})
 
 
-def probers(deps: ProbeDeps) -> dict[str, Prober]:
+class ProbeTable(Mapping[str, Prober]):
+    """The probe function of every kind that can run with ``deps``, each made at its first lookup.
+
+    Made lazily so that a kind whose probe lives in a module of its own (ProberKind.probe as
+    ``"module:function"``) loads that module, and the libraries it needs, only in a process
+    that runs the kind: an HTTP-only probe worker never imports dnspython, h2 or wsproto.
+    """
+
+    def __init__(self, deps: ProbeDeps) -> None:
+        self._deps = deps
+        self._made: dict[str, Prober] = {}
+
+    def __getitem__(self, name: str) -> Prober:
+        probe = self._made.get(name)
+        if probe is None:
+            probe = PROBERS[name].make(self._deps)
+            if probe is None:
+                raise KeyError(name)
+            self._made[name] = probe
+        return probe
+
+    def get(self, name: str, default: Prober | None = None) -> Prober | None:  # type: ignore[override]
+        # The runner looks a probe up on every run: once made, one dict lookup.
+        probe = self._made.get(name)
+        if probe is not None:
+            return probe
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in PROBERS if name in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def probers(deps: ProbeDeps) -> ProbeTable:
     """The probe function of every kind that can run with ``deps``."""
-    table = {kind.name: kind.make(deps) for kind in KINDS}
-    return {name: probe for name, probe in table.items() if probe is not None}
+    return ProbeTable(deps)
 
 
-__all__ = ["KINDS", "PROBERS", "ProbeDeps", "ProbeRequest", "Prober", "ProberKind", "probers"]
+__all__ = ["KINDS", "PROBERS", "ProbeDeps", "ProbeRequest", "ProbeTable", "Prober", "ProberKind", "probers"]

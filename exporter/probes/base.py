@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,9 @@ class ProberKind:
     ``settings``: module and inline service sections, the known-kind list and the metric help
     text are all derived from these entries. The probe is ``probe``, or made by ``factory`` from
     the running exporter's ProbeDeps when it needs some of them (a kind with neither cannot run).
+    A kind whose probe needs libraries of its own names it as ``"module:function"``: the module
+    is imported when the kind is first made (see exporter.probes.ProbeTable), so a process that
+    never runs the kind never loads them (dnspython, h2, wsproto are megabytes each).
     ``required`` lists problems of settings that matter only when the kind is the module's
     prober (a push module needs a token file; an http module with a push section does not).
     ``phases`` are the phases its phase family (``phase_metric``) always shows. ``metrics`` are the
@@ -86,7 +90,7 @@ class ProberKind:
 
     name: str
     settings: type
-    probe: Prober | None = None
+    probe: Prober | str | None = None
     factory: Callable[[ProbeDeps], Prober] | None = None
     metrics: tuple[MetricFamily, ...] = ()
     required: Callable[[Any], Iterator[tuple[str, str]]] = no_requirements
@@ -106,4 +110,13 @@ class ProberKind:
     def make(self, deps: ProbeDeps) -> Prober | None:
         if self.factory is not None:
             return self.factory(deps)
+        if isinstance(self.probe, str):
+            module, _, name = self.probe.partition(":")
+            probe: Prober = getattr(importlib.import_module(module), name)
+            return probe
         return self.probe
+
+    @property
+    def probe_module(self) -> str | None:
+        """The module a ``"module:function"`` probe lives in, None for a probe given directly."""
+        return self.probe.partition(":")[0] if isinstance(self.probe, str) else None

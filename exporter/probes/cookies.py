@@ -17,16 +17,20 @@ from collections.abc import Sequence
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 
-import aiohttp
-from publicsuffixlist import PublicSuffixList
-from yarl import URL as YarlURL
-
+# aiohttp, yarl and the public-suffix list are imported at the first cookie: a probe worker
+# whose targets set none never loads them (aiohttp alone is about 13 MiB per process).
 if TYPE_CHECKING:  # the client imports the jar
+    import aiohttp
+    from publicsuffixlist import PublicSuffixList
+    from yarl import URL as YarlURL
+
     from exporter.probes.httpclient import URL
 
 
 @functools.cache
 def _suffixes() -> PublicSuffixList:
+    from publicsuffixlist import PublicSuffixList
+
     return PublicSuffixList()
 
 
@@ -43,6 +47,8 @@ def is_public_suffix(domain: str) -> bool:
 
 
 def _yarl(url: URL) -> YarlURL:
+    from yarl import URL as YarlURL
+
     return YarlURL.build(scheme=url.scheme, host=url.host, port=url.port, path=url.path, encoded=True)
 
 
@@ -72,6 +78,8 @@ class CookieJar:
                         continue  # a cookie for a whole public suffix
                     morsel["domain"] = ""  # the suffix's own host: host-only (RFC 6265 5.3)
                 if self._jar is None:
+                    import aiohttp
+
                     # unsafe: probes reach addresses as often as names, and their cookies count.
                     self._jar = aiohttp.CookieJar(unsafe=True)
                 single: SimpleCookie = SimpleCookie()

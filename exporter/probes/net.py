@@ -14,14 +14,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, Protocol
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from typing import TYPE_CHECKING, Any, Protocol
 
 from exporter.modules import GO_CIPHER_NAMES, TLS_VERSIONS, TLSConfig
 from exporter.result import FailureReason, MetricFamily, ProbeResult, Trace
 from exporter.types import RegexMatch, match_text
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 # What resolving and connecting write, for every kind that reaches a host over the network.
 ADDRESS_METRICS = (
@@ -490,6 +490,9 @@ _VERSION_LABELS = {
 
 def peer_chain(ssl_object: ssl.SSLObject) -> list[x509.Certificate]:
     """The certificates the server sent, leaf first."""
+    # cryptography loads with the first TLS handshake: a worker probing plain HTTP never needs it.
+    from cryptography import x509
+
     raw = getattr(ssl_object, "_sslobj", None)
     chain = []
     getter = getattr(raw, "get_verified_chain", None)
@@ -539,6 +542,9 @@ GO_ZERO_TIME = -62135596800.0
 
 def leaf_labels(leaf: x509.Certificate) -> tuple[tuple[str, str], ...]:
     """probe_ssl_last_chain_info's labels as blackbox writes them (0.28, serialnumber included)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
     serial = leaf.serial_number
     try:
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

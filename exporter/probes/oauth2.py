@@ -38,9 +38,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import parse_qs, quote_plus, urlencode
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
-
 from exporter.modules import JWT_BEARER, BasicAuth, HTTPProbe, OAuth2, rsa_private_key
 from exporter.probes.net import ProbeFailure
 from exporter.result import FailureReason
@@ -207,11 +204,8 @@ def _key(config: OAuth2) -> str:
     return config.client_certificate_key.reveal() if config.client_certificate_key is not None else ""
 
 
-_HASHES: dict[str, hashes.HashAlgorithm] = {
-    "RS256": hashes.SHA256(),
-    "RS384": hashes.SHA384(),
-    "RS512": hashes.SHA512(),
-}
+# The hash of each JWT signature algorithm, by name (cryptography's class names).
+_HASHES = {"RS256": "SHA256", "RS384": "SHA384", "RS512": "SHA512"}
 
 
 def _b64(data: bytes) -> str:
@@ -251,7 +245,12 @@ def assertion(config: OAuth2, pem: str, now: float | None = None) -> str:
     signing_input = ".".join(
         _b64(json.dumps(part, separators=(",", ":"), sort_keys=True).encode()) for part in (header, claims)
     )
-    signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), _HASHES[algorithm])
+    # cryptography loads with the first signed assertion, not in every probe worker.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    digest: hashes.HashAlgorithm = getattr(hashes, _HASHES[algorithm])()
+    signature = key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), digest)
     return f"{signing_input}.{_b64(signature)}"
 
 

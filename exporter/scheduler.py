@@ -190,8 +190,7 @@ class Scheduler:
                 stalled_timeout = (
                     result.reason is FailureReason.TIMEOUT and stalls >= service.timeout * RERUN_STALLED_SHARE
                 )
-                task = asyncio.current_task()
-                if stalled_timeout and not (task is not None and task.cancelling()):
+                if stalled_timeout and not _cancelling():
                     self.reruns_after_stall += 1
                     log.warning(
                         "probe of %s timed out while the event loop stalled for %.2fs; running it again",
@@ -216,13 +215,17 @@ class Scheduler:
         result = await self.runner(service.target, service.module, service.timeout, clock=self.clock)
         if self.watch is None:
             return result, 0.0
-        now = loop.time()
-        lost = self.watch.lost_since(start, now)
+        lost, stalls = self.watch.losses(start, loop.time(), STALL_THRESHOLD)
         # A stall that is a small part of a long run changes its duration little; only one
         # that is a tenth of the run or more marks it (and keeps it out of the latency).
         if lost >= max(STALL_THRESHOLD, result.duration * STALLED_SHARE):
             result = dataclasses.replace(result, stalled=lost)
-        return result, self.watch.lost_since(start, now, at_least=STALL_THRESHOLD)
+        return result, stalls
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _next_slot(now: float, offset: float, interval: float) -> float:

@@ -129,13 +129,16 @@ def unpack_result(packed: PackedResult) -> ProbeResult:
         success=success,
         duration=duration,
         started_at=started_at,
-        reason=None if reason is None else FailureReason(reason),
+        reason=None if reason is None else _REASONS[reason],
         message=message,
         phases=MappingProxyType({sys.intern(name): seconds for name, seconds in phases}),
-        samples=tuple(_sample(name, value, labels) for name, value, labels in samples),
-        failed_attempts=tuple(FailureReason(r) for r in failed),
+        samples=_samples(samples),
+        failed_attempts=tuple(_REASONS[r] for r in failed) if failed else (),
         stalled=stalled,
     )
+
+
+_REASONS: dict[str, FailureReason] = {reason.value: reason for reason in FailureReason}
 
 
 # Samples the front has unpacked, shared by every result with the same one. Whole-number
@@ -145,6 +148,19 @@ def unpack_result(packed: PackedResult) -> ProbeResult:
 # Fractions (durations) hardly ever repeat and are not kept.
 _SAMPLES: dict[tuple[str, float, tuple[tuple[str, str], ...]], Sample] = {}
 MAX_SHARED_SAMPLES = 100_000
+
+
+def _samples(packed: Iterable[tuple[str, float, tuple[tuple[str, str], ...]]]) -> tuple[Sample, ...]:
+    shared = _SAMPLES
+    samples = []
+    for item in packed:
+        # Most samples were seen before: the packed triple is the key. A hit is the very value
+        # only for a float that is not -0.0 (an int or -0.0 equals a shared sample's value too).
+        sample = shared.get(item)
+        if sample is None or type(item[1]) is not float or (not item[1] and math.copysign(1.0, item[1]) < 0):
+            sample = _sample(*item)
+        samples.append(sample)
+    return tuple(samples)
 
 
 def _sample(name: str, value: float, labels: tuple[tuple[str, str], ...]) -> Sample:

@@ -72,20 +72,12 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 RERUN_STALLED_SHARE = 0.1
 # The share of a run's duration a stall must reach to mark the run as holding our time.
 STALLED_SHARE = 0.1
-# Offsets fall on this grid, so the services of one grid point share one wake-up of the loop:
-# at 250 probes a second a process then wakes 50 times a second to start runs, not 250, and
-# each wake-up costs more than the Python it runs (a context switch, caches gone cold). Runs
-# that start together add each other's handling, tens of microseconds each, to their durations.
-SLOT_GRID = 0.02
 
 
 def phase_offset(name: str, interval: float) -> float:
-    """Where in its interval a service runs: stable per name, so reloads keep the rhythm.
-
-    A multiple of SLOT_GRID: services of one grid point and interval have the very same slots.
-    """
+    """Where in its interval a service runs: stable per name, so reloads keep the rhythm."""
     digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") * interval // (2**64 * SLOT_GRID)) * SLOT_GRID
+    return (int.from_bytes(digest, "big") / 2**64) * interval
 
 
 class Scheduler:

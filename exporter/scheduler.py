@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import heapq
+import itertools
 import logging
 import math
 from collections.abc import Awaitable, Iterable
@@ -72,6 +74,11 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 RERUN_STALLED_SHARE = 0.1
 # The share of a run's duration a stall must reach to mark the run as holding our time.
 STALLED_SHARE = 0.1
+# When a run ends the loop is awake anyway: the service whose slot is next, if it is this close,
+# starts then instead of waking the loop again at its slot. A wake-up costs a process more CPU
+# than a run's own Python (a context switch, caches gone cold); starting a run a few
+# milliseconds early costs nothing. One service per ended run, so runs are never bunched.
+EARLY_START = 0.02
 
 
 def phase_offset(name: str, interval: float) -> float:
@@ -106,6 +113,11 @@ class Scheduler:
         # Tasks of removed or changed services, cancelled but maybe still closing a connection;
         # stop() waits for them too, so nothing of ours outlives it.
         self._retiring: set[asyncio.Task[None]] = set()
+        # Services waiting for their slot on the loop's own time, by slot: the ones EARLY_START
+        # may start sooner. A fake timer's slots are kept exactly.
+        self._early = isinstance(timer, LoopTimer)
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
 
     @property
     def services(self) -> list[Service]:
@@ -145,6 +157,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         pending = {task for _, task in self._tasks.values()} | self._retiring
         self._tasks.clear()
+        self._waiting.clear()
         deadline = loop.time() + grace
         while pending:
             for task in pending:
@@ -161,15 +174,51 @@ class Scheduler:
         offset = phase_offset(service.name, service.interval)
         due = _next_slot(timer.now(), offset, service.interval)
         while True:
-            await timer.sleep(max(due - timer.now(), 0.0))
+            if self._early:
+                await self._until(due)
+            else:
+                await timer.sleep(max(due - timer.now(), 0.0))
             result = await self._run_once(service, due)
             if task is not None and task.cancelling():
                 # The probe lost our cancellation on its way out; end as if it had arrived, and
                 # keep its result out of the store: the service may have changed meanwhile.
                 raise asyncio.CancelledError
             self.store.record(service.name, result)
+            if self._early:
+                self.start_next_early()
             # A run that overshot its slots (waiting for the cap) skips them rather than bunching up.
             due = _next_slot(max(timer.now(), due + service.interval * 0.5), offset, service.interval)
+
+    async def _until(self, due: float) -> None:
+        """Wait for the loop time ``due``, or until start_next_early lets this service go."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        handle = loop.call_at(due, _release, waiter)
+        heapq.heappush(self._waiting, (due, next(self._order), waiter))
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+
+    def start_next_early(self, window: float = EARLY_START) -> bool:
+        """Let the service with the next slot start now if that slot is within ``window``.
+
+        Whether one was let go. Entries of services already started or cancelled are dropped
+        on the way.
+        """
+        waiting = self._waiting
+        limit = self.timer.now() + window
+        while waiting:
+            due, _, waiter = waiting[0]
+            if waiter.done():
+                heapq.heappop(waiting)
+                continue
+            if due > limit:
+                return False
+            heapq.heappop(waiting)
+            waiter.set_result(None)
+            return True
+        return False
 
     async def _run_once(self, service: Service, due: float) -> ProbeResult:
         async with self._limit:
@@ -213,6 +262,11 @@ class Scheduler:
         if lost >= max(STALL_THRESHOLD, result.duration * STALLED_SHARE):
             result = dataclasses.replace(result, stalled=lost)
         return result, stalls
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _cancelling() -> bool:

@@ -531,6 +531,7 @@ class Outbox:
         self.versions: dict[str, int] = {}
         self._pending: list[tuple[str, int, PackedResult]] = []
         self._flush: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
     def apply(self, plan: ReloadPlan) -> None:
         """Nothing to keep: the front's store follows the config."""
@@ -540,11 +541,18 @@ class Outbox:
         if version is None:
             return  # removed meanwhile
         self._pending.append((name, version, pack_result(result)))
+        loop = asyncio.get_running_loop()
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+            self._due = loop.time() + FLUSH_DELAY
+            self._flush = loop.call_at(self._due, self.flush)
+        elif loop.time() >= self._due:
+            # Awake for this result anyway: send now rather than wake again for the timer.
+            self.flush()
 
     def flush(self) -> None:
-        self._flush = None
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         if self._pending and not self.writer.is_closing():
             self.writer.write(frame(("results", self._pending)))
         self._pending = []

@@ -72,8 +72,24 @@ class LoopWatch:
         shortly before ``start`` counts whole: the estimate errs towards marking. With
         ``at_least``, only wake-ups at least that late count (stalls, not jitter).
         """
-        index = bisect.bisect_right(self._late, (start, float("inf")))
-        lost = sum(lag for _, lag in itertools.islice(self._late, index, None) if lag >= at_least)
-        if self._expected is not None and now - self._expected > max(at_least, 0.0):
-            lost += now - self._expected
-        return lost
+        return self.losses(start, now, at_least)[1]
+
+    def losses(self, start: float, now: float, at_least: float) -> tuple[float, float]:
+        """``lost_since(start, now)`` and ``lost_since(start, now, at_least)`` in one look."""
+        late = self._late
+        lost = stalls = 0.0
+        # Most runs saw no late wake-up at all: no search then.
+        if late and late[-1][0] >= start:
+            index = bisect.bisect_right(late, (start, float("inf")))
+            for _, lag in itertools.islice(late, index, None):
+                lost += lag
+                if lag >= at_least:
+                    stalls += lag
+        expected = self._expected
+        if expected is not None:
+            overdue = now - expected
+            if overdue > 0.0:
+                lost += overdue
+            if overdue > max(at_least, 0.0):
+                stalls += overdue
+        return lost, stalls

@@ -154,13 +154,16 @@ def unpack_result(packed: PackedResult) -> ProbeResult:
         success=success,
         duration=duration,
         started_at=started_at,
-        reason=None if reason is None else FailureReason(reason),
+        reason=None if reason is None else _REASONS[reason],
         message=message,
         phases=MappingProxyType({sys.intern(name): seconds for name, seconds in phases}),
-        samples=tuple(_sample(name, value, labels) for name, value, labels in samples),
-        failed_attempts=tuple(FailureReason(r) for r in failed),
+        samples=_samples(samples),
+        failed_attempts=tuple(_REASONS[r] for r in failed) if failed else (),
         stalled=stalled,
     )
+
+
+_REASONS: dict[str, FailureReason] = {reason.value: reason for reason in FailureReason}
 
 
 # Samples the front has unpacked, shared by every result with the same one. Whole-number
@@ -170,6 +173,19 @@ def unpack_result(packed: PackedResult) -> ProbeResult:
 # Fractions (durations) hardly ever repeat and are not kept.
 _SAMPLES: dict[tuple[str, float, tuple[tuple[str, str], ...]], Sample] = {}
 MAX_SHARED_SAMPLES = 100_000
+
+
+def _samples(packed: Iterable[tuple[str, float, tuple[tuple[str, str], ...]]]) -> tuple[Sample, ...]:
+    shared = _SAMPLES
+    samples = []
+    for item in packed:
+        # Most samples were seen before: the packed triple is the key. A hit is the very value
+        # only for a float that is not -0.0 (an int or -0.0 equals a shared sample's value too).
+        sample = shared.get(item)
+        if sample is None or type(item[1]) is not float or (not item[1] and math.copysign(1.0, item[1]) < 0):
+            sample = _sample(*item)
+        samples.append(sample)
+    return tuple(samples)
 
 
 def _sample(name: str, value: float, labels: tuple[tuple[str, str], ...]) -> Sample:
@@ -586,6 +602,7 @@ class Outbox:
         self.versions: dict[str, int] = {}
         self._pending: list[tuple[str, int, PackedResult]] = []
         self._flush: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
     def apply(self, plan: ReloadPlan) -> None:
         """Nothing to keep: the front's store follows the config."""
@@ -595,11 +612,18 @@ class Outbox:
         if version is None:
             return  # removed meanwhile
         self._pending.append((name, version, pack_result(result)))
+        loop = asyncio.get_running_loop()
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+            self._due = loop.time() + FLUSH_DELAY
+            self._flush = loop.call_at(self._due, self.flush)
+        elif loop.time() >= self._due:
+            # Awake for this result anyway: send now rather than wake again for the timer.
+            self.flush()
 
     def flush(self) -> None:
-        self._flush = None
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         if self._pending and not self.writer.is_closing():
             self.writer.write(frame(("results", self._pending)))
         self._pending = []

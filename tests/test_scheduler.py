@@ -185,3 +185,66 @@ async def test_stop_gives_up_on_tasks_that_never_end(caplog: pytest.LogCaptureFi
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert all(task.cancelled() for task in tasks)
+
+
+async def test_an_ended_run_lets_the_next_close_slot_start_at_once() -> None:
+    """start_next_early releases the one waiting service with the nearest slot inside the window."""
+    scheduler = Scheduler(ResultStore(), 10)
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    first = asyncio.create_task(scheduler._until(now + 30))
+    second = asyncio.create_task(scheduler._until(now + 31))
+    later = asyncio.create_task(scheduler._until(now + 300))
+    await asyncio.sleep(0)
+    try:
+        assert scheduler.start_next_early(window=60)
+        await asyncio.wait_for(first, 5)
+        assert not second.done() and not later.done()
+        assert scheduler.start_next_early(window=60)
+        await asyncio.wait_for(second, 5)
+        # Slots beyond the window keep their time.
+        assert not scheduler.start_next_early(window=60)
+        await asyncio.sleep(0)
+        assert not later.done()
+    finally:
+        later.cancel()
+        await asyncio.gather(later, return_exceptions=True)
+
+
+async def test_the_default_window_keeps_far_slots_and_skips_cancelled_waits() -> None:
+    """A slot seconds away is kept with the default window; a cancelled wait is passed over."""
+    scheduler = Scheduler(ResultStore(), 10)
+    now = asyncio.get_running_loop().time()
+    gone = asyncio.create_task(scheduler._until(now + 30))
+    kept = asyncio.create_task(scheduler._until(now + 31))
+    await asyncio.sleep(0)
+    try:
+        assert not scheduler.start_next_early()
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        assert scheduler.start_next_early(window=60)
+        await asyncio.wait_for(kept, 5)
+        assert not scheduler.start_next_early(window=600)
+    finally:
+        kept.cancel()
+        await asyncio.gather(kept, return_exceptions=True)
+
+
+async def test_a_fake_timer_keeps_every_slot_exactly() -> None:
+    """With a test's timer nothing starts early: start_next_early has nothing to release."""
+    timer = FakeTimer()
+    runner = FakeRunner(timer)
+    scheduler = Scheduler(ResultStore(), 10, runner=runner, timer=timer)
+    start = timer.now()
+    scheduler.apply(services(3), 10)
+    try:
+        await timer.advance(1.0)
+        assert not scheduler.start_next_early(window=600)
+        # Every run at its slot and none sooner: exactly the slots in the second that passed.
+        expected = sum(
+            sum(1 for k in range(7) if _next_slot(start, phase_offset(n, 0.2), 0.2) + k * 0.2 <= start + 1.0)
+            for n in ("s0", "s1", "s2")
+        )
+        assert sum(runner.calls.values()) == expected
+    finally:
+        await scheduler.stop()

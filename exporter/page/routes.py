@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from exporter.config import Service
-from exporter.health import VENDOR_WORDS, WORDS, Health, degraded_reason, health_of
+from exporter.health import VENDOR_WORDS, WORDS, degraded_reason, health_of, vendor_indicator
 from exporter.history import DEGRADED, FAILED, OK, Cell, History
 from exporter.page import badges
 from exporter.page.html import (
@@ -75,10 +75,10 @@ class StatusBoard:
         service = state.service
         at = result.started_at + result.duration
         window = self.exporter.maintenance.active(service.name, service.group, at)
-        health = health_of(service, result, False)
+        # As health_of, which would look for the vendor's word and run degraded_reason twice.
         if not result.success:
             history.add(at, result.duration, FAILED, result.reason, result.message, window is not None)
-        elif health is Health.DOWN:  # the vendor says major or critical
+        elif vendor_indicator(result) in ("major", "critical"):  # the vendor reports an outage
             history.add(at, result.duration, FAILED, None, "vendor reports an outage", window is not None)
         else:
             code = DEGRADED if degraded_reason(service, result) else OK

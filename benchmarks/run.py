@@ -133,11 +133,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory now, or (``VmHWM``) the most the process has had resident."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def pss_bytes(pid: int) -> int:
@@ -160,6 +161,7 @@ def process_memory(pid: int) -> list[dict[str, Any]]:
             "role": "front" if one == pid else "worker",
             "rss_bytes": rss_bytes(one),
             "pss_bytes": pss_bytes(one),
+            "peak_rss_bytes": rss_bytes(one, "VmHWM"),
         }
         for one in (pid, *children(pid))
     ]
@@ -775,6 +777,11 @@ def phase_scale(bench: Bench) -> dict[str, Any]:
             ready.append(seconds)
         out["seconds_to_ready"] = max(ready)
         out.update(measure_scheduled(bench, fleet, args.intervals * args.interval, args.interval))
+        # What the goal asks about: memory while probing and scraped every SCRAPE_EVERY seconds.
+        steady = [process_memory(proc.pid) for proc, _ in fleet]
+        out["memory_steady"] = steady
+        out["rss_steady_bytes"] = sum(one["rss_bytes"] for tree in steady for one in tree)
+        out["pss_steady_bytes"] = sum(one["pss_bytes"] for tree in steady for one in tree)
         renders = []
         for _ in range(args.renders):
             renders.append(scrape_fleet(fleet)[1])
@@ -787,13 +794,16 @@ def phase_scale(bench: Bench) -> dict[str, Any]:
         out["rss_bytes_each"] = [sum(one["rss_bytes"] for one in tree) for tree in out["memory"]]
         out["rss_bytes"] = sum(out["rss_bytes_each"])
         out["pss_bytes"] = sum(one["pss_bytes"] for tree in out["memory"] for one in tree)
-        for tree in out["memory"]:
-            for one in tree:
-                print(
-                    f"  {one['role']} {one['pid']}: RSS {one['rss_bytes'] / 2**20:.1f} MiB,"
-                    f" PSS {one['pss_bytes'] / 2**20:.1f} MiB",
-                    flush=True,
-                )
+        out["peak_rss_bytes"] = sum(one["peak_rss_bytes"] for tree in out["memory"] for one in tree)
+        for when, trees in (("scraped every 15 s", steady), ("after the back-to-back GETs", out["memory"])):
+            for tree in trees:
+                for one in tree:
+                    print(
+                        f"  {when}: {one['role']} {one['pid']}: RSS {one['rss_bytes'] / 2**20:.1f} MiB,"
+                        f" PSS {one['pss_bytes'] / 2**20:.1f} MiB,"
+                        f" peak RSS {one['peak_rss_bytes'] / 2**20:.1f} MiB",
+                        flush=True,
+                    )
     finally:
         for proc, _ in fleet:
             bench.stop(proc)
@@ -901,10 +911,17 @@ def table(results: dict[str, Any]) -> str:
             ),
             ("/metrics size, bytes", fmt(sc["metrics_bytes"]), "n/a", ""),
             (
-                "RSS, MiB (ours at scale; blackbox idle)",
-                fmt(sc["rss_bytes"] / 2**20, 1),
+                f"RSS, MiB, all processes, probing and scraped every {SCRAPE_EVERY:g} s (blackbox idle)",
+                fmt(sc["rss_steady_bytes"] / 2**20, 1),
                 fmt(results["blackbox_rss_idle_bytes"] / 2**20, 1),
-                f"all processes < 250 MiB: {'met' if sc['rss_bytes'] < 250 * 2**20 else 'MISSED'}",
+                f"< 250 MiB: {'met' if sc['rss_steady_bytes'] < 250 * 2**20 else 'MISSED'}; per process: "
+                + ", ".join(_process_memory_text(tree) for tree in sc["memory_steady"]),
+            ),
+            (
+                f"RSS, MiB, after {len(sc['metrics_render_seconds'])} GETs of /metrics 0.5 s apart; peak RSS",
+                f"{fmt(sc['rss_bytes'] / 2**20, 1)}; {fmt(sc['peak_rss_bytes'] / 2**20, 1)}",
+                "n/a",
+                "",
             ),
             (
                 "PSS, MiB (ours at scale: shared pages counted once)",

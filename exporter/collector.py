@@ -7,6 +7,7 @@ import ctypes
 import functools
 import platform
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from itertools import repeat
 from typing import Protocol
@@ -278,8 +279,15 @@ class ServiceCollector:
 
     Each service's lines are kept until its next result, so a scrape only formats services
     that were probed since the last one (and several Prometheus servers scraping the same
-    exporter cost little more than one).
+    exporter cost little more than one). Only where that can pay: a service probed more often
+    than scrapes come (10 s probes, one scrape every 15 s) has a new result at every scrape, so
+    its lines (about 2 KB) are not kept. "How often scrapes come" is the shortest of the last
+    SCRAPE_GAPS gaps between scrapes, so two Prometheus servers scraping in turn count as one
+    scrape every few seconds.
     """
+
+    # How many of the latest gaps between scrapes decide which services' lines are worth keeping.
+    SCRAPE_GAPS = 4
 
     # Services rendered between two yields to the event loop, so a large scrape never holds
     # up probing for long.
@@ -292,6 +300,8 @@ class ServiceCollector:
         # Maintenance changes with the clock, not with results: it is part of the cache key.
         self.maintenance = MaintenanceBoard()
         self.wall: Callable[[], float] = time.time
+        self._scraped_at: float | None = None
+        self._gaps: deque[float] = deque(maxlen=self.SCRAPE_GAPS)
 
     def forget(self, names: Iterable[str]) -> None:
         """Drop the rendered lines of changed and removed services (see exporter.reloadplan)."""
@@ -306,6 +316,7 @@ class ServiceCollector:
         out = Exposition()
         cache: dict[str, tuple[int, Service, str, bool, Packed]] = {}
         now = self.wall()
+        keep_above = self._scrape_gap(now)
         for index, state in enumerate(self.store):
             if index % self.CHUNK == self.CHUNK - 1:
                 await asyncio.sleep(0)
@@ -322,7 +333,8 @@ class ServiceCollector:
                 blocks = cached[4]
             else:
                 blocks = self._pack_service(state, inside)
-            cache[name] = (state.runs, state.service, self.location, inside, blocks)
+            if state.service.interval > keep_above:
+                cache[name] = (state.runs, state.service, self.location, inside, blocks)
             out.extend(blocks)
         self._cache = cache
         for chunk in out.chunks(openmetrics=openmetrics):
@@ -330,6 +342,13 @@ class ServiceCollector:
             await asyncio.sleep(0)
         del out
         give_back_memory()
+
+    def _scrape_gap(self, now: float) -> float:
+        """The shortest recent gap between scrapes, counting this one; 0 until there are two."""
+        if self._scraped_at is not None and now >= self._scraped_at:
+            self._gaps.append(now - self._scraped_at)
+        self._scraped_at = now
+        return min(self._gaps, default=0.0)
 
     def in_maintenance(self, service: Service, now: float) -> bool:
         board = self.maintenance

@@ -240,3 +240,37 @@ def test_a_scrape_can_hand_freed_heap_pages_back() -> None:
     trim = _malloc_trim()
     assert trim is not None
     assert trim(0) in (0, 1)
+
+
+async def test_lines_are_kept_only_for_services_probed_less_often_than_scraped() -> None:
+    """Between scrapes 10 s apart a 1 s service always has a new result: its lines are not kept."""
+    store = store_with(
+        "services:\n"
+        "  - {name: fast, target: '127.0.0.1:1', prober: tcp, interval: 1s, timeout: 500ms}\n"
+        "  - {name: slow, target: '127.0.0.1:2', prober: tcp, interval: 60s}\n"
+    )
+    store.record("fast", Trace().succeed())
+    store.record("slow", Trace().succeed())
+    collector = ServiceCollector(store, "eu")
+    now = [1000.0]
+    collector.wall = lambda: now[0]
+
+    async def render_at(at: float) -> bytes:
+        now[0] = at
+        return await collector.render()
+
+    first = await render_at(1000.0)
+    assert set(collector._cache) == {"fast", "slow"}  # no gap seen yet: both kept
+    assert await render_at(1010.0) == first
+    assert set(collector._cache) == {"slow"}  # 10 s apart: only the 60 s service pays
+    store.record("fast", Trace().fail(FailureReason.CONNECT, "refused"))
+    third = await render_at(1020.0)
+    assert value(parse(third.decode()), "probe_runs_total", service="fast") == 2
+    assert set(collector._cache) == {"slow"}
+    # A second scraper half a second behind: the shortest recent gap is what counts.
+    assert await render_at(1020.5) == third
+    assert set(collector._cache) == {"fast", "slow"}
+    plain = Exposition()
+    for state in store:
+        plain.extend(pack(collector._service_blocks(state)))
+    assert await render_at(1021.0) == plain.render() == third

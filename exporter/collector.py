@@ -287,7 +287,7 @@ class ServiceCollector:
     """
 
     # How many of the latest gaps between scrapes decide which services' lines are worth keeping.
-    SCRAPE_GAPS = 4
+    SCRAPE_GAPS = 3
 
     # Services rendered between two yields to the event loop, so a large scrape never holds
     # up probing for long.

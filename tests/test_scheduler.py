@@ -192,9 +192,9 @@ async def test_an_ended_run_lets_the_next_close_slot_start_at_once() -> None:
     scheduler = Scheduler(ResultStore(), 10)
     loop = asyncio.get_running_loop()
     now = loop.time()
-    first = asyncio.create_task(scheduler._until(now + 30))
-    second = asyncio.create_task(scheduler._until(now + 31))
-    later = asyncio.create_task(scheduler._until(now + 300))
+    first = scheduler._slot(now + 30)
+    second = scheduler._slot(now + 31)
+    later = scheduler._slot(now + 300)
     await asyncio.sleep(0)
     try:
         assert scheduler.start_next_early(window=60)
@@ -215,8 +215,8 @@ async def test_the_default_window_keeps_far_slots_and_skips_cancelled_waits() ->
     """A slot seconds away is kept with the default window; a cancelled wait is passed over."""
     scheduler = Scheduler(ResultStore(), 10)
     now = asyncio.get_running_loop().time()
-    gone = asyncio.create_task(scheduler._until(now + 30))
-    kept = asyncio.create_task(scheduler._until(now + 31))
+    gone = scheduler._slot(now + 30)
+    kept = scheduler._slot(now + 31)
     await asyncio.sleep(0)
     try:
         assert not scheduler.start_next_early()

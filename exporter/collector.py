@@ -112,7 +112,11 @@ class Exposition:
             head = _header(family, self._kinds[family], openmetrics) + "\n"
             for start in range(0, len(blocks), size):
                 end = start + size
-                lines = map(str.replace, blocks[start:end], repeat(LABELS), label_sets[start:end])
+                sets = label_sets[start:end]
+                if sets.count(LABELS) == len(sets):  # all written out in full (by identity, fast)
+                    lines: Iterable[str] = blocks[start:end]
+                else:
+                    lines = map(str.replace, blocks[start:end], repeat(LABELS), sets)
                 yield (head + "\n".join(lines) + "\n").encode()
                 head = ""
 
@@ -323,6 +327,7 @@ class ServiceCollector:
             name = state.service.name
             cached = self._cache.get(name)
             inside = self.in_maintenance(state.service, now)
+            keep = state.service.interval > keep_above
             if (
                 cached is not None
                 and cached[0] == state.runs
@@ -332,8 +337,12 @@ class ServiceCollector:
             ):
                 blocks = cached[4]
             else:
-                blocks = self._pack_service(state, inside)
-            if state.service.interval > keep_above:
+                # Only lines that are kept are worth packing small (see _pack_service).
+                if keep:
+                    blocks = self._pack_service(state, inside)
+                else:
+                    blocks = pack(self._service_blocks(state, inside))
+            if keep:
                 cache[name] = (state.runs, state.service, self.location, inside, blocks)
             out.extend(blocks)
         self._cache = cache

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import (
+    LABELS,
     Exposition,
     ServiceCollector,
     _malloc_trim,
@@ -121,9 +122,9 @@ async def test_large_families_are_sent_in_pieces_that_join_to_the_same_text() ->
 def test_pack_keeps_family_order_and_merges_repeated_families() -> None:
     """Packing keeps families in first-use order, joins a family's lines written apart, shares the names."""
     packed = pack([("a", "gauge", "a 1"), ("b", "counter", "b_total 2"), ("a", "gauge", "a 3")])
-    assert packed == (("a", "b"), ("a 1\na 3", "b_total 2"))
-    other = pack([("a", "gauge", "a 5"), ("b", "counter", "b_total 6")])
-    assert other == (("a", "b"), ("a 5", "b_total 6"))
+    assert packed == (("a", "b"), ("a 1\na 3", "b_total 2"), LABELS)
+    other = pack([("a", "gauge", "a 5"), ("b", "counter", "b_total 6")], 'x="1"')
+    assert other == (("a", "b"), ("a 5", "b_total 6"), 'x="1"')
     assert other[0] is packed[0]  # one names tuple for every service with these families
 
 
@@ -208,6 +209,29 @@ def test_probe_output_is_the_general_exposition_written_in_one_pass() -> None:
                 whole = dataclasses.replace(result, samples=(*result.samples, *more))
                 out.extend(pack(result_blocks(whole, prober, "")))
                 assert render_result(result, prober, more) == out.render(), (prober, result)
+
+
+async def test_a_label_value_holding_a_nul_is_written_as_it_is() -> None:
+    """The cache's stand-in for a service's label set (NUL) never replaces a NUL a probe reported."""
+    store = store_with(
+        "services:\n"
+        "  - {name: web, target: 'http://127.0.0.1:1/', prober: http}\n"
+        "  - {name: db, target: '127.0.0.1:1', prober: tcp}\n"
+    )
+    trace = Trace()
+    trace.set("probe_ssl_last_chain_info", 1, (("issuer", "CN=odd\x00name"),))
+    store.record("web", trace.succeed())
+    store.record("db", Trace().succeed())
+    collector = ServiceCollector(store, "eu")
+    body = await collector.render()
+    plain = Exposition()
+    for state in store:
+        plain.extend(pack(collector._service_blocks(state)))
+    assert body == plain.render()
+    line = b'probe_ssl_last_chain_info{service="web",group="default",location="eu",issuer="CN=odd\x00name"}'
+    assert line in body
+    assert body.count(b"\x00") == 1
+    assert await collector.render() == body  # from the cache
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from exporter.types import HostPattern
@@ -72,11 +72,12 @@ class Allowlist:
         self._paths = [p.path for p in patterns if p.path is not None]
         # Verdicts that need no DNS (addresses, globs, paths) depend only on the host (and the
         # address): every on-demand probe asks for the same few again and again, and parsing
-        # and matching addresses was the cost. Each cache is emptied when it fills, which
-        # bounds it whatever hosts requests name; a reload builds a new Allowlist.
-        self._verdicts: dict[str, bool] = {}
-        self._host_verdicts: dict[str, bool] = {}
-        self._address_verdicts: dict[tuple[str, str], bool] = {}
+        # and matching addresses was the cost. Each is remembered in a bounded LRU cache of this
+        # allowlist's own (a reload builds a new Allowlist).
+        remember = functools.lru_cache(maxsize=MAX_VERDICTS)
+        self.allows_host: Callable[[str], bool] = remember(self._allows_host)
+        self.allows_address: Callable[[str, str], bool] = remember(self._allows_address)
+        self._verdict_without_dns: Callable[[str], bool | None] = remember(self._decide_without_dns)
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
@@ -88,14 +89,6 @@ class Allowlist:
         name = host.lower().rstrip(".")
         return any(glob.match(name) for glob in self._globs)
 
-    def allows_host(self, host: str) -> bool:
-        verdict = self._host_verdicts.get(host)
-        if verdict is None:
-            if len(self._host_verdicts) >= MAX_VERDICTS:
-                self._host_verdicts.clear()
-            verdict = self._host_verdicts[host] = self._allows_host(host)
-        return verdict
-
     def _allows_host(self, host: str) -> bool:
         if host.startswith(("/", "@")):
             # A unix socket (the unix prober): only a path entry lists it.
@@ -106,33 +99,24 @@ class Allowlist:
         # An unmatched name may still pass once its addresses are checked.
         return self._glob_match(host) or bool(self._networks)
 
-    def allows_address(self, host: str, address: str) -> bool:
-        key = (host, address)
-        verdict = self._address_verdicts.get(key)
-        if verdict is None:
-            if parse_ip(host) is None and self._glob_match(host):
-                verdict = True
-            else:
-                ip = parse_ip(address)
-                verdict = ip is not None and self._in_networks(ip)
-            if len(self._address_verdicts) >= MAX_VERDICTS:
-                self._address_verdicts.clear()
-            self._address_verdicts[key] = verdict
-        return verdict
+    def _allows_address(self, host: str, address: str) -> bool:
+        if parse_ip(host) is None and self._glob_match(host):
+            return True
+        ip = parse_ip(address)
+        return ip is not None and self._in_networks(ip)
+
+    def _decide_without_dns(self, host: str) -> bool | None:
+        """allows_target's verdict where no lookup is needed; None for a name to resolve."""
+        if not self.allows_host(host):
+            return False
+        if host.startswith(("/", "@")) or parse_ip(host) is not None or self._glob_match(host):
+            return True
+        return None
 
     async def allows_target(self, host: str) -> bool:
         """Check a /probe target before probing: names outside the globs must resolve inside the networks."""
-        verdict = self._verdicts.get(host)
+        verdict = self._verdict_without_dns(host)
         if verdict is not None:
-            return verdict
-        if not self.allows_host(host):
-            verdict = False
-        elif host.startswith(("/", "@")) or parse_ip(host) is not None or self._glob_match(host):
-            verdict = True
-        if verdict is not None:
-            if len(self._verdicts) >= MAX_VERDICTS:
-                self._verdicts.clear()  # bounds it whatever hosts the requests name
-            self._verdicts[host] = verdict
             return verdict
         loop = asyncio.get_running_loop()
         try:

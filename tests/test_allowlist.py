@@ -25,5 +25,5 @@ async def test_remembered_verdicts_match_fresh_ones_past_the_bound() -> None:
     assert guard.allows_address("db.internal", "192.0.2.1") and not guard.allows_address(
         "x.test", "192.0.2.1"
     )
-    for cache in (guard._verdicts, guard._host_verdicts, guard._address_verdicts):
-        assert 0 < len(cache) <= allowlist.MAX_VERDICTS
+    for cache in (guard._verdict_without_dns, guard.allows_host, guard.allows_address):
+        assert 0 < cache.cache_info().currsize <= allowlist.MAX_VERDICTS  # type: ignore[attr-defined]

@@ -54,7 +54,7 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -240,6 +240,32 @@ class WorkerStats:
 Entry = tuple[Service, int]
 
 
+class TurnBatch:
+    """Messages of one kind given in one turn of the event loop, written at its end as one.
+
+    Under /probe load several requests (and answers) come in one turn; each message costs both
+    sides a write, a wake-up and a read, which is more than the request itself.
+    """
+
+    __slots__ = ("items", "kind", "writer")
+
+    def __init__(self, kind: str, writer: Callable[[], asyncio.StreamWriter | None]) -> None:
+        self.kind = kind
+        self.writer = writer
+        self.items: list[Any] = []
+
+    def add(self, item: Any) -> None:
+        if not self.items:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.items.append(item)
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        writer = self.writer()
+        if items and writer is not None and not writer.is_closing():
+            writer.write(frame((self.kind, items)))
+
+
 @dataclass
 class _Worker:
     index: int
@@ -258,33 +284,20 @@ class _Worker:
     max_concurrency: int = 0
     allowlist: tuple[HostPattern, ...] = ()
 
-    # On-demand probe requests waiting for the end of this turn of the event loop.
-    queued: list[ProbeRequest] = field(default_factory=list)
+    # On-demand probe requests (ProbeRequest) waiting for the end of this turn of the event loop.
+    queued: TurnBatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queued = TurnBatch("probe", lambda: self.writer)
 
     @property
     def connected(self) -> bool:
         return self.writer is not None
 
     def send(self, message: object) -> None:
-        if self.queued:
-            self.flush()  # what was asked first arrives first
+        self.queued.flush()  # what was asked first arrives first
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(frame(message))
-
-    def request(self, probe: ProbeRequest) -> None:
-        """Ask for ``probe`` with the others of this turn of the loop: one message for them all.
-
-        Under /probe load several requests arrive in one turn; each message costs both sides a
-        write, a wake-up and a read, which is more than the request itself.
-        """
-        if not self.queued:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self.queued.append(probe)
-
-    def flush(self) -> None:
-        queued, self.queued = self.queued, []
-        if queued and self.writer is not None and not self.writer.is_closing():
-            self.writer.write(frame(("probe", queued)))
 
 
 class WorkerPool:
@@ -397,7 +410,8 @@ class WorkerPool:
             if len(worker.modules) > MODULE_CACHE:
                 del worker.modules[next(iter(worker.modules))]
         try:
-            worker.request((probe_id, target, token, sent, timeout, guarded))
+            request: ProbeRequest = (probe_id, target, token, sent, timeout, guarded)
+            worker.queued.add(request)
             packed, lines = await future
         finally:
             worker.pending.pop(probe_id, None)
@@ -547,7 +561,7 @@ class WorkerPool:
                 process.kill()
         finally:
             worker.writer = None
-            worker.queued.clear()
+            worker.queued.items.clear()
             if not any(w.connected for w in self._workers):
                 self._some_connected.clear()
             self._retired.add(worker.stats)
@@ -645,8 +659,9 @@ class WorkerProcess:
         self.stopping = asyncio.Event()
         self._probes: set[asyncio.Task[None]] = set()
         self._frozen = False
-        # Answers to on-demand probes finished in this turn of the loop, not sent yet.
-        self._answers: list[tuple[int, PackedResult, list[str]]] = []
+        # Answers to on-demand probes, (id, packed result, captured lines), finished in this
+        # turn of the loop and not sent yet.
+        self._answers = TurnBatch("probed", lambda: self.writer)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -666,7 +681,7 @@ class WorkerProcess:
         for task in (*self._probes, *background):
             task.cancel()
         await asyncio.gather(*self._probes, *background, return_exceptions=True)
-        self._send_answers()
+        self._answers.flush()
         self.outbox.flush()
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
@@ -726,15 +741,7 @@ class WorkerProcess:
         # Its own task, so only this probe's records are captured; they go back with the result.
         with probelogs.capture() as lines:
             result = await run_probe(target, module, timeout, guard=guard)
-        # Answers finished in the same turn of the loop go back as one message.
-        if not self._answers:
-            asyncio.get_running_loop().call_soon(self._send_answers)
-        self._answers.append((probe_id, pack_result(result), lines))
-
-    def _send_answers(self) -> None:
-        answers, self._answers = self._answers, []
-        if answers and not self.writer.is_closing():
-            self.writer.write(frame(("probed", answers)))
+        self._answers.add((probe_id, pack_result(result), lines))
 
     async def _report(self) -> None:
         while True:
